@@ -1,0 +1,51 @@
+/* config.h - the daemon's settings: defaults, conf file, GENRED_* env, flags.
+ *
+ * One flat struct filled in layers: config_defaults(), then the conf file
+ * (`key = value` lines, `#` comments), then GENRED_<KEY> environment
+ * variables, then command-line flags (--key=value or --key value). Every
+ * layer goes through config_set(), so a key means the same everywhere and is
+ * validated once. The keys are documented in conf/genred.conf. */
+#ifndef GENRED_CONFIG_H
+#define GENRED_CONFIG_H
+
+#include <stdio.h>
+#include <stddef.h>
+
+#include "genred/err.h"
+
+typedef struct config {
+    char listen[64];           /* address to bind, default 127.0.0.1 */
+    int port;                  /* 0 = ephemeral (printed at start) */
+    char model[4096];          /* path of the .gmodel file */
+    int workers;               /* inference threads; 0 = one per core */
+    int max_batch;             /* chunks per model_forward() call */
+    size_t queue_capacity;     /* requests waiting for inference */
+    size_t max_upload_bytes;   /* larger uploads get 413 */
+    double max_duration_s;     /* longer decoded audio gets 422 */
+    double trim_start_s;       /* cut from the start of a song */
+    double trim_end_s;         /* cut from the end of a song */
+    double trim_min_keep_s;    /* trim only if at least this much remains */
+    int max_connections;       /* concurrent HTTP connections */
+    int idle_timeout_s;        /* close connections idle this long */
+    char log_level[16];        /* error, warn, info, debug */
+} config;
+
+void config_defaults(config *c);
+
+/* Sets one key from its text value. Unknown key or bad value -> -1. */
+int config_set(config *c, const char *key, const char *value, gr_err *err);
+
+/* Applies a conf file; errors name the file and line. */
+int config_load_file(config *c, const char *path, gr_err *err);
+
+/* Applies every GENRED_<KEY> variable of the environment (key upper-cased,
+ * '-' as '_'); GENRED_CONFIG is not a key and is skipped. */
+int config_load_env(config *c, gr_err *err);
+
+/* Writes the effective configuration as a conf file to f. */
+void config_print(const config *c, FILE *f);
+
+/* Resolved worker count (workers == 0 -> number of online cores). */
+int config_workers(const config *c);
+
+#endif

@@ -1,0 +1,43 @@
+/* metrics.h - counters and histograms for GET /metrics (Prometheus text).
+ *
+ * One metrics object per process, created in main() and handed to the
+ * server and the engine. Observations take a mutex; they happen a handful of
+ * times per request, never per chunk.
+ *
+ * What it does not do: collect batcher or model facts itself; those are
+ * passed in when rendering. */
+#ifndef GENRED_METRICS_H
+#define GENRED_METRICS_H
+
+#include <stddef.h>
+
+typedef struct metrics metrics;
+struct batcher_stats;
+struct model;
+
+typedef enum metrics_stage {
+    STAGE_DECODE = 0,
+    STAGE_FEATURES,
+    STAGE_INFERENCE,
+    STAGE_TOTAL,
+    STAGE_COUNT_
+} metrics_stage;
+
+/* Caller owns the result; free with metrics_free(). NULL on ENOMEM. */
+metrics *metrics_create(void);
+void metrics_free(metrics *m);
+
+/* route: a fixed route name such as "/v1/classify" (unknown routes are
+ * counted as "other"). All functions accept m == NULL and do nothing. */
+void metrics_observe_request(metrics *m, const char *route, int status,
+                             double seconds, size_t bytes_in);
+void metrics_observe_stage(metrics *m, metrics_stage stage, double seconds);
+void metrics_observe_batch(metrics *m, int batch_size);
+void metrics_observe_chunks(metrics *m, size_t chunks_per_request);
+
+/* Renders everything in Prometheus text exposition format 0.0.4. st and
+ * model may be NULL. Returns a malloc'd string the caller frees, or NULL. */
+char *metrics_render(metrics *m, const struct batcher_stats *st,
+                     const struct model *model);
+
+#endif
