@@ -16,6 +16,7 @@
 #include <stddef.h>
 
 #include "genred/err.h"
+#include "genred/metrics.h"
 #include "genred/model.h"
 
 typedef struct batcher batcher;
@@ -31,11 +32,12 @@ typedef struct batcher_stats {
 } batcher_stats;
 
 /* Starts `workers` threads over m (borrowed: must outlive the batcher).
- * Caller owns the batcher; stop it with batcher_destroy(). Also pins OpenBLAS
- * to one thread per worker when workers > 1, so the two do not oversubscribe
- * the cores. */
+ * met (borrowed, may be NULL) receives batch sizes. Caller owns the batcher;
+ * stop it with batcher_destroy(). Also sets OpenBLAS's (process-wide) thread
+ * count to cores / workers, so workers and BLAS threads together never
+ * oversubscribe the cores. */
 batcher *batcher_create(const model *m, int workers, int max_batch,
-                        size_t queue_capacity, gr_err *err);
+                        size_t queue_capacity, metrics *met, gr_err *err);
 
 /* Runs n chunks (in: n * model_input_floats() floats, borrowed until return)
  * and writes n * model_genre_count() probabilities to out. Blocks until done.

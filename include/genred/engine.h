@@ -1,16 +1,13 @@
 /* engine.h - one upload in, one genre answer out: the whole data path.
  *
- *   bytes -> audio_decode -> trim -> mel_compute -> batcher_submit -> JSON
+ *   bytes -> features_compute (decode, trim, mel) -> batcher_submit -> JSON
  *
  * An engine owns the loaded model, the mel plans built from the model's own
  * feature parameters, and the batcher. It is shared by every HTTP connection
  * thread and by the offline `genred classify` command, so both give the same
  * answer for the same bytes.
  *
- * Trim rule: trim_start_s and trim_end_s are cut only when at least
- * trim_min_keep_s of audio remains afterwards; shorter input (e.g. a 30 s
- * excerpt) is analysed on its full length. Input shorter than one chunk
- * (3 s) is GR_EUNPROCESSABLE.
+ * Which part of a song is analysed (the trim rule) is features.h's business.
  *
  * What it does not do: HTTP, upload parsing, logging. */
 #ifndef GENRED_ENGINE_H
@@ -19,6 +16,7 @@
 #include <jansson.h>
 #include <stddef.h>
 
+#include "genred/batcher.h"
 #include "genred/config.h"
 #include "genred/err.h"
 #include "genred/metrics.h"
@@ -46,11 +44,5 @@ batcher *engine_batcher(engine *e);
  * object owned by the caller, or NULL with err set. Thread-safe. */
 json_t *engine_classify(engine *e, const void *data, size_t len,
                         const classify_opts *o, gr_err *err);
-
-/* The exact model input for data: decodes, applies the trim rule if trim,
- * and computes every chunk. *chunks (caller frees with free()) receives
- * *n_chunks * model_input_floats() floats. Used by `genred features`. */
-int engine_features(engine *e, const void *data, size_t len, int trim,
-                    float **chunks, size_t *n_chunks, gr_err *err);
 
 #endif

@@ -1,0 +1,531 @@
+/* config.c - the daemon's settings: one table of keys, parsed strictly.
+ *
+ * Every key lives in keys[] with its kind and its allowed range; defaults,
+ * the conf file, GENRED_* variables and command-line flags all end in
+ * config_set(), so a value is validated the same way wherever it comes from.
+ * config_print() writes the conf-file syntax config_load_file() reads, so a
+ * printed configuration loads back to the same struct.
+ *
+ * What it does not do: decide precedence (main() calls the layers in order)
+ * or parse argv (main() splits --key=value and hands the pair over). */
+#include "genred/config.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+extern char **environ;
+
+/* Longest conf-file line, newline excluded. The longest line config_print()
+ * can write is a model path of 4095 characters that all need escaping. */
+#define CONFIG_LINE_MAX 16384
+
+typedef enum key_kind {
+    KIND_ADDRESS,   /* char[]: literal IPv4 or IPv6 address */
+    KIND_PATH,      /* char[]: non-empty, no control characters */
+    KIND_LOG_LEVEL, /* char[]: error | warn | info | debug */
+    KIND_INT,       /* int */
+    KIND_COUNT,     /* size_t, plain integer */
+    KIND_BYTES,     /* size_t, integer with optional K/M/G suffix */
+    KIND_SECONDS,   /* double, non-negative decimal */
+} key_kind;
+
+typedef struct key {
+    const char *name;
+    key_kind kind;
+    size_t offset;
+    size_t size;        /* of the field; bounds the strings */
+    double min, max;    /* numeric kinds; exact for every bound used here */
+} key;
+
+#define FIELD(f) offsetof(config, f), sizeof(((config *)0)->f)
+
+/* In struct order; config_print() and conf/genred.conf follow it. */
+static const key keys[] = {
+    {"listen", KIND_ADDRESS, FIELD(listen), 0, 0},
+    {"port", KIND_INT, FIELD(port), 0, 65535},
+    {"model", KIND_PATH, FIELD(model), 0, 0},
+    {"workers", KIND_INT, FIELD(workers), 0, 256},
+    {"max_batch", KIND_INT, FIELD(max_batch), 1, 1024},
+    {"queue_capacity", KIND_COUNT, FIELD(queue_capacity), 1, 1000000},
+    {"max_upload_bytes", KIND_BYTES, FIELD(max_upload_bytes), 1, 4294967296.0},
+    {"max_duration_s", KIND_SECONDS, FIELD(max_duration_s), 1, 86400},
+    {"trim_start_s", KIND_SECONDS, FIELD(trim_start_s), 0, 3600},
+    {"trim_end_s", KIND_SECONDS, FIELD(trim_end_s), 0, 3600},
+    {"trim_min_keep_s", KIND_SECONDS, FIELD(trim_min_keep_s), 0, 86400},
+    {"max_connections", KIND_INT, FIELD(max_connections), 1, 65536},
+    {"idle_timeout_s", KIND_INT, FIELD(idle_timeout_s), 1, 86400},
+    {"log_level", KIND_LOG_LEVEL, FIELD(log_level), 0, 0},
+};
+#define KEY_COUNT (sizeof keys / sizeof keys[0])
+
+static const char *const log_levels[] = {"error", "warn", "info", "debug"};
+
+void config_defaults(config *c) {
+    memset(c, 0, sizeof *c);
+    memcpy(c->listen, "127.0.0.1", sizeof "127.0.0.1");
+    c->port = 8080;
+    memcpy(c->model, "models/gtzan-cnn.gmodel", sizeof "models/gtzan-cnn.gmodel");
+    c->workers = 0;
+    c->max_batch = 32;
+    c->queue_capacity = 64;
+    c->max_upload_bytes = (size_t)64 << 20;
+    c->max_duration_s = 1200;
+    c->trim_start_s = 15;
+    c->trim_end_s = 15;
+    c->trim_min_keep_s = 30;
+    c->max_connections = 256;
+    c->idle_timeout_s = 30;
+    memcpy(c->log_level, "info", sizeof "info");
+}
+
+/* A bad value quoted back in an error message: at most 48 bytes, control
+ * characters shown as '?', so a hostile value cannot forge log lines. */
+static const char *shown(const char *value, char buf[64]) {
+    size_t i = 0;
+    for (; value[i] && i < 48; i++) {
+        unsigned char ch = (unsigned char)value[i];
+        buf[i] = (ch < 0x20 || ch == 0x7f) ? '?' : (char)ch;
+    }
+    if (value[i]) {
+        memcpy(buf + i, "...", 4);
+    } else {
+        buf[i] = '\0';
+    }
+    return buf;
+}
+
+static const key *find_key(const char *name) {
+    char norm[32];
+    size_t n = strlen(name);
+    if (n == 0 || n >= sizeof norm) return NULL;
+    for (size_t i = 0; i <= n; i++) norm[i] = name[i] == '-' ? '_' : name[i];
+    for (size_t i = 0; i < KEY_COUNT; i++)
+        if (strcmp(keys[i].name, norm) == 0) return &keys[i];
+    return NULL;
+}
+
+static int all_digits(const char *s, size_t n) {
+    if (n == 0) return 0;
+    for (size_t i = 0; i < n; i++)
+        if (s[i] < '0' || s[i] > '9') return 0;
+    return 1;
+}
+
+/* Plain decimal digits only: no sign, no spaces, no 0x, no trailing text. */
+static int parse_uint(const char *s, size_t n, unsigned long long *out) {
+    char buf[32];
+    if (!all_digits(s, n) || n >= sizeof buf) return -1;
+    memcpy(buf, s, n);
+    buf[n] = '\0';
+    errno = 0;
+    unsigned long long v = strtoull(buf, NULL, 10);
+    if (errno == ERANGE) return -1;
+    *out = v;
+    return 0;
+}
+
+/* digits[.digits][e[+-]digits] or .digits[...]: what strtod would take
+ * minus the forms a typo produces (signs, spaces, hex, inf, nan). */
+static int parse_seconds(const char *s, double *out) {
+    const char *p = s;
+    size_t int_digits = 0, frac_digits = 0;
+    while (*p >= '0' && *p <= '9') p++, int_digits++;
+    if (*p == '.') {
+        p++;
+        while (*p >= '0' && *p <= '9') p++, frac_digits++;
+    }
+    if (int_digits + frac_digits == 0) return -1;
+    if (*p == 'e' || *p == 'E') {
+        p++;
+        if (*p == '+' || *p == '-') p++;
+        if (*p < '0' || *p > '9') return -1;
+        while (*p >= '0' && *p <= '9') p++;
+    }
+    if (*p != '\0') return -1;
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (end != p || errno == ERANGE || !isfinite(v)) return -1;
+    *out = v;
+    return 0;
+}
+
+static int parse_bytes(const char *s, unsigned long long *out) {
+    size_t n = strlen(s);
+    unsigned shift = 0;
+    if (n > 0) {
+        switch (s[n - 1]) {
+        case 'K': case 'k': shift = 10; break;
+        case 'M': case 'm': shift = 20; break;
+        case 'G': case 'g': shift = 30; break;
+        default: break;
+        }
+    }
+    if (shift) n--;
+    unsigned long long v;
+    if (parse_uint(s, n, &v) < 0) return -1;
+    if (v > (ULLONG_MAX >> shift)) return -1;
+    *out = v << shift;
+    return 0;
+}
+
+/* A byte count with the largest suffix that divides it exactly. */
+static void format_bytes(unsigned long long v, char buf[32]) {
+    static const char suffix[] = "GMK";
+    for (int i = 0; i < 3; i++) {
+        unsigned shift = (unsigned)(30 - 10 * i);
+        if (v != 0 && v % (1ULL << shift) == 0) {
+            snprintf(buf, 32, "%llu%c", v >> shift, suffix[i]);
+            return;
+        }
+    }
+    snprintf(buf, 32, "%llu", v);
+}
+
+/* The shortest %g form that strtod reads back as the same double. */
+static void format_seconds(double v, char buf[40]) {
+    for (int prec = 15; prec <= 17; prec++) {
+        snprintf(buf, 40, "%.*g", prec, v);
+        if (strtod(buf, NULL) == v) return;
+    }
+}
+
+static int set_string(const key *k, char *field, const char *value,
+                      gr_err *err) {
+    char show[64];
+    size_t n = strlen(value);
+    if (n >= k->size)
+        return gr_fail(err, GR_EBADREQ, "%s: value too long (%zu bytes, at most %zu), got '%s'",
+                       k->name, n, k->size - 1, shown(value, show));
+    switch (k->kind) {
+    case KIND_ADDRESS: {
+        unsigned char addr[16];
+        if (inet_pton(AF_INET, value, addr) != 1 &&
+            inet_pton(AF_INET6, value, addr) != 1)
+            return gr_fail(err, GR_EBADREQ,
+                           "%s: expected a literal IPv4 or IPv6 address, got '%s'",
+                           k->name, shown(value, show));
+        break;
+    }
+    case KIND_PATH:
+        if (n == 0)
+            return gr_fail(err, GR_EBADREQ, "%s: expected a path, got ''", k->name);
+        for (size_t i = 0; i < n; i++) {
+            unsigned char ch = (unsigned char)value[i];
+            if (ch < 0x20 || ch == 0x7f)
+                return gr_fail(err, GR_EBADREQ,
+                               "%s: control character in path '%s'", k->name,
+                               shown(value, show));
+        }
+        break;
+    case KIND_LOG_LEVEL: {
+        int ok = 0;
+        for (size_t i = 0; i < sizeof log_levels / sizeof log_levels[0]; i++)
+            ok |= strcmp(value, log_levels[i]) == 0;
+        if (!ok)
+            return gr_fail(err, GR_EBADREQ,
+                           "%s: expected one of error, warn, info, debug, got '%s'",
+                           k->name, shown(value, show));
+        break;
+    }
+    default:
+        return gr_fail(err, GR_EINTERNAL, "%s: not a string key", k->name);
+    }
+    memset(field, 0, k->size);
+    memcpy(field, value, n);
+    return 0;
+}
+
+int config_set(config *c, const char *key_name, const char *value, gr_err *err) {
+    char show[64];
+    if (!key_name || !value)
+        return gr_fail(err, GR_EBADREQ, "config: missing key or value");
+    const key *k = find_key(key_name);
+    if (!k) return gr_fail(err, GR_EBADREQ, "unknown key '%s'", shown(key_name, show));
+    char *field = (char *)c + k->offset;
+
+    switch (k->kind) {
+    case KIND_ADDRESS:
+    case KIND_PATH:
+    case KIND_LOG_LEVEL:
+        return set_string(k, field, value, err);
+    case KIND_INT:
+    case KIND_COUNT: {
+        unsigned long long v;
+        if (parse_uint(value, strlen(value), &v) < 0 || (double)v < k->min ||
+            (double)v > k->max)
+            return gr_fail(err, GR_EBADREQ, "%s: expected an integer in %.0f..%.0f, got '%s'",
+                           k->name, k->min, k->max, shown(value, show));
+        if (k->kind == KIND_INT) {
+            int iv = (int)v;
+            memcpy(field, &iv, sizeof iv);
+        } else {
+            size_t sv = (size_t)v;
+            memcpy(field, &sv, sizeof sv);
+        }
+        return 0;
+    }
+    case KIND_BYTES: {
+        unsigned long long v;
+        char max[32];
+        format_bytes((unsigned long long)k->max, max);
+        if (parse_bytes(value, &v) < 0 || (double)v < k->min ||
+            (double)v > k->max || v > SIZE_MAX)
+            return gr_fail(err, GR_EBADREQ,
+                           "%s: expected a byte count in %.0f..%s (suffix K, M or G allowed), got '%s'",
+                           k->name, k->min, max, shown(value, show));
+        size_t sv = (size_t)v;
+        memcpy(field, &sv, sizeof sv);
+        return 0;
+    }
+    case KIND_SECONDS: {
+        double v;
+        if (parse_seconds(value, &v) < 0 || v < k->min || v > k->max)
+            return gr_fail(err, GR_EBADREQ, "%s: expected seconds in %g..%g, got '%s'",
+                           k->name, k->min, k->max, shown(value, show));
+        memcpy(field, &v, sizeof v);
+        return 0;
+    }
+    }
+    return gr_fail(err, GR_EINTERNAL, "%s: unhandled key kind", k->name);
+}
+
+/* Reads one line without its newline (and a '\r' before it) into buf.
+ * Returns its length, -1 at end of file, -2 if it does not fit in cap - 1
+ * bytes, -3 if it holds a NUL byte (which would silently cut the line). */
+static long read_line(FILE *f, char *buf, size_t cap) {
+    size_t n = 0;
+    int ch;
+    while ((ch = getc(f)) != EOF && ch != '\n') {
+        if (ch == '\0') return -3;
+        if (n + 1 >= cap) return -2;
+        buf[n++] = (char)ch;
+    }
+    if (ch == EOF && n == 0) return -1;
+    if (n > 0 && buf[n - 1] == '\r') n--;
+    buf[n] = '\0';
+    return (long)n;
+}
+
+static int is_blank(char ch) { return ch == ' ' || ch == '\t'; }
+
+/* Splits a line into key and value in place. Returns 1 for a key/value pair,
+ * 0 for a blank or comment line, -1 with *why set for a malformed line.
+ * Values may be unquoted (a '#' after whitespace starts a comment), in
+ * '...' (literal) or in "..." (with \" and \\ as the only escapes). */
+static int split_line(char *s, char **key_out, char **value_out,
+                      const char **why) {
+    while (is_blank(*s)) s++;
+    if (*s == '\0' || *s == '#') return 0;
+    char *eq = strchr(s, '=');
+    if (!eq) return *why = "expected 'key = value'", -1;
+    char *kend = eq;
+    while (kend > s && is_blank(kend[-1])) kend--;
+    if (kend == s) return *why = "missing key before '='", -1;
+    *kend = '\0';
+    *key_out = s;
+
+    char *v = eq + 1;
+    while (is_blank(*v)) v++;
+    char *rest;
+    if (*v == '"' || *v == '\'') {
+        char quote = *v;
+        char *in = v + 1, *out = v;
+        for (;;) {
+            if (*in == '\0') return *why = "unterminated quoted value", -1;
+            if (*in == quote) break;
+            if (quote == '"' && *in == '\\') {
+                in++;
+                if (*in != '"' && *in != '\\')
+                    return *why = "unknown escape in quoted value (only \\\" and \\\\)", -1;
+            }
+            *out++ = *in++;
+        }
+        *out = '\0';
+        rest = in + 1;
+        while (is_blank(*rest)) rest++;
+        if (*rest != '\0' && *rest != '#')
+            return *why = "text after the closing quote", -1;
+    } else {
+        char *end = v;
+        while (*end && !(*end == '#' && (end == v || is_blank(end[-1])))) end++;
+        while (end > v && is_blank(end[-1])) end--;
+        *end = '\0';
+    }
+    *value_out = v;
+    return 1;
+}
+
+int config_load_file(config *c, const char *path, gr_err *err) {
+    FILE *f = fopen(path, "r");
+    if (!f) return gr_fail(err, GR_EBADREQ, "%s: cannot open: %s", path, strerror(errno));
+    char *line = malloc(CONFIG_LINE_MAX + 1);
+    if (!line) {
+        fclose(f);
+        return gr_fail(err, GR_EINTERNAL, "%s: out of memory", path);
+    }
+    int rc = 0;
+    for (unsigned lineno = 1;; lineno++) {
+        long n = read_line(f, line, CONFIG_LINE_MAX + 1);
+        if (n == -1) break;
+        if (n == -2) {
+            rc = gr_fail(err, GR_EBADREQ, "%s:%u: line longer than %d bytes", path,
+                         lineno, CONFIG_LINE_MAX);
+            break;
+        }
+        if (n == -3) {
+            rc = gr_fail(err, GR_EBADREQ, "%s:%u: NUL byte in line", path, lineno);
+            break;
+        }
+        char *s = line;
+        /* A UTF-8 byte order mark, as some editors write one. */
+        if (lineno == 1 && n >= 3 && memcmp(s, "\xEF\xBB\xBF", 3) == 0) s += 3;
+        char *k, *v;
+        const char *why = NULL;
+        int kind = split_line(s, &k, &v, &why);
+        if (kind < 0) {
+            rc = gr_fail(err, GR_EBADREQ, "%s:%u: %s", path, lineno, why);
+            break;
+        }
+        if (kind == 0) continue;
+        gr_err e;
+        if (config_set(c, k, v, &e) < 0) {
+            rc = gr_fail(err, e.status, "%s:%u: %s", path, lineno, e.msg);
+            break;
+        }
+    }
+    if (rc == 0 && ferror(f))
+        rc = gr_fail(err, GR_EBADREQ, "%s: read error: %s", path, strerror(errno));
+    free(line);
+    fclose(f);
+    return rc;
+}
+
+/* GENRED_ variables that are not settings: the conf path and what the test
+ * harness sets. */
+static int is_reserved_env(const char *name, size_t n) {
+    static const char *const exact[] = {"CONFIG", "BIN", "SOURCE", "SHARED"};
+    static const char *const prefix[] = {"TEST_", "TOOL_"};
+    for (size_t i = 0; i < sizeof exact / sizeof exact[0]; i++)
+        if (strlen(exact[i]) == n && memcmp(name, exact[i], n) == 0) return 1;
+    for (size_t i = 0; i < sizeof prefix / sizeof prefix[0]; i++) {
+        size_t p = strlen(prefix[i]);
+        if (n >= p && memcmp(name, prefix[i], p) == 0) return 1;
+    }
+    return 0;
+}
+
+int config_load_env(config *c, gr_err *err) {
+    static const char prefix[] = "GENRED_";
+    const size_t plen = sizeof prefix - 1;
+    for (char **e = environ; e && *e; e++) {
+        const char *var = *e;
+        if (strncmp(var, prefix, plen) != 0) continue;
+        const char *name = var + plen;
+        const char *eq = strchr(name, '=');
+        if (!eq) continue;
+        size_t n = (size_t)(eq - name);
+        if (is_reserved_env(name, n)) continue;
+
+        char key_name[32], full[64], show[64];
+        size_t fn = (size_t)(eq - var) < sizeof full - 1 ? (size_t)(eq - var) : sizeof full - 1;
+        memcpy(full, var, fn);
+        full[fn] = '\0';
+        int known = n > 0 && n < sizeof key_name;
+        for (size_t i = 0; known && i < n; i++) {
+            char ch = name[i];
+            key_name[i] = (ch >= 'A' && ch <= 'Z') ? (char)(ch - 'A' + 'a') : ch;
+        }
+        if (known) {
+            key_name[n] = '\0';
+            known = find_key(key_name) != NULL;
+        }
+        if (!known)
+            return gr_fail(err, GR_EBADREQ, "environment: unknown setting %s",
+                           shown(full, show));
+        gr_err ve;
+        if (config_set(c, key_name, eq + 1, &ve) < 0)
+            return gr_fail(err, ve.status, "environment %s: %s", full, ve.msg);
+    }
+    return 0;
+}
+
+/* Quotes only when the bare form would read back differently. */
+static void print_string(FILE *f, const char *s) {
+    size_t n = strlen(s);
+    int quote = n == 0 || is_blank(s[0]) || is_blank(s[n - 1]) || s[0] == '"' ||
+                s[0] == '\'' || strchr(s, '#') != NULL;
+    if (!quote) {
+        fputs(s, f);
+        return;
+    }
+    putc('"', f);
+    for (; *s; s++) {
+        if (*s == '"' || *s == '\\') putc('\\', f);
+        putc(*s, f);
+    }
+    putc('"', f);
+}
+
+void config_print(const config *c, FILE *f) {
+    for (size_t i = 0; i < KEY_COUNT; i++) {
+        const key *k = &keys[i];
+        const char *field = (const char *)c + k->offset;
+        fprintf(f, "%s = ", k->name);
+        switch (k->kind) {
+        case KIND_ADDRESS:
+        case KIND_PATH:
+        case KIND_LOG_LEVEL: {
+            /* Bounded even if the struct was filled without config_set(). */
+            char s[sizeof c->model];
+            size_t n = strnlen(field, k->size - 1);
+            memcpy(s, field, n);
+            s[n] = '\0';
+            print_string(f, s);
+            break;
+        }
+        case KIND_INT: {
+            int v;
+            memcpy(&v, field, sizeof v);
+            fprintf(f, "%d", v);
+            break;
+        }
+        case KIND_COUNT: {
+            size_t v;
+            memcpy(&v, field, sizeof v);
+            fprintf(f, "%zu", v);
+            break;
+        }
+        case KIND_BYTES: {
+            size_t v;
+            char buf[32];
+            memcpy(&v, field, sizeof v);
+            format_bytes(v, buf);
+            fputs(buf, f);
+            break;
+        }
+        case KIND_SECONDS: {
+            double v;
+            char buf[40];
+            memcpy(&v, field, sizeof v);
+            format_seconds(v, buf);
+            fputs(buf, f);
+            break;
+        }
+        }
+        putc('\n', f);
+    }
+}
+
+int config_workers(const config *c) {
+    if (c->workers > 0) return c->workers;
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    if (n < 1) return 1;
+    return n > 256 ? 256 : (int)n;
+}

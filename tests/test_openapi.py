@@ -1,0 +1,209 @@
+"""test_openapi.py - openapi.yaml checked on its own, without a daemon.
+
+The document is the API contract test_api.py validates the daemon against,
+so it must itself be sound: a 3.1 document whose every $ref resolves, whose
+schemas are valid JSON Schema 2020-12 and strict where the contract says so,
+whose examples validate against their schemas and obey the classify
+invariants, and whose error codes and statuses are exactly those of
+src/err.c.
+
+What it does not do: talk to a daemon (test_api.py).
+"""
+import copy
+import re
+
+import jsonschema
+import pytest
+
+ROUTES = {"/v1/classify", "/healthz", "/readyz", "/v1/model", "/metrics", "/openapi.yaml"}
+METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+
+
+def walk(node, path=()):
+    """Yields (path, dict) for every mapping in the document."""
+    if isinstance(node, dict):
+        yield path, node
+        for k, v in node.items():
+            yield from walk(v, path + (k,))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from walk(v, path + (i,))
+
+
+def deref(api, node):
+    while isinstance(node, dict) and "$ref" in node:
+        _, node = api.resolver.resolve(node["$ref"])
+    return node
+
+
+def operations(api):
+    for route, item in api.doc["paths"].items():
+        for method, op in item.items():
+            if method in METHODS:
+                yield route, method, op
+
+
+def responses(api):
+    for route, method, op in operations(api):
+        for status, resp in op["responses"].items():
+            yield route, method, status, deref(api, resp)
+
+
+@pytest.fixture(scope="module")
+def err_c(source_dir):
+    """{code: http status} as src/err.c maps them."""
+    text = (source_dir / "src" / "err.c").read_text()
+    code_fn = text[text.index("gr_status_code"):text.index("gr_status_http")]
+    http_fn = text[text.index("gr_status_http"):]
+    codes = dict(re.findall(r'case (GR_\w+): return "(\w+)";', code_fn))
+    https = {k: int(v) for k, v in re.findall(r"case (GR_\w+): return (\d+);", http_fn)}
+    assert codes and codes.keys() == https.keys(), "src/err.c no longer parses as expected"
+    return {codes[k]: https[k] for k in codes if k != "GR_OK"}
+
+
+def test_is_openapi_31_with_every_route(api):
+    assert str(api.doc["openapi"]).startswith("3.1.")
+    assert set(api.doc["paths"]) == ROUTES
+
+
+def test_every_ref_resolves(api):
+    refs = [(p, n["$ref"]) for p, n in walk(api.doc) if isinstance(n.get("$ref"), str)]
+    assert len(refs) > 20
+    for path, ref in refs:
+        assert ref.startswith("#/"), f"{path}: external $ref {ref}"
+        api.resolver.resolve(ref)  # raises RefResolutionError
+
+
+def test_schemas_are_valid_2020_12(api):
+    for name, schema in api.doc["components"]["schemas"].items():
+        jsonschema.Draft202012Validator.check_schema(schema)
+        for example in schema.get("examples", []):
+            api.validate(example, name)
+
+
+def test_every_example_validates(api, check_classify):
+    checked = 0
+    for route, method, status, resp in responses(api):
+        for mtype, media in resp.get("content", {}).items():
+            if mtype != "application/json":
+                continue
+            for ex_name, ex in media.get("examples", {}).items():
+                api.validate(ex["value"], media["schema"])
+                if route == "/v1/classify" and status == "200":
+                    check_classify(ex["value"])
+                checked += 1
+    assert checked >= 10
+
+
+def test_error_codes_match_err_c(api, err_c):
+    enum = api.schema("Error")["properties"]["error"]["properties"]["code"]["enum"]
+    assert sorted(enum) == sorted(err_c)
+    for route, method, status, resp in responses(api):
+        media = resp.get("content", {}).get("application/json")
+        if not media or deref(api, media["schema"]) != api.schema("Error"):
+            continue
+        for ex in media.get("examples", {}).values():
+            code = ex["value"]["error"]["code"]
+            assert err_c[code] == int(status), f"{method} {route} {status}: example code {code}"
+    for name in ("BadRequest", "NotFound", "MethodNotAllowed", "PayloadTooLarge",
+                 "UnsupportedMedia", "UnprocessableAudio", "Busy", "Internal"):
+        for ex in api.doc["components"]["responses"][name]["content"]["application/json"][
+                "examples"].values():
+            assert ex["value"]["error"]["code"] in err_c
+
+
+def test_json_responses_carry_request_id_and_503_retry_after(api):
+    for route, method, status, resp in responses(api):
+        if "application/json" in resp.get("content", {}):
+            assert "X-Request-Id" in resp.get("headers", {}), f"{method} {route} {status}"
+        if status == "503":
+            assert "Retry-After" in resp.get("headers", {}), f"{method} {route} 503"
+    assert "Allow" in api.doc["components"]["responses"]["MethodNotAllowed"]["headers"]
+
+
+def test_classify_parameters(api):
+    op = api.doc["paths"]["/v1/classify"]["post"]
+    params = {p["name"]: p for p in (deref(api, p) for p in op["parameters"])}
+    assert params["trim"]["schema"] == {"type": "integer", "enum": [0, 1], "default": 1}
+    assert params["segments"]["schema"] == {"type": "integer", "enum": [0, 1], "default": 0}
+    body = op["requestBody"]["content"]
+    assert body["multipart/form-data"]["schema"]["required"] == ["file"]
+    assert {"multipart/form-data", "audio/mpeg", "audio/wav", "audio/x-wav", "audio/flac",
+            "audio/ogg", "application/octet-stream"} <= set(body)
+    assert all(t == "multipart/form-data" or t.startswith(("audio/", "application/"))
+               for t in body)
+
+
+def first_example(api):
+    media = api.doc["paths"]["/v1/classify"]["post"]["responses"]["200"]["content"][
+        "application/json"]
+    return copy.deepcopy(media["examples"]["segments"]["value"])
+
+
+MUTATIONS = {
+    "extra top-level field": lambda a: a.update(extra=1),
+    "missing top": lambda a: a.pop("top"),
+    "missing timing": lambda a: a.pop("timing_ms"),
+    "probability above 1": lambda a: a["genres"][0].update(probability=1.5),
+    "percent above 100": lambda a: a["genres"][0].update(percent=101),
+    "extra genre field": lambda a: a["genres"][0].update(rank=1),
+    "four in top3": lambda a: a["top3"].append(a["genres"][3]),
+    "chunks zero": lambda a: a.update(chunks=0),
+    "chunks float": lambda a: a.update(chunks=3.5),
+    "trimmed as string": lambda a: a["analyzed"].update(trimmed="no"),
+    "extra analyzed field": lambda a: a["analyzed"].update(frames=3),
+    "segment probability string": lambda a: a["segments"][0]["probabilities"].update(blues="x"),
+    "extra segment field": lambda a: a["segments"][0].update(note=""),
+    "model without version": lambda a: a["model"].pop("version"),
+}
+
+
+@pytest.mark.parametrize("mutation", MUTATIONS, ids=list(MUTATIONS))
+def test_classify_schema_is_strict(api, mutation):
+    answer = first_example(api)
+    api.validate(answer, "ClassifyResult")
+    MUTATIONS[mutation](answer)
+    assert api.errors(answer, "ClassifyResult"), f"schema accepts: {mutation}"
+
+
+@pytest.mark.parametrize("bad", [
+    {"error": {"code": "busy"}},
+    {"error": {"code": "teapot", "message": "no"}},
+    {"error": {"code": "busy", "message": "full", "retry": 1}},
+    {"error": {"code": "busy", "message": "full"}, "status": 503},
+    {"code": "busy", "message": "full"},
+], ids=["no-message", "unknown-code", "extra-inner", "extra-outer", "flat"])
+def test_error_schema_is_strict(api, bad):
+    assert api.errors(bad, "Error")
+
+
+def test_classify_invariants_catch_inconsistent_answers(api, check_classify):
+    """The invariants test_api.py relies on must reject what the schema
+    alone accepts."""
+    bad = []
+    a = first_example(api)
+    a["top"] = a["genres"][1]["genre"]
+    bad.append(a)
+    a = first_example(api)
+    a["genres"][0], a["genres"][1] = a["genres"][1], a["genres"][0]
+    bad.append(a)
+    a = first_example(api)
+    a["genres"][0]["percent"] = 60.0
+    a["top3"][0]["percent"] = 60.0
+    bad.append(a)
+    a = first_example(api)
+    a["analyzed"]["end_s"] = 9.5
+    bad.append(a)
+    a = first_example(api)
+    a["segments"][1]["start_s"] = 4.0
+    bad.append(a)
+    a = first_example(api)
+    a["segments"].pop()
+    bad.append(a)
+    a = first_example(api)
+    a["segments"][1]["top"] = "blues"
+    bad.append(a)
+    for answer in bad:
+        api.validate(answer, "ClassifyResult")
+        with pytest.raises(AssertionError):
+            check_classify(answer)
