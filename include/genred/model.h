@@ -31,6 +31,10 @@ model *model_load(const char *path, gr_err *err);
 model *model_load_buffer(const void *data, size_t len, gr_err *err);
 void model_free(model *m);
 
+/* Parses a "features" object (docs/model-format.md) into *out, validating
+ * every field. Used by the loader and by `genred features --params`. */
+int model_parse_features(const json_t *features, mel_params *out, gr_err *err);
+
 const char *model_name(const model *m);
 const char *model_version(const model *m);
 int model_genre_count(const model *m);

@@ -1,0 +1,1009 @@
+/* model.c - load, validate and run a .gmodel file (docs/model-format.md).
+ *
+ * Loading checks the container (magic, version, lengths, padding, CRC-32),
+ * then every header field, then walks the layer list propagating the shape of
+ * one item, so that a file which loads can be run without any further check.
+ * While walking, the file's layers become a shorter list of ops: dropout and
+ * flatten disappear (flatten is a no-op on NCHW memory), a batch-norm right
+ * after conv2d/dense is folded into its weights (in double precision) and an
+ * activation right after conv2d/dense is fused into its output pass.
+ *
+ * The JSON for model_describe() is built once at load time and kept as text:
+ * each call parses a fresh copy, so threads never share jansson objects.
+ *
+ * What it does not do: feature extraction (mel.c), kernels (nn.c). */
+#include "genred/model.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "genred/nn.h"
+
+#define FORMAT_VERSION 1
+#define PREFIX_BYTES 16            /* magic, version, header length */
+#define DATA_ALIGN 64
+#define MAX_FILE_BYTES (1ULL << 30)
+#define MAX_HEADER_BYTES (16u << 20)
+#define MAX_LAYERS 512
+#define MAX_GENRES 1024
+#define MAX_LABEL_BYTES 128
+#define MAX_DIM 65536              /* channels, height, width, features */
+#define MAX_WINDOW 1024            /* kernel, stride, padding */
+#define MAX_ITEM_FLOATS (1ULL << 24)   /* one activation of one item */
+#define MAX_COLUMN_FLOATS (1ULL << 28) /* one item's im2col matrix */
+#define MAX_BATCH 4096
+
+static const unsigned char magic[8] = {'G', 'E', 'N', 'R', 'E', 'D', 'M', 0};
+
+typedef struct shape {
+    int c, h, w;   /* flat features: c = count, h = w = 1 */
+    int flat;
+} shape;
+
+typedef enum op_kind {
+    OP_CONV2D,
+    OP_DENSE,
+    OP_AFFINE,        /* a batch-norm that could not be folded */
+    OP_ACTIVATION,
+    OP_MAXPOOL,
+    OP_AVGPOOL,
+    OP_GLOBAL_AVGPOOL,
+    OP_GLOBAL_MAXPOOL,
+    OP_SOFTMAX,
+} op_kind;
+
+typedef struct op {
+    op_kind kind;
+    shape in, out;
+    nn_conv2d conv;             /* OP_CONV2D: weight/bias point to w/b */
+    nn_dense dense;             /* OP_DENSE: weight/bias point to w/b */
+    int kh, kw, sh, sw;         /* pools */
+    nn_activation act;          /* OP_ACTIVATION */
+    float alpha;
+    float *w, *b;               /* owned: weights and bias, or affine scale
+                                 * and shift */
+} op;
+
+struct model {
+    char *name, *version;
+    char **genres;              /* owned, n_genres strings */
+    int n_genres;
+    mel_params mel;
+    shape input;
+    op *ops;                    /* owned, n_ops */
+    int n_ops;
+    double macs;
+    size_t params;
+    char *describe;             /* owned: model_describe()'s JSON as text */
+};
+
+struct model_workspace {
+    const model *m;
+    int max_batch;
+    float *act[2];              /* ping-pong activations, owned */
+    float *scratch;             /* im2col, owned; NULL if no conv needs it */
+};
+
+/* ---- container ---------------------------------------------------------- */
+
+static uint32_t crc32_ieee(const unsigned char *p, size_t n) {
+    uint32_t table[256];
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        table[i] = c;
+    }
+    uint32_t crc = 0xFFFFFFFFu;
+    for (size_t i = 0; i < n; i++) crc = table[(crc ^ p[i]) & 0xFFu] ^ (crc >> 8);
+    return crc ^ 0xFFFFFFFFu;
+}
+
+static uint32_t le32(const unsigned char *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+           (uint32_t)p[3] << 24;
+}
+
+static float le_float(const unsigned char *p) {
+    uint32_t u = le32(p);
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* ---- header field helpers ----------------------------------------------- */
+
+#define FAIL(...) gr_fail(err, GR_EINTERNAL, __VA_ARGS__)
+
+/* Refuses keys outside allowed (NULL-terminated): a version-1 reader cannot
+ * know what they mean, and a misspelt optional field must not be ignored. */
+static int check_keys(const json_t *obj, const char *const *allowed,
+                      const char *ctx, gr_err *err) {
+    const char *key;
+    json_t *v;
+    /* jansson's iterator is not const-qualified; it does not modify obj. */
+    json_object_foreach((json_t *)obj, key, v) {
+        const char *const *a = allowed;
+        while (*a && strcmp(*a, key) != 0) a++;
+        if (!*a) return FAIL("%s: unknown field '%s'", ctx, key);
+    }
+    return 0;
+}
+
+static int field_int(const json_t *obj, const char *key, long long lo, long long hi,
+                     int *out, const char *ctx, gr_err *err) {
+    json_t *v = json_object_get(obj, key);
+    if (!v) return FAIL("%s: missing '%s'", ctx, key);
+    if (!json_is_integer(v)) return FAIL("%s: '%s' must be an integer", ctx, key);
+    long long x = (long long)json_integer_value(v);
+    if (x < lo || x > hi)
+        return FAIL("%s: '%s' = %lld is out of range [%lld, %lld]", ctx, key, x,
+                    lo, hi);
+    *out = (int)x;
+    return 0;
+}
+
+static int field_number(const json_t *obj, const char *key, double *out,
+                        const char *ctx, gr_err *err) {
+    json_t *v = json_object_get(obj, key);
+    if (!v) return FAIL("%s: missing '%s'", ctx, key);
+    if (!json_is_number(v) || !isfinite(json_number_value(v)))
+        return FAIL("%s: '%s' must be a finite number", ctx, key);
+    *out = json_number_value(v);
+    return 0;
+}
+
+static int field_string(const json_t *obj, const char *key, int required,
+                        size_t max_len, const char **out, const char *ctx,
+                        gr_err *err) {
+    json_t *v = json_object_get(obj, key);
+    *out = NULL;
+    if (!v) return required ? FAIL("%s: missing '%s'", ctx, key) : 0;
+    if (!json_is_string(v)) return FAIL("%s: '%s' must be a string", ctx, key);
+    size_t n = json_string_length(v);
+    if (required && n == 0) return FAIL("%s: '%s' must not be empty", ctx, key);
+    if (n > max_len) return FAIL("%s: '%s' is longer than %zu bytes", ctx, key, max_len);
+    *out = json_string_value(v);
+    return 0;
+}
+
+/* An array of exactly n integers, each in [lo, hi]. */
+static int field_ints(const json_t *obj, const char *key, int n, long long lo,
+                      long long hi, int *out, const char *ctx, gr_err *err) {
+    json_t *v = json_object_get(obj, key);
+    if (!v) return FAIL("%s: missing '%s'", ctx, key);
+    if (!json_is_array(v) || json_array_size(v) != (size_t)n)
+        return FAIL("%s: '%s' must be an array of %d integers", ctx, key, n);
+    for (int i = 0; i < n; i++) {
+        json_t *e = json_array_get(v, (size_t)i);
+        if (!json_is_integer(e))
+            return FAIL("%s: '%s' must be an array of %d integers", ctx, key, n);
+        long long x = (long long)json_integer_value(e);
+        if (x < lo || x > hi)
+            return FAIL("%s: '%s'[%d] = %lld is out of range [%lld, %lld]", ctx,
+                        key, i, x, lo, hi);
+        out[i] = (int)x;
+    }
+    return 0;
+}
+
+static void format_dims(char *buf, size_t size, const long long *dims, int n) {
+    size_t used = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < n && used < size; i++) {
+        int w = snprintf(buf + used, size - used, "%s%lld", i ? "," : "", dims[i]);
+        if (w < 0) return;
+        used += (size_t)w;
+    }
+}
+
+/* A tensor reference {"offset": O, "shape": [...]} whose shape must equal
+ * want[0..n): *out points at its floats in data (n_data floats). */
+static int field_tensor(const json_t *obj, const char *key, const long long *want,
+                        int n, const float *data, size_t n_data,
+                        const float **out, const char *ctx, gr_err *err) {
+    static const char *const keys[] = {"offset", "shape", NULL};
+    char sub[96];
+    json_t *t = json_object_get(obj, key);
+    if (!t) return FAIL("%s: missing '%s'", ctx, key);
+    snprintf(sub, sizeof sub, "%s: tensor '%s'", ctx, key);
+    if (!json_is_object(t))
+        return FAIL("%s must be an object with offset and shape", sub);
+    if (check_keys(t, keys, sub, err) < 0) return -1;
+    json_t *off = json_object_get(t, "offset"), *shp = json_object_get(t, "shape");
+    if (!off || !json_is_integer(off) || json_integer_value(off) < 0)
+        return FAIL("%s: 'offset' must be a non-negative integer", sub);
+    if (!shp || !json_is_array(shp) || json_array_size(shp) > 8)
+        return FAIL("%s: 'shape' must be an array of up to 8 integers", sub);
+    long long got[8];
+    int got_n = (int)json_array_size(shp);
+    for (int i = 0; i < got_n; i++) {
+        json_t *e = json_array_get(shp, (size_t)i);
+        if (!json_is_integer(e))
+            return FAIL("%s: 'shape' must be an array of integers", sub);
+        got[i] = (long long)json_integer_value(e);
+    }
+    int same = got_n == n;
+    for (int i = 0; same && i < n; i++) same = got[i] == want[i];
+    if (!same) {
+        char g[64], w[64];
+        format_dims(g, sizeof g, got, got_n);
+        format_dims(w, sizeof w, want, n);
+        return FAIL("%s has shape [%s], expected [%s]", sub, g, w);
+    }
+    /* want[] comes from validated, bounded dimensions, and every tensor must
+     * fit in the data section, so the product cannot overflow before it is
+     * compared with n_data. */
+    unsigned long long count = 1, offset = (unsigned long long)json_integer_value(off);
+    for (int i = 0; i < n; i++) {
+        count *= (unsigned long long)want[i];
+        if (count > n_data) break;
+    }
+    if (offset > n_data || count > n_data - offset)
+        return FAIL("%s: floats [%llu, %llu) lie outside the data section "
+                    "(%zu floats)", sub, offset, offset + count, n_data);
+    *out = data + offset;
+    return 0;
+}
+
+/* ---- header sections ---------------------------------------------------- */
+
+int model_parse_features(const json_t *f, mel_params *p, gr_err *err) {
+    static const char *const keys[] = {
+        "kind", "sample_rate", "n_fft", "win_length", "hop_length", "n_mels",
+        "chunk_frames", "fmin", "fmax", "mel_scale", "mel_norm", "power",
+        "amin", "norm_mean", "norm_std", NULL};
+    const char *ctx = "features", *kind = NULL, *scale = NULL, *norm = NULL;
+    double fmin = 0, fmax = 0, power = 0, amin = 0, mean = 0, std = 0;
+    if (!json_is_object(f)) return FAIL("'features' must be an object");
+    if (check_keys(f, keys, ctx, err) < 0 ||
+        field_string(f, "kind", 1, 64, &kind, ctx, err) < 0)
+        return -1;
+    if (strcmp(kind, "logmel") != 0)
+        return FAIL("features: kind '%s' is not supported (only 'logmel')", kind);
+    if (field_int(f, "sample_rate", 1000, 384000, &p->sample_rate, ctx, err) < 0 ||
+        field_int(f, "n_fft", 16, 65536, &p->n_fft, ctx, err) < 0 ||
+        field_int(f, "win_length", 1, p->n_fft, &p->win_length, ctx, err) < 0 ||
+        field_int(f, "hop_length", 1, 65536, &p->hop_length, ctx, err) < 0 ||
+        field_int(f, "n_mels", 1, 1024, &p->n_mels, ctx, err) < 0 ||
+        field_int(f, "chunk_frames", 1, 8192, &p->chunk_frames, ctx, err) < 0 ||
+        field_number(f, "fmin", &fmin, ctx, err) < 0 ||
+        field_number(f, "fmax", &fmax, ctx, err) < 0 ||
+        field_string(f, "mel_scale", 1, 16, &scale, ctx, err) < 0 ||
+        field_string(f, "mel_norm", 1, 16, &norm, ctx, err) < 0 ||
+        field_number(f, "power", &power, ctx, err) < 0 ||
+        field_number(f, "amin", &amin, ctx, err) < 0 ||
+        field_number(f, "norm_mean", &mean, ctx, err) < 0 ||
+        field_number(f, "norm_std", &std, ctx, err) < 0)
+        return -1;
+    if (!(fmin >= 0 && fmin < fmax && fmax <= p->sample_rate / 2.0))
+        return FAIL("features: need 0 <= fmin < fmax <= sample_rate/2");
+    if (strcmp(scale, "slaney") == 0) p->scale = MEL_SCALE_SLANEY;
+    else if (strcmp(scale, "htk") == 0) p->scale = MEL_SCALE_HTK;
+    else return FAIL("features: mel_scale '%s' is not 'slaney' or 'htk'", scale);
+    if (strcmp(norm, "slaney") == 0) p->slaney_norm = 1;
+    else if (strcmp(norm, "none") == 0) p->slaney_norm = 0;
+    else return FAIL("features: mel_norm '%s' is not 'slaney' or 'none'", norm);
+    if (!(power > 0 && power <= 4)) return FAIL("features: power must be in (0, 4]");
+    if (!(amin > 0 && amin < 1)) return FAIL("features: amin must be in (0, 1)");
+    if (!(std > 0 && std < 1e6) || !(fabs(mean) < 1e6))
+        return FAIL("features: need 0 < norm_std and |norm_mean| < 1e6");
+    p->fmin = (float)fmin;
+    p->fmax = (float)fmax;
+    p->power = (float)power;
+    p->amin = (float)amin;
+    p->norm_mean = (float)mean;
+    p->norm_std = (float)std;
+    return 0;
+}
+
+/* strdup() is POSIX, not C11. */
+static char *copy_string(const char *s) {
+    size_t n = strlen(s) + 1;
+    char *d = malloc(n);
+    if (d) memcpy(d, s, n);
+    return d;
+}
+
+static int parse_genres(model *m, json_t *g, gr_err *err) {
+    if (!json_is_array(g) || json_array_size(g) < 2 ||
+        json_array_size(g) > MAX_GENRES)
+        return FAIL("'genres' must be an array of 2 to %d labels", MAX_GENRES);
+    size_t n = json_array_size(g);
+    m->genres = calloc(n, sizeof *m->genres);
+    if (!m->genres) return FAIL("out of memory");
+    m->n_genres = (int)n;
+    for (size_t i = 0; i < n; i++) {
+        json_t *e = json_array_get(g, i);
+        if (!json_is_string(e) || json_string_length(e) == 0 ||
+            json_string_length(e) > MAX_LABEL_BYTES)
+            return FAIL("genres[%zu] must be a non-empty string of at most %d "
+                        "bytes", i, MAX_LABEL_BYTES);
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(m->genres[j], json_string_value(e)) == 0)
+                return FAIL("genre '%s' is listed twice", m->genres[j]);
+        m->genres[i] = copy_string(json_string_value(e));
+        if (!m->genres[i]) return FAIL("out of memory");
+    }
+    return 0;
+}
+
+/* ---- layers ------------------------------------------------------------- */
+
+/* State while walking the layer list. */
+typedef struct walker {
+    model *m;
+    const float *data;          /* the decoded data section (borrowed) */
+    size_t n_data;
+    shape cur;                  /* shape of one item after the last layer */
+    int merge;                  /* index of the conv2d/dense op, still
+                                 * without activation, that a following
+                                 * batch-norm or activation may merge into
+                                 * (nothing but dropout in between), or -1 */
+    json_t *desc;               /* describe()'s layer array (borrowed) */
+    gr_err *err;
+} walker;
+
+static unsigned long long shape_floats(shape s) {
+    return (unsigned long long)s.c * (unsigned long long)s.h * (unsigned long long)s.w;
+}
+
+static json_t *shape_json(shape s) {
+    return s.flat ? json_pack("[i]", s.c) : json_pack("[iii]", s.c, s.h, s.w);
+}
+
+static op *push_op(walker *W, op_kind kind) {
+    op *o = &W->m->ops[W->m->n_ops++];
+    memset(o, 0, sizeof *o);
+    o->kind = kind;
+    o->in = W->cur;
+    return o;
+}
+
+/* Appends {"type", "output", "params", "mflops"} plus extra (stolen, may be
+ * NULL) to the description. */
+static int describe_layer(walker *W, const char *type, size_t params,
+                          double macs, json_t *extra) {
+    gr_err *err = W->err;
+    json_t *d = json_pack("{s:s, s:o, s:I, s:f}", "type", type, "output",
+                          shape_json(W->cur), "params", (json_int_t)params,
+                          "mflops", 2.0 * macs / 1e6);
+    if (d && extra && json_object_update(d, extra) < 0) {
+        json_decref(d);
+        d = NULL;
+    }
+    json_decref(extra);
+    if (!d || json_array_append_new(W->desc, d) < 0) return FAIL("out of memory");
+    W->m->params += params;
+    W->m->macs += macs;
+    return 0;
+}
+
+static int check_item_size(walker *W, const char *ctx) {
+    gr_err *err = W->err;
+    if (shape_floats(W->cur) > MAX_ITEM_FLOATS)
+        return FAIL("%s: output of %llu floats per item exceeds the limit of "
+                    "%llu", ctx, shape_floats(W->cur), MAX_ITEM_FLOATS);
+    return 0;
+}
+
+static float *copy_floats(const float *src, size_t n) {
+    float *dst = malloc(n ? n * sizeof *dst : 1);
+    if (dst && n) memcpy(dst, src, n * sizeof *dst);
+    return dst;
+}
+
+static int layer_conv2d(walker *W, json_t *L, const char *ctx) {
+    static const char *const keys[] = {"type", "out_channels", "kernel", "stride",
+                                       "padding", "weight", "bias", NULL};
+    gr_err *err = W->err;
+    int oc = 0, k[2] = {0, 0}, s[2] = {0, 0}, p[2] = {0, 0};
+    const float *wt = NULL, *bias = NULL;
+    if (W->cur.flat) return FAIL("%s: input must be [C,H,W], not flat", ctx);
+    if (check_keys(L, keys, ctx, err) < 0 ||
+        field_int(L, "out_channels", 1, MAX_DIM, &oc, ctx, err) < 0 ||
+        field_ints(L, "kernel", 2, 1, MAX_WINDOW, k, ctx, err) < 0 ||
+        field_ints(L, "stride", 2, 1, MAX_WINDOW, s, ctx, err) < 0 ||
+        field_ints(L, "padding", 2, 0, MAX_WINDOW, p, ctx, err) < 0)
+        return -1;
+    shape in = W->cur;
+    int oh = nn_window_out(in.h, k[0], s[0], p[0]);
+    int ow = nn_window_out(in.w, k[1], s[1], p[1]);
+    if (oh < 1 || ow < 1)
+        return FAIL("%s: kernel %dx%d does not fit the padded %dx%d input", ctx,
+                    k[0], k[1], in.h, in.w);
+    unsigned long long cols = (unsigned long long)in.c * (unsigned long long)k[0] *
+                              (unsigned long long)k[1] * (unsigned long long)oh *
+                              (unsigned long long)ow;
+    if (cols > MAX_COLUMN_FLOATS)
+        return FAIL("%s: im2col needs %llu floats per item (limit %llu)", ctx,
+                    cols, MAX_COLUMN_FLOATS);
+    W->cur = (shape){oc, oh, ow, 0};
+    if (check_item_size(W, ctx) < 0) return -1;
+    long long wdims[4] = {oc, in.c, k[0], k[1]}, bdims[1] = {oc};
+    if (field_tensor(L, "weight", wdims, 4, W->data, W->n_data, &wt, ctx, err) < 0 ||
+        (json_object_get(L, "bias") &&
+         field_tensor(L, "bias", bdims, 1, W->data, W->n_data, &bias, ctx, err) < 0))
+        return -1;
+    size_t nw = (size_t)oc * (size_t)in.c * (size_t)k[0] * (size_t)k[1];
+
+    op *o = push_op(W, OP_CONV2D);
+    o->out = W->cur;
+    o->w = copy_floats(wt, nw);
+    o->b = calloc((size_t)oc, sizeof *o->b);   /* zeros when absent: BN folds here */
+    if (!o->w || !o->b) return FAIL("out of memory");
+    if (bias) memcpy(o->b, bias, (size_t)oc * sizeof *o->b);
+    o->conv = (nn_conv2d){in.c, in.h, in.w, oc, oh, ow, k[0], k[1], s[0], s[1],
+                          p[0], p[1], o->w, o->b, NN_ACT_NONE, 0.0f};
+    W->merge = W->m->n_ops - 1;
+    double macs = (double)nw * oh * ow;
+    return describe_layer(W, "conv2d", nw + (bias ? (size_t)oc : 0), macs,
+                          json_pack("{s:i, s:[ii], s:[ii], s:[ii], s:b}",
+                                    "out_channels", oc, "kernel", k[0], k[1],
+                                    "stride", s[0], s[1], "padding", p[0], p[1],
+                                    "bias", bias != NULL));
+}
+
+static int layer_dense(walker *W, json_t *L, const char *ctx) {
+    static const char *const keys[] = {"type", "out_features", "weight", "bias", NULL};
+    gr_err *err = W->err;
+    int n_out = 0;
+    const float *wt = NULL, *bias = NULL;
+    if (!W->cur.flat)
+        return FAIL("%s: input must be flat (add a flatten or global pool)", ctx);
+    if (check_keys(L, keys, ctx, err) < 0 ||
+        field_int(L, "out_features", 1, MAX_DIM, &n_out, ctx, err) < 0)
+        return -1;
+    int n_in = W->cur.c;
+    long long wdims[2] = {n_out, n_in}, bdims[1] = {n_out};
+    if (field_tensor(L, "weight", wdims, 2, W->data, W->n_data, &wt, ctx, err) < 0 ||
+        (json_object_get(L, "bias") &&
+         field_tensor(L, "bias", bdims, 1, W->data, W->n_data, &bias, ctx, err) < 0))
+        return -1;
+    size_t nw = (size_t)n_out * (size_t)n_in;
+    W->cur = (shape){n_out, 1, 1, 1};
+
+    op *o = push_op(W, OP_DENSE);
+    o->out = W->cur;
+    o->w = copy_floats(wt, nw);
+    o->b = calloc((size_t)n_out, sizeof *o->b);
+    if (!o->w || !o->b) return FAIL("out of memory");
+    if (bias) memcpy(o->b, bias, (size_t)n_out * sizeof *o->b);
+    o->dense = (nn_dense){n_in, n_out, o->w, o->b, NN_ACT_NONE, 0.0f};
+    W->merge = W->m->n_ops - 1;
+    return describe_layer(W, "dense", nw + (bias ? (size_t)n_out : 0), (double)nw,
+                          json_pack("{s:i, s:b}", "out_features", n_out, "bias",
+                                    bias != NULL));
+}
+
+static int layer_batchnorm(walker *W, json_t *L, const char *ctx) {
+    static const char *const keys[] = {"type", "eps", "weight", "bias", "mean",
+                                       "var", NULL};
+    gr_err *err = W->err;
+    double eps = 0;
+    const float *gamma = NULL, *beta = NULL, *mean = NULL, *var = NULL;
+    int c = W->cur.c;
+    long long dims[1] = {c};
+    if (check_keys(L, keys, ctx, err) < 0 ||
+        field_number(L, "eps", &eps, ctx, err) < 0)
+        return -1;
+    if (!(eps > 0 && eps < 1)) return FAIL("%s: eps must be in (0, 1)", ctx);
+    if (field_tensor(L, "weight", dims, 1, W->data, W->n_data, &gamma, ctx, err) < 0 ||
+        field_tensor(L, "bias", dims, 1, W->data, W->n_data, &beta, ctx, err) < 0 ||
+        field_tensor(L, "mean", dims, 1, W->data, W->n_data, &mean, ctx, err) < 0 ||
+        field_tensor(L, "var", dims, 1, W->data, W->n_data, &var, ctx, err) < 0)
+        return -1;
+
+    /* y = (x - mean) / sqrt(var + eps) * gamma + beta = x * scale + shift */
+    op *target = W->merge >= 0 ? &W->m->ops[W->merge] : NULL;
+    float *scale = NULL, *shift = NULL;
+    if (!target) {
+        op *o = push_op(W, OP_AFFINE);
+        o->out = W->cur;
+        o->w = scale = malloc((size_t)c * sizeof *scale);
+        o->b = shift = malloc((size_t)c * sizeof *shift);
+        if (!scale || !shift) return FAIL("out of memory");
+    }
+    for (int i = 0; i < c; i++) {
+        if (!(var[i] >= 0)) return FAIL("%s: var[%d] is negative", ctx, i);
+        double sc = gamma[i] / sqrt((double)var[i] + eps);
+        double sh = beta[i] - mean[i] * sc;
+        if (!isfinite(sc) || !isfinite(sh) || fabs(sc) > 1e30 || fabs(sh) > 1e30)
+            return FAIL("%s: channel %d does not fold to finite floats", ctx, i);
+        if (!target) {
+            scale[i] = (float)sc;
+            shift[i] = (float)sh;
+            continue;
+        }
+        /* Fold into the preceding layer: its output channel/feature i is
+         * row i of its weight matrix plus bias[i]. */
+        size_t row = target->kind == OP_CONV2D
+                         ? (size_t)target->conv.in_c * target->conv.kh * target->conv.kw
+                         : (size_t)target->dense.in;
+        float *w = target->w + (size_t)i * row;
+        for (size_t j = 0; j < row; j++) w[j] = (float)(w[j] * sc);
+        target->b[i] = (float)(target->b[i] * sc + sh);
+    }
+    return describe_layer(W, "batchnorm", 2 * (size_t)c, 0.0,
+                          json_pack("{s:f, s:b}", "eps", eps, "folded",
+                                    target != NULL));
+}
+
+static int layer_activation(walker *W, json_t *L, const char *type,
+                            nn_activation act, const char *ctx) {
+    static const char *const plain[] = {"type", NULL};
+    static const char *const elu[] = {"type", "alpha", NULL};
+    gr_err *err = W->err;
+    double alpha = 0.0;
+    if (check_keys(L, act == NN_ACT_ELU ? elu : plain, ctx, err) < 0) return -1;
+    if (act == NN_ACT_ELU) {
+        if (field_number(L, "alpha", &alpha, ctx, err) < 0) return -1;
+        if (!(fabs(alpha) <= 1e6)) return FAIL("%s: |alpha| must be <= 1e6", ctx);
+    }
+    op *t = W->merge >= 0 ? &W->m->ops[W->merge] : NULL;
+    if (t && t->kind == OP_CONV2D) {
+        t->conv.act = act;
+        t->conv.alpha = (float)alpha;
+    } else if (t && t->kind == OP_DENSE) {
+        t->dense.act = act;
+        t->dense.alpha = (float)alpha;
+    } else {
+        op *o = push_op(W, OP_ACTIVATION);
+        o->out = W->cur;
+        o->act = act;
+        o->alpha = (float)alpha;
+    }
+    W->merge = -1;
+    return describe_layer(W, type, 0, 0.0,
+                          act == NN_ACT_ELU ? json_pack("{s:f}", "alpha", alpha) : NULL);
+}
+
+static int layer_pool(walker *W, json_t *L, const char *type, op_kind kind,
+                      const char *ctx) {
+    static const char *const keys[] = {"type", "kernel", "stride", NULL};
+    gr_err *err = W->err;
+    int k[2] = {0, 0}, s[2] = {0, 0};
+    if (W->cur.flat) return FAIL("%s: input must be [C,H,W], not flat", ctx);
+    if (check_keys(L, keys, ctx, err) < 0 ||
+        field_ints(L, "kernel", 2, 1, MAX_WINDOW, k, ctx, err) < 0 ||
+        field_ints(L, "stride", 2, 1, MAX_WINDOW, s, ctx, err) < 0)
+        return -1;
+    int oh = nn_window_out(W->cur.h, k[0], s[0], 0);
+    int ow = nn_window_out(W->cur.w, k[1], s[1], 0);
+    if (oh < 1 || ow < 1)
+        return FAIL("%s: kernel %dx%d is larger than the %dx%d input", ctx, k[0],
+                    k[1], W->cur.h, W->cur.w);
+    op *o = push_op(W, kind);
+    o->kh = k[0], o->kw = k[1], o->sh = s[0], o->sw = s[1];
+    W->cur.h = oh;
+    W->cur.w = ow;
+    o->out = W->cur;
+    W->merge = -1;
+    return describe_layer(W, type, 0, 0.0,
+                          json_pack("{s:[ii], s:[ii]}", "kernel", k[0], k[1],
+                                    "stride", s[0], s[1]));
+}
+
+static int layer_walk(walker *W, json_t *L, int index, int last) {
+    static const char *const plain[] = {"type", NULL};
+    static const char *const dropout[] = {"type", "p", NULL};
+    gr_err *err = W->err;
+    char ctx[64];
+    if (!json_is_object(L)) return FAIL("layer %d must be an object", index);
+    json_t *t = json_object_get(L, "type");
+    if (!json_is_string(t)) return FAIL("layer %d: missing 'type'", index);
+    const char *type = json_string_value(t);
+    snprintf(ctx, sizeof ctx, "layer %d (%.24s)", index, type);
+
+    if (strcmp(type, "conv2d") == 0) return layer_conv2d(W, L, ctx);
+    if (strcmp(type, "dense") == 0) return layer_dense(W, L, ctx);
+    if (strcmp(type, "batchnorm") == 0) return layer_batchnorm(W, L, ctx);
+    if (strcmp(type, "relu") == 0) return layer_activation(W, L, type, NN_ACT_RELU, ctx);
+    if (strcmp(type, "elu") == 0) return layer_activation(W, L, type, NN_ACT_ELU, ctx);
+    if (strcmp(type, "tanh") == 0) return layer_activation(W, L, type, NN_ACT_TANH, ctx);
+    if (strcmp(type, "sigmoid") == 0)
+        return layer_activation(W, L, type, NN_ACT_SIGMOID, ctx);
+    if (strcmp(type, "maxpool2d") == 0) return layer_pool(W, L, type, OP_MAXPOOL, ctx);
+    if (strcmp(type, "avgpool2d") == 0) return layer_pool(W, L, type, OP_AVGPOOL, ctx);
+
+    if (strcmp(type, "dropout") == 0) {
+        double p = 0;
+        if (check_keys(L, dropout, ctx, err) < 0 ||
+            field_number(L, "p", &p, ctx, err) < 0)
+            return -1;
+        if (!(p >= 0 && p < 1)) return FAIL("%s: p must be in [0, 1)", ctx);
+        /* Identity at inference: no op, and no barrier to merging. */
+        return describe_layer(W, type, 0, 0.0, json_pack("{s:f}", "p", p));
+    }
+
+    if (check_keys(L, plain, ctx, err) < 0) return -1;
+    if (strcmp(type, "flatten") == 0) {
+        /* NCHW memory already is torch.flatten's C order; only the shape
+         * changes. Flat input stays as it is. */
+        W->cur = (shape){(int)shape_floats(W->cur), 1, 1, 1};
+        W->merge = -1;
+        return describe_layer(W, type, 0, 0.0, NULL);
+    }
+    if (strcmp(type, "global_avgpool") == 0 || strcmp(type, "global_maxpool") == 0) {
+        if (W->cur.flat) return FAIL("%s: input must be [C,H,W], not flat", ctx);
+        op *o = push_op(W, strcmp(type, "global_avgpool") == 0 ? OP_GLOBAL_AVGPOOL
+                                                              : OP_GLOBAL_MAXPOOL);
+        W->cur = (shape){W->cur.c, 1, 1, 1};
+        o->out = W->cur;
+        W->merge = -1;
+        return describe_layer(W, type, 0, 0.0, NULL);
+    }
+    if (strcmp(type, "softmax") == 0) {
+        if (!last) return FAIL("%s: softmax is only allowed as the last layer", ctx);
+        if (!W->cur.flat) return FAIL("%s: input must be flat", ctx);
+        op *o = push_op(W, OP_SOFTMAX);
+        o->out = W->cur;
+        W->merge = -1;
+        return describe_layer(W, type, 0, 0.0, NULL);
+    }
+    return FAIL("layer %d: unknown type '%.40s'", index, type);
+}
+
+/* ---- model ------------------------------------------------------------- */
+
+void model_free(model *m) {
+    if (!m) return;
+    free(m->name);
+    free(m->version);
+    if (m->genres)
+        for (int i = 0; i < m->n_genres; i++) free(m->genres[i]);
+    free(m->genres);
+    if (m->ops)
+        for (int i = 0; i < m->n_ops; i++) {
+            free(m->ops[i].w);
+            free(m->ops[i].b);
+        }
+    free(m->ops);
+    free(m->describe);
+    free(m);
+}
+
+/* Validates the header object and builds the model from it and the decoded
+ * data section. */
+static int build(model *m, json_t *hdr, const float *data, size_t n_data,
+                 gr_err *err) {
+    static const char *const keys[] = {"name", "version", "description", "genres",
+                                       "features", "input", "layers", "data",
+                                       "training", NULL};
+    const char *name = NULL, *version = NULL, *description = NULL;
+    if (check_keys(hdr, keys, "header", err) < 0 ||
+        field_string(hdr, "name", 1, 128, &name, "header", err) < 0 ||
+        field_string(hdr, "version", 1, 64, &version, "header", err) < 0 ||
+        field_string(hdr, "description", 0, 4096, &description, "header", err) < 0)
+        return -1;
+    m->name = copy_string(name);
+    m->version = copy_string(version);
+    if (!m->name || !m->version) return FAIL("out of memory");
+    if (parse_genres(m, json_object_get(hdr, "genres"), err) < 0) return -1;
+    json_t *features = json_object_get(hdr, "features");
+    if (!features) return FAIL("header: missing 'features'");
+    if (model_parse_features(features, &m->mel, err) < 0) return -1;
+    json_t *training = json_object_get(hdr, "training");
+    if (!json_is_object(training)) return FAIL("header: 'training' must be an object");
+
+    int in[3] = {0, 0, 0};
+    if (field_ints(hdr, "input", 3, 1, MAX_DIM, in, "header", err) < 0) return -1;
+    if (in[0] != 1 || in[1] != m->mel.n_mels || in[2] != m->mel.chunk_frames)
+        return FAIL("header: input [%d,%d,%d] does not match the logmel features "
+                    "[1,%d,%d]", in[0], in[1], in[2], m->mel.n_mels,
+                    m->mel.chunk_frames);
+    m->input = (shape){in[0], in[1], in[2], 0};
+
+    json_t *layers = json_object_get(hdr, "layers");
+    if (!json_is_array(layers) || json_array_size(layers) == 0 ||
+        json_array_size(layers) > MAX_LAYERS)
+        return FAIL("header: 'layers' must be an array of 1 to %d layers", MAX_LAYERS);
+    size_t n_layers = json_array_size(layers);
+    m->ops = calloc(n_layers, sizeof *m->ops);
+    json_t *desc = json_array();
+    if (!m->ops || !desc) {
+        json_decref(desc);
+        return FAIL("out of memory");
+    }
+    walker W = {m, data, n_data, m->input, -1, desc, err};
+    for (size_t i = 0; i < n_layers; i++) {
+        if (layer_walk(&W, json_array_get(layers, i), (int)i, i + 1 == n_layers) < 0) {
+            json_decref(desc);
+            return -1;
+        }
+    }
+    if (!W.cur.flat || W.cur.c != m->n_genres) {
+        json_decref(desc);
+        return FAIL("the last layer outputs %llu values, but there are %d genres",
+                    shape_floats(W.cur), m->n_genres);
+    }
+
+    json_t *d = json_pack(
+        "{s:s, s:s, s:s, s:O, s:O, s:[iii], s:o, s:I, s:f, s:O}",
+        "name", m->name, "version", m->version, "description",
+        description ? description : "", "genres", json_object_get(hdr, "genres"),
+        "features", features, "input", in[0], in[1], in[2], "layers", desc,
+        "parameters", (json_int_t)m->params,
+        "mflops_per_chunk", 2.0 * m->macs / 1e6, "training", training);
+    m->describe = d ? json_dumps(d, JSON_COMPACT) : NULL;
+    json_decref(d);
+    if (!m->describe) return FAIL("out of memory");
+    return 0;
+}
+
+/* Checks the container around data[0..len) and returns the parsed header
+ * (caller owns it) with *data_off at the first float and *n_floats floats. */
+static json_t *open_container(const unsigned char *p, size_t len,
+                              size_t *data_off, size_t *n_floats, gr_err *err) {
+    if (len < PREFIX_BYTES + 4) {
+        FAIL("truncated: %zu bytes is too short for a model file", len);
+        return NULL;
+    }
+    if (memcmp(p, magic, sizeof magic) != 0) {
+        FAIL("bad magic: not a genred model file");
+        return NULL;
+    }
+    uint32_t version = le32(p + 8), h = le32(p + 12);
+    if (version != FORMAT_VERSION) {
+        FAIL("unsupported format version %u (this build reads %d)", version,
+             FORMAT_VERSION);
+        return NULL;
+    }
+    if (h > MAX_HEADER_BYTES || h > len - PREFIX_BYTES - 4) {
+        FAIL("header length %u does not fit in the %zu-byte file", h, len);
+        return NULL;
+    }
+    size_t off = ((size_t)PREFIX_BYTES + h + DATA_ALIGN - 1) / DATA_ALIGN * DATA_ALIGN;
+    int crc_ok = crc32_ieee(p, len - 4) == le32(p + len - 4);
+
+    json_error_t jerr;
+    json_t *hdr = json_loadb((const char *)p + PREFIX_BYTES, h, JSON_REJECT_DUPLICATES,
+                             &jerr);
+    if (!hdr) {
+        if (!crc_ok) FAIL("CRC mismatch (file corrupted?)");
+        else FAIL("header is not valid JSON: %s (line %d, column %d)", jerr.text,
+                  jerr.line, jerr.column);
+        return NULL;
+    }
+    if (!json_is_object(hdr)) {
+        FAIL("header must be a JSON object");
+        goto fail;
+    }
+    static const char *const dkeys[] = {"floats", NULL};
+    json_t *dobj = json_object_get(hdr, "data");
+    json_t *fv = json_is_object(dobj) ? json_object_get(dobj, "floats") : NULL;
+    if (!json_is_integer(fv)) {
+        FAIL("header: 'data' must be {\"floats\": N} with an integer N");
+        goto fail;
+    }
+    if (check_keys(dobj, dkeys, "header: data", err) < 0) goto fail;
+    if (json_integer_value(fv) < 0 ||
+        (unsigned long long)json_integer_value(fv) > MAX_FILE_BYTES / 4) {
+        FAIL("header: data.floats = %lld is out of range",
+             (long long)json_integer_value(fv));
+        goto fail;
+    }
+    size_t n = (size_t)json_integer_value(fv);
+    unsigned long long want = (unsigned long long)off + 4ULL * n + 4ULL;
+    if (len < want) {
+        FAIL("truncated: %zu of %llu bytes", len, want);
+        goto fail;
+    }
+    if (len > want) {
+        FAIL("%llu unexpected bytes after the CRC", (unsigned long long)len - want);
+        goto fail;
+    }
+    if (!crc_ok) {
+        FAIL("CRC mismatch (file corrupted?)");
+        goto fail;
+    }
+    for (size_t i = PREFIX_BYTES + h; i < off; i++)
+        if (p[i] != 0) {
+            FAIL("padding before the data section is not zero");
+            goto fail;
+        }
+    *data_off = off;
+    *n_floats = n;
+    return hdr;
+fail:
+    json_decref(hdr);
+    return NULL;
+}
+
+model *model_load_buffer(const void *buf, size_t len, gr_err *err) {
+    const unsigned char *p = buf;
+    size_t off, n;
+    if (!buf) {
+        FAIL("no model data");
+        return NULL;
+    }
+    json_t *hdr = open_container(p, len, &off, &n, err);
+    if (!hdr) return NULL;
+    float *data = malloc(n ? n * sizeof *data : 1);
+    model *m = calloc(1, sizeof *m);
+    if (!data || !m) {
+        FAIL("out of memory");
+        goto fail;
+    }
+    for (size_t i = 0; i < n; i++) {
+        data[i] = le_float(p + off + 4 * i);
+        if (!isfinite(data[i])) {
+            FAIL("data float %zu is not finite", i);
+            goto fail;
+        }
+    }
+    if (build(m, hdr, data, n, err) < 0) goto fail;
+    free(data);
+    json_decref(hdr);
+    return m;
+fail:
+    free(data);
+    model_free(m);
+    json_decref(hdr);
+    return NULL;
+}
+
+model *model_load(const char *path, gr_err *err) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        gr_fail(err, GR_EINTERNAL, "%s: cannot open: %s", path, strerror(errno));
+        return NULL;
+    }
+    unsigned char *buf = NULL;
+    size_t len = 0;
+    long size = -1;
+    if (fseek(f, 0, SEEK_END) == 0) size = ftell(f);
+    if (size < 0 || fseek(f, 0, SEEK_SET) != 0) {
+        gr_fail(err, GR_EINTERNAL, "%s: cannot determine the file size", path);
+    } else if ((unsigned long long)size > MAX_FILE_BYTES) {
+        gr_fail(err, GR_EINTERNAL, "%s: %ld bytes is larger than the %llu-byte "
+                "limit for a model", path, size, MAX_FILE_BYTES);
+    } else if (!(buf = malloc(size ? (size_t)size : 1))) {
+        gr_fail(err, GR_EINTERNAL, "%s: out of memory", path);
+    } else if ((len = fread(buf, 1, (size_t)size, f)) != (size_t)size) {
+        gr_fail(err, GR_EINTERNAL, "%s: read error", path);
+    }
+    fclose(f);
+    if (!buf || len != (size_t)size) {
+        free(buf);
+        return NULL;
+    }
+    gr_err inner = {GR_OK, ""};
+    model *m = model_load_buffer(buf, len, &inner);
+    free(buf);
+    if (!m) gr_fail(err, inner.status, "%s: %s", path, inner.msg);
+    return m;
+}
+
+const char *model_name(const model *m) { return m->name; }
+const char *model_version(const model *m) { return m->version; }
+int model_genre_count(const model *m) { return m->n_genres; }
+
+const char *model_genre(const model *m, int i) {
+    return i >= 0 && i < m->n_genres ? m->genres[i] : NULL;
+}
+
+const mel_params *model_mel_params(const model *m) { return &m->mel; }
+
+size_t model_input_floats(const model *m) { return (size_t)shape_floats(m->input); }
+
+double model_macs(const model *m) { return m->macs; }
+size_t model_param_count(const model *m) { return m->params; }
+
+json_t *model_describe(const model *m) {
+    return json_loads(m->describe, 0, NULL);
+}
+
+/* ---- inference --------------------------------------------------------- */
+
+model_workspace *model_workspace_create(const model *m, int max_batch,
+                                        gr_err *err) {
+    if (max_batch < 1 || max_batch > MAX_BATCH) {
+        FAIL("max_batch %d is out of range [1, %d]", max_batch, MAX_BATCH);
+        return NULL;
+    }
+    unsigned long long act = shape_floats(m->input), scratch = 0;
+    for (int i = 0; i < m->n_ops; i++) {
+        const op *o = &m->ops[i];
+        if (shape_floats(o->out) > act) act = shape_floats(o->out);
+        if (o->kind != OP_CONV2D) continue;
+        /* Sized for both ends: the kernel may pick its path by batch. */
+        size_t one = nn_conv2d_scratch_floats(&o->conv, 1);
+        size_t all = nn_conv2d_scratch_floats(&o->conv, max_batch);
+        if (one > scratch) scratch = one;
+        if (all > scratch) scratch = all;
+    }
+    act *= (unsigned long long)max_batch;
+    /* sgemm takes int dimensions: a batched convolution's columns are at
+     * most act floats wide, so bounding act bounds them too. */
+    if (act > (unsigned long long)INT32_MAX || scratch > SIZE_MAX / sizeof(float) ||
+        act > SIZE_MAX / sizeof(float)) {
+        FAIL("a workspace for %d items is too large for this model", max_batch);
+        return NULL;
+    }
+    model_workspace *ws = calloc(1, sizeof *ws);
+    if (!ws) {
+        FAIL("out of memory");
+        return NULL;
+    }
+    ws->m = m;
+    ws->max_batch = max_batch;
+    ws->act[0] = malloc((size_t)act * sizeof(float));
+    ws->act[1] = malloc((size_t)act * sizeof(float));
+    ws->scratch = scratch ? malloc((size_t)scratch * sizeof(float)) : NULL;
+    if (!ws->act[0] || !ws->act[1] || (scratch && !ws->scratch)) {
+        model_workspace_free(ws);
+        FAIL("out of memory for a %d-item workspace", max_batch);
+        return NULL;
+    }
+    return ws;
+}
+
+void model_workspace_free(model_workspace *ws) {
+    if (!ws) return;
+    free(ws->act[0]);
+    free(ws->act[1]);
+    free(ws->scratch);
+    free(ws);
+}
+
+int model_forward(const model *m, model_workspace *ws, const float *in,
+                  int batch, float *out) {
+    if (!m || !ws || ws->m != m || batch < 1 || batch > ws->max_batch)
+        return -1;
+    /* src is the current activation; while it still is the caller's input,
+     * cur is NULL and in-place ops first copy it into a workspace buffer. */
+    const float *src = in;
+    float *cur = NULL;
+    int next = 0;
+    for (int i = 0; i < m->n_ops; i++) {
+        const op *o = &m->ops[i];
+        float *dst = ws->act[next];
+        int planes = batch * o->in.c;
+        size_t out_n = (size_t)batch * (size_t)shape_floats(o->out);
+        switch (o->kind) {
+        case OP_CONV2D:
+            nn_conv2d_forward(&o->conv, batch, src, dst, ws->scratch);
+            break;
+        case OP_DENSE:
+            nn_dense_forward(&o->dense, batch, src, dst);
+            break;
+        case OP_MAXPOOL:
+            nn_maxpool2d(src, planes, o->in.h, o->in.w, o->kh, o->kw, o->sh, o->sw, dst);
+            break;
+        case OP_AVGPOOL:
+            nn_avgpool2d(src, planes, o->in.h, o->in.w, o->kh, o->kw, o->sh, o->sw, dst);
+            break;
+        case OP_GLOBAL_AVGPOOL:
+            nn_global_avgpool(src, planes, (size_t)o->in.h * o->in.w, dst);
+            break;
+        case OP_GLOBAL_MAXPOOL:
+            nn_global_maxpool(src, planes, (size_t)o->in.h * o->in.w, dst);
+            break;
+        case OP_AFFINE:
+        case OP_ACTIVATION:
+        case OP_SOFTMAX:
+            if (!cur) {
+                memcpy(dst, src, out_n * sizeof *dst);
+                src = cur = dst;
+                next ^= 1;
+            }
+            if (o->kind == OP_AFFINE)
+                nn_channel_affine(cur, batch, o->in.c, (size_t)o->in.h * o->in.w,
+                                  o->w, o->b);
+            else if (o->kind == OP_ACTIVATION)
+                nn_activate(cur, out_n, o->act, o->alpha);
+            else
+                nn_softmax(cur, batch, o->out.c);
+            continue;
+        }
+        src = cur = dst;
+        next ^= 1;
+    }
+    memcpy(out, src, (size_t)batch * (size_t)m->n_genres * sizeof *out);
+    return 0;
+}
