@@ -1,0 +1,488 @@
+/* audio.c - decode an uploaded file from memory into mono float PCM.
+ *
+ * Pipeline: memory AVIOContext -> our own format probe (whitelist check
+ * before any demuxer runs) -> libavformat demuxer -> libavcodec decoder ->
+ * libswresample (downmix + resample to mono float) -> growable buffer.
+ *
+ * The bytes come from strangers, so every libav door to the outside is shut:
+ * the only I/O is the caller's buffer (custom AVIOContext), nested opens are
+ * refused (io_open callback + empty protocol whitelist), and the demuxer and
+ * decoder must be on fixed whitelists. Output memory is bounded by the
+ * caller's duration limit: decoding stops as soon as it is crossed.
+ *
+ * Downmix policy: mono = arithmetic mean of all input channels (LFE
+ * included), set as an explicit swr matrix. swr's own default matrix would
+ * give stereo -> 0.707 (L + R), i.e. up to +3 dB gain and values beyond
+ * [-1, 1] on float output, and a layout-dependent mix for surround; the mean
+ * never leaves the input's range and does not depend on the layout, which
+ * also covers inputs whose layout is unknown.
+ *
+ * What it does not do: trimming, feature extraction, logging policy (libav's
+ * log level is the caller's business). */
+#include "genred/audio.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <libavcodec/avcodec.h>
+#include <libavformat/avformat.h>
+#include <libavutil/avstring.h>
+#include <libavutil/channel_layout.h>
+#include <libavutil/mem.h>
+#include <libavutil/opt.h>
+#include <libavutil/time.h>
+#include <libswresample/swresample.h>
+
+#define FORMAT_WHITELIST "mp3,wav,flac,ogg"
+/* Decoder names (not codec ids): what the four containers carry in practice. */
+#define CODEC_WHITELIST                                                      \
+    "mp3float,mp3,flac,vorbis,opus,"                                         \
+    "pcm_u8,pcm_s16le,pcm_s16be,pcm_s24le,pcm_s24be,pcm_s32le,pcm_s32be,"   \
+    "pcm_s64le,pcm_s64be,pcm_f32le,pcm_f32be,pcm_f64le,pcm_f64be,"          \
+    "pcm_alaw,pcm_mulaw"
+#define UNSUPPORTED_MSG "not a supported audio container (mp3, wav, flac, ogg)"
+
+enum {
+    AVIO_BUFFER_SIZE = 32 * 1024,
+    PROBE_MAX_BYTES = 1 << 20,     /* lavf's own PROBE_BUF_MAX: mp3's probe
+                                      recognises huge ID3 tags only at it */
+    ANALYZE_MAX_BYTES = 1 << 20,
+    MAX_INPUT_CHANNELS = 64,       /* SWR_CH_MAX */
+    MAX_RATE = 768000,             /* swr's filter grows with in/out ratio:
+                                      ~6 MB at 768k -> 16k, 140 MB at 16 MHz */
+};
+
+/* The caller's bytes as seen by the AVIOContext callbacks. */
+typedef struct memory_reader {
+    const uint8_t *data; /* borrowed */
+    size_t len;
+    size_t pos;
+} memory_reader;
+
+/* Everything one decode owns; released by release_job() on every path. */
+typedef struct decode_job {
+    memory_reader in;
+    int64_t deadline_us;   /* av_gettime_relative() limit; 0 = none */
+    int out_rate;
+    size_t max_samples;    /* SIZE_MAX = no limit */
+    AVIOContext *avio;
+    AVFormatContext *fmt;
+    AVCodecContext *dec;
+    SwrContext *swr;
+    AVChannelLayout swr_layout; /* input parameters swr was built for */
+    int swr_format;
+    int swr_rate;
+    AVPacket *pkt;
+    AVFrame *frame;
+    float *samples;        /* malloc'ed, handed to the caller on success */
+    size_t n;
+    size_t cap;
+} decode_job;
+
+static int read_memory(void *opaque, uint8_t *buf, int size) {
+    memory_reader *r = opaque;
+    size_t left = r->len - r->pos;
+    if (left == 0) return AVERROR_EOF;
+    size_t n = size < 0 ? 0 : (size_t)size;
+    if (n > left) n = left;
+    memcpy(buf, r->data + r->pos, n);
+    r->pos += n;
+    return (int)n;
+}
+
+static int64_t seek_memory(void *opaque, int64_t offset, int whence) {
+    memory_reader *r = opaque;
+    int64_t base;
+    switch (whence & ~AVSEEK_FORCE) {
+    case AVSEEK_SIZE: return (int64_t)r->len;
+    case SEEK_SET: base = 0; break;
+    case SEEK_CUR: base = (int64_t)r->pos; break;
+    case SEEK_END: base = (int64_t)r->len; break;
+    default: return AVERROR(EINVAL);
+    }
+    /* base is in [0, len] and len <= INT64_MAX, so neither side overflows. */
+    if (offset < -base || offset > (int64_t)r->len - base)
+        return AVERROR(EINVAL);
+    r->pos = (size_t)(base + offset);
+    return (int64_t)r->pos;
+}
+
+/* The hook for a per-request deadline: polled by libav inside its own long
+ * loops (stream analysis) and by decode_stream() once per packet. */
+static int interrupted(void *opaque) {
+    const decode_job *job = opaque;
+    return job->deadline_us != 0 && av_gettime_relative() > job->deadline_us;
+}
+
+/* Playlist-style demuxers open other files or URLs through this; none of the
+ * whitelisted ones should, so refusing keeps a container from ever making
+ * genred touch the filesystem or network even if a whitelist were wrong. */
+static int refuse_nested_open(AVFormatContext *s, AVIOContext **pb,
+                              const char *url, int flags,
+                              AVDictionary **options) {
+    (void)s; (void)url; (void)flags; (void)options;
+    *pb = NULL;
+    return AVERROR(EPERM);
+}
+
+static void release_job(decode_job *job) {
+    av_frame_free(&job->frame);
+    av_packet_free(&job->pkt);
+    swr_free(&job->swr);
+    av_channel_layout_uninit(&job->swr_layout);
+    avcodec_free_context(&job->dec);
+    avformat_close_input(&job->fmt); /* custom IO: leaves job->avio to us */
+    if (job->avio) {
+        /* lavf may have swapped the buffer (probe rewind), so free its. */
+        av_freep(&job->avio->buffer);
+        avio_context_free(&job->avio);
+    }
+    free(job->samples);
+    job->samples = NULL;
+}
+
+/* Maps a libav failure: memory is ours to blame, anything else is the input. */
+static int fail_av(gr_err *err, int averr, const char *what) {
+    char msg[AV_ERROR_MAX_STRING_SIZE] = {0};
+    av_strerror(averr, msg, sizeof msg);
+    if (averr == AVERROR(ENOMEM))
+        return gr_fail(err, GR_EINTERNAL, "%s: out of memory", what);
+    if (averr == AVERROR_EXIT)
+        return gr_fail(err, GR_EUNPROCESSABLE, "%s: decoding deadline exceeded",
+                       what);
+    return gr_fail(err, GR_EUNPROCESSABLE, "%s: %s", what, msg);
+}
+
+/* Length of the ID3v2 tags at p, which lavf skips before any demuxer sees
+ * the stream (same test as lavf's ff_id3v2_match/ff_id3v2_tag_len). */
+static size_t id3v2_prefix(const uint8_t *p, size_t len) {
+    size_t off = 0;
+    while (len - off >= 10 && memcmp(p + off, "ID3", 3) == 0 &&
+           p[off + 3] != 0xff && p[off + 4] != 0xff &&
+           ((p[off + 6] | p[off + 7] | p[off + 8] | p[off + 9]) & 0x80) == 0) {
+        size_t n = 10 + ((size_t)p[off + 6] << 21 | (size_t)p[off + 7] << 14 |
+                         (size_t)p[off + 8] << 7 | p[off + 9]);
+        if (p[off + 5] & 0x10) n += 10; /* footer */
+        if (n >= len - off) return len;
+        off += n;
+    }
+    return off;
+}
+
+static uint32_t read_u32(const uint8_t *p, int big_endian) {
+    return big_endian ? (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]
+                      : (uint32_t)p[3] << 24 | (uint32_t)p[2] << 16 | (uint32_t)p[1] << 8 | p[0];
+}
+
+/* lavf 5.1 zero-allocates some header structures at their declared size
+ * before reading them: a WAV LIST/INFO entry (up to 4 GB) and a FLAC
+ * metadata block (up to 16 MB). A few hundred hostile bytes would cost that
+ * much RAM per request, so such claims must fit in the upload (with slack
+ * for a missing pad byte or a file cut short inside a trailer). */
+static int header_claims_fit(const char *format, const uint8_t *p, size_t len) {
+    enum { SLACK = 64 * 1024 };
+    size_t at = id3v2_prefix(p, len);
+    if (strcmp(format, "wav") == 0) {
+        /* Every "LIST....INFO" anywhere, so no chunk walk can be fooled
+         * into disagreeing with lavf's; RIFX sizes are big-endian. */
+        int big_endian = len - at >= 4 && memcmp(p + at, "RIFX", 4) == 0;
+        const uint8_t *end = p + len, *hit = p + at;
+        while ((hit = memmem(hit, (size_t)(end - hit), "LIST", 4)) != NULL) {
+            if (end - hit < 12) break;
+            if (memcmp(hit + 8, "INFO", 4) == 0 &&
+                read_u32(hit + 4, big_endian) > (size_t)(end - hit - 8) + SLACK)
+                return -1;
+            hit += 4;
+        }
+    } else if (strcmp(format, "flac") == 0 && len - at >= 4 &&
+               memcmp(p + at, "fLaC", 4) == 0) {
+        /* Metadata blocks: 1 byte last-flag|type, 24-bit big-endian size. */
+        for (at += 4; len - at >= 4; ) {
+            size_t size = (size_t)p[at + 1] << 16 | (size_t)p[at + 2] << 8 | p[at + 3];
+            int last = p[at] & 0x80;
+            at += 4;
+            if (size > len - at + SLACK) return -1;
+            if (last || size >= len - at) break;
+            at += size;
+        }
+    }
+    return 0;
+}
+
+static int open_container(decode_job *job, gr_err *err) {
+    uint8_t *buf = av_malloc(AVIO_BUFFER_SIZE);
+    if (!buf) return gr_fail(err, GR_EINTERNAL, "out of memory");
+    job->avio = avio_alloc_context(buf, AVIO_BUFFER_SIZE, 0, &job->in,
+                                   read_memory, NULL, seek_memory);
+    if (!job->avio) {
+        av_free(buf);
+        return gr_fail(err, GR_EINTERNAL, "out of memory");
+    }
+
+    /* Decide the format ourselves, before any demuxer parses a header, so a
+     * non-whitelisted demuxer (hls, concat, ...) never runs at all. */
+    const AVInputFormat *ifmt = NULL;
+    int ret = av_probe_input_buffer2(job->avio, &ifmt, NULL, NULL, 0,
+                                     PROBE_MAX_BYTES);
+    if (ret == AVERROR(ENOMEM))
+        return gr_fail(err, GR_EINTERNAL, "probing input: out of memory");
+    if (ret < 0 || !ifmt || av_match_list(ifmt->name, FORMAT_WHITELIST, ',') <= 0)
+        return gr_fail(err, GR_EUNSUPPORTED, UNSUPPORTED_MSG);
+    if (header_claims_fit(ifmt->name, job->in.data, job->in.len) < 0)
+        return gr_fail(err, GR_EUNPROCESSABLE,
+                       "malformed %s: header claims more bytes than uploaded",
+                       ifmt->name);
+
+    job->fmt = avformat_alloc_context();
+    if (!job->fmt) return gr_fail(err, GR_EINTERNAL, "out of memory");
+    job->fmt->pb = job->avio;
+    job->fmt->probesize = ANALYZE_MAX_BYTES;
+    job->fmt->max_analyze_duration = 5 * (int64_t)AV_TIME_BASE;
+    job->fmt->interrupt_callback.callback = interrupted;
+    job->fmt->interrupt_callback.opaque = job;
+    job->fmt->io_open = refuse_nested_open;
+    if (av_opt_set(job->fmt, "format_whitelist", FORMAT_WHITELIST, 0) < 0 ||
+        av_opt_set(job->fmt, "codec_whitelist", CODEC_WHITELIST, 0) < 0 ||
+        av_opt_set(job->fmt, "protocol_whitelist", "", 0) < 0)
+        return gr_fail(err, GR_EINTERNAL, "out of memory");
+
+    /* Frees job->fmt (but not our avio) on failure. */
+    ret = avformat_open_input(&job->fmt, NULL, ifmt, NULL);
+    if (ret < 0) return fail_av(err, ret, "reading container header");
+    ret = avformat_find_stream_info(job->fmt, NULL);
+    if (ret == AVERROR(ENOMEM) || ret == AVERROR_EXIT)
+        return fail_av(err, ret, "analysing streams");
+    /* Other failures are not fatal: decoding below is the real test. */
+    return 0;
+}
+
+static int open_decoder(decode_job *job, int *stream, gr_err *err) {
+    const AVCodec *codec = NULL;
+    int idx = av_find_best_stream(job->fmt, AVMEDIA_TYPE_AUDIO, -1, -1, &codec, 0);
+    if (idx == AVERROR(ENOMEM)) return gr_fail(err, GR_EINTERNAL, "out of memory");
+    if (idx < 0 || !codec)
+        return gr_fail(err, GR_EUNPROCESSABLE, "no decodable audio stream");
+    if (av_match_list(codec->name, CODEC_WHITELIST, ',') <= 0)
+        return gr_fail(err, GR_EUNPROCESSABLE, "audio codec '%s' not supported",
+                       codec->name);
+    for (unsigned i = 0; i < job->fmt->nb_streams; i++)
+        if ((int)i != idx) job->fmt->streams[i]->discard = AVDISCARD_ALL;
+
+    const AVStream *st = job->fmt->streams[idx];
+    job->dec = avcodec_alloc_context3(codec);
+    if (!job->dec) return gr_fail(err, GR_EINTERNAL, "out of memory");
+    int ret = avcodec_parameters_to_context(job->dec, st->codecpar);
+    if (ret < 0) return fail_av(err, ret, "audio stream parameters");
+    job->dec->pkt_timebase = st->time_base;
+    job->dec->thread_count = 1; /* parallelism comes from concurrent requests */
+    if (av_opt_set(job->dec, "codec_whitelist", CODEC_WHITELIST, 0) < 0)
+        return gr_fail(err, GR_EINTERNAL, "out of memory");
+    ret = avcodec_open2(job->dec, codec, NULL);
+    if (ret < 0) return fail_av(err, ret, "opening audio decoder");
+    *stream = idx;
+    return 0;
+}
+
+/* (Re)builds swr for the frame's input parameters, flushing nothing: the
+ * caller drains the old context first. */
+static int open_resampler(decode_job *job, const AVFrame *f, gr_err *err) {
+    int channels = f->ch_layout.nb_channels;
+    if (channels <= 0 || f->sample_rate <= 0 || f->format < 0)
+        return gr_fail(err, GR_EUNPROCESSABLE,
+                       "invalid audio parameters (%d channels, %d Hz)",
+                       channels, f->sample_rate);
+    if (channels > MAX_INPUT_CHANNELS)
+        return gr_fail(err, GR_EUNPROCESSABLE, "too many channels (%d, max %d)",
+                       channels, MAX_INPUT_CHANNELS);
+    if (f->sample_rate > MAX_RATE)
+        return gr_fail(err, GR_EUNPROCESSABLE, "sample rate %d Hz above %d Hz",
+                       f->sample_rate, MAX_RATE);
+
+    swr_free(&job->swr);
+    av_channel_layout_uninit(&job->swr_layout);
+    AVChannelLayout in = {0};
+    int ret = 0;
+    if (f->ch_layout.order == AV_CHANNEL_ORDER_UNSPEC)
+        av_channel_layout_default(&in, channels);
+    else
+        ret = av_channel_layout_copy(&in, &f->ch_layout);
+    if (ret < 0) return fail_av(err, ret, "channel layout");
+
+    AVChannelLayout mono = AV_CHANNEL_LAYOUT_MONO;
+    ret = swr_alloc_set_opts2(&job->swr, &mono, AV_SAMPLE_FMT_FLT, job->out_rate,
+                              &in, f->format, f->sample_rate, 0, NULL);
+    if (ret >= 0) {
+        double mean[MAX_INPUT_CHANNELS];
+        for (int i = 0; i < channels; i++) mean[i] = 1.0 / channels;
+        ret = swr_set_matrix(job->swr, mean, channels);
+    }
+    if (ret >= 0) ret = swr_init(job->swr);
+    if (ret < 0) {
+        av_channel_layout_uninit(&in);
+        return fail_av(err, ret, "setting up resampler");
+    }
+    /* Remember the frame's own layout (not the defaulted one) for compares. */
+    av_channel_layout_uninit(&in);
+    ret = av_channel_layout_copy(&job->swr_layout, &f->ch_layout);
+    if (ret < 0) return fail_av(err, ret, "channel layout");
+    job->swr_format = f->format;
+    job->swr_rate = f->sample_rate;
+    return 0;
+}
+
+/* Makes room for `more` samples by doubling, but never reserves beyond the
+ * point where the limit check fires (max_samples + one frame). */
+static int reserve(decode_job *job, size_t more, gr_err *err) {
+    const size_t most = SIZE_MAX / sizeof(float);
+    if (more > most - job->n) return gr_fail(err, GR_EINTERNAL, "output size overflow");
+    size_t need = job->n + more;
+    if (need <= job->cap) return 0;
+    size_t cap = job->cap < 16384 ? 16384 : job->cap;
+    while (cap < need) cap = cap > most / 2 ? most : cap * 2;
+    /* n <= max_samples < SIZE_MAX / 2 here, so this neither wraps nor
+     * drops below need. */
+    if (job->max_samples != SIZE_MAX && cap > job->max_samples + more)
+        cap = job->max_samples + more;
+    float *p = realloc(job->samples, cap * sizeof(float));
+    if (!p) return gr_fail(err, GR_EINTERNAL, "out of memory for decoded audio");
+    job->samples = p;
+    job->cap = cap;
+    return 0;
+}
+
+/* Pushes in_count samples into the output; in == NULL drains swr's delay
+ * line. room is swr's upper bound, so one call takes all of the input. */
+static int convert(decode_job *job, const uint8_t **in, int in_count, gr_err *err) {
+    for (;;) {
+        int room = swr_get_out_samples(job->swr, in_count);
+        if (room < 0) return fail_av(err, room, "resampling");
+        if (room == 0) return 0;
+        if (reserve(job, (size_t)room, err) < 0) return -1;
+        uint8_t *dst = (uint8_t *)(job->samples + job->n);
+        int got = swr_convert(job->swr, &dst, room, in, in_count);
+        if (got < 0) return fail_av(err, got, "resampling");
+        job->n += (size_t)got;
+        if (job->n > job->max_samples)
+            return gr_fail(err, GR_EUNPROCESSABLE,
+                           "audio longer than the %.0f s limit",
+                           (double)job->max_samples / job->out_rate);
+        if (in || got == 0) return 0;
+    }
+}
+
+static int take_frame(decode_job *job, const AVFrame *f, gr_err *err) {
+    if (f->nb_samples <= 0) return 0;
+    if (!job->swr || f->format != job->swr_format ||
+        f->sample_rate != job->swr_rate ||
+        av_channel_layout_compare(&f->ch_layout, &job->swr_layout) != 0) {
+        /* Mid-stream change: drain what the old parameters still hold. */
+        if (job->swr && convert(job, NULL, 0, err) < 0) return -1;
+        if (open_resampler(job, f, err) < 0) return -1;
+    }
+    return convert(job, (const uint8_t **)f->extended_data, f->nb_samples, err);
+}
+
+/* Drains every frame the decoder has ready. Corrupt data is skipped and
+ * counted, as ffmpeg does; only exhausted memory aborts. */
+static int drain_decoder(decode_job *job, int *corrupt, gr_err *err) {
+    for (;;) {
+        int ret = avcodec_receive_frame(job->dec, job->frame);
+        if (ret == AVERROR(EAGAIN) || ret == AVERROR_EOF) return 0;
+        if (ret == AVERROR(ENOMEM)) return fail_av(err, ret, "decoding");
+        if (ret < 0) {
+            (*corrupt)++;
+            return 0;
+        }
+        ret = take_frame(job, job->frame, err);
+        av_frame_unref(job->frame);
+        if (ret < 0) return -1;
+    }
+}
+
+static int decode_stream(decode_job *job, int stream, gr_err *err) {
+    int corrupt = 0, ret;
+    job->pkt = av_packet_alloc();
+    job->frame = av_frame_alloc();
+    if (!job->pkt || !job->frame) return gr_fail(err, GR_EINTERNAL, "out of memory");
+
+    while ((ret = av_read_frame(job->fmt, job->pkt)) >= 0) {
+        if (interrupted(job)) {
+            av_packet_unref(job->pkt);
+            return fail_av(err, AVERROR_EXIT, "decoding");
+        }
+        if (job->pkt->stream_index == stream) {
+            ret = avcodec_send_packet(job->dec, job->pkt);
+            if (ret == AVERROR(ENOMEM)) {
+                av_packet_unref(job->pkt);
+                return fail_av(err, ret, "decoding");
+            }
+            if (ret < 0) corrupt++;
+        }
+        av_packet_unref(job->pkt);
+        if (drain_decoder(job, &corrupt, err) < 0) return -1;
+    }
+    /* Any other read error ends the input like EOF: a truncated upload
+     * yields what decodes (ffmpeg does the same). */
+    if (ret == AVERROR(ENOMEM) || ret == AVERROR_EXIT)
+        return fail_av(err, ret, "reading container");
+
+    ret = avcodec_send_packet(job->dec, NULL);
+    if (ret < 0 && ret != AVERROR_EOF) return fail_av(err, ret, "flushing decoder");
+    if (drain_decoder(job, &corrupt, err) < 0) return -1;
+    if (job->swr && convert(job, NULL, 0, err) < 0) return -1;
+
+    if (job->n == 0)
+        return gr_fail(err, GR_EUNPROCESSABLE, corrupt ? "audio stream undecodable"
+                                                       : "no audio samples");
+    return 0;
+}
+
+int audio_decode(const void *data, size_t len, int sample_rate,
+                 const audio_limits *lim, audio *out, gr_err *err) {
+    if (!out) return gr_fail(err, GR_EINTERNAL, "audio_decode: no output");
+    memset(out, 0, sizeof *out);
+    if ((!data && len > 0) || (uint64_t)len > (uint64_t)INT64_MAX)
+        return gr_fail(err, GR_EINTERNAL, "audio_decode: invalid buffer");
+    if (sample_rate <= 0 || sample_rate > MAX_RATE)
+        return gr_fail(err, GR_EINTERNAL, "audio_decode: invalid sample rate %d",
+                       sample_rate);
+    if (len == 0) return gr_fail(err, GR_EUNSUPPORTED, UNSUPPORTED_MSG);
+
+    decode_job job = {
+        .in = {.data = data, .len = len},
+        .out_rate = sample_rate,
+        .max_samples = SIZE_MAX,
+        .swr_format = -1,
+    };
+    /* !(x > 0) also maps NaN to "no limit", as 0 does. */
+    double max_s = lim ? lim->max_duration_s : 0;
+    if (max_s > 0 && max_s * sample_rate < (double)(SIZE_MAX / 2))
+        job.max_samples = (size_t)floor(max_s * sample_rate);
+
+    int stream = -1;
+    if (open_container(&job, err) < 0 || open_decoder(&job, &stream, err) < 0 ||
+        decode_stream(&job, stream, err) < 0) {
+        release_job(&job);
+        return -1;
+    }
+
+    float *shrunk = realloc(job.samples, job.n * sizeof(float));
+    out->samples = shrunk ? shrunk : job.samples;
+    job.samples = NULL;
+    out->n_samples = job.n;
+    out->sample_rate = sample_rate;
+    out->duration_s = (double)job.n / sample_rate;
+    av_strlcpy(out->format, job.fmt->iformat->name, sizeof out->format);
+    release_job(&job);
+    return 0;
+}
+
+void audio_free(audio *a) {
+    if (!a) return;
+    free(a->samples);
+    memset(a, 0, sizeof *a);
+}
