@@ -28,6 +28,7 @@ extern char **environ;
 typedef enum key_kind {
     KIND_ADDRESS,   /* char[]: literal IPv4 or IPv6 address */
     KIND_PATH,      /* char[]: non-empty, no control characters */
+    KIND_OPT_PATH,  /* char[]: a KIND_PATH, or "" for none */
     KIND_LOG_LEVEL, /* char[]: error | warn | info | debug */
     KIND_INT,       /* int */
     KIND_COUNT,     /* size_t, plain integer */
@@ -59,18 +60,34 @@ static const key keys[] = {
     {"trim_end_s", KIND_SECONDS, FIELD(trim_end_s), 0, 3600},
     {"trim_min_keep_s", KIND_SECONDS, FIELD(trim_min_keep_s), 0, 86400},
     {"max_connections", KIND_INT, FIELD(max_connections), 1, 65536},
+    {"max_active_requests", KIND_INT, FIELD(max_active_requests), 0, 65536},
     {"idle_timeout_s", KIND_INT, FIELD(idle_timeout_s), 1, 86400},
+    {"request_timeout_s", KIND_SECONDS, FIELD(request_timeout_s), 0, 86400},
+    {"shutdown_timeout_s", KIND_SECONDS, FIELD(shutdown_timeout_s), 0, 3600},
+    {"api_keys_file", KIND_OPT_PATH, FIELD(api_keys_file), 0, 0},
+    {"tls_cert_file", KIND_OPT_PATH, FIELD(tls_cert_file), 0, 0},
+    {"tls_key_file", KIND_OPT_PATH, FIELD(tls_key_file), 0, 0},
     {"log_level", KIND_LOG_LEVEL, FIELD(log_level), 0, 0},
+    {"fftw_wisdom", KIND_OPT_PATH, FIELD(fftw_wisdom), 0, 0},
 };
 #define KEY_COUNT (sizeof keys / sizeof keys[0])
 
 static const char *const log_levels[] = {"error", "warn", "info", "debug"};
 
+/* The installed model: meson passes <prefix>/<datadir>/genred/models/...,
+ * so the default follows the install prefix. A build by other means gets the
+ * repository's copy, relative to the working directory. */
+#ifndef GENRED_DEFAULT_MODEL
+#define GENRED_DEFAULT_MODEL "models/gtzan-cnn.gmodel"
+#endif
+_Static_assert(sizeof GENRED_DEFAULT_MODEL <= sizeof ((config *)0)->model,
+               "GENRED_DEFAULT_MODEL is longer than config.model");
+
 void config_defaults(config *c) {
     memset(c, 0, sizeof *c);
     memcpy(c->listen, "127.0.0.1", sizeof "127.0.0.1");
     c->port = 8080;
-    memcpy(c->model, "models/gtzan-cnn.gmodel", sizeof "models/gtzan-cnn.gmodel");
+    memcpy(c->model, GENRED_DEFAULT_MODEL, sizeof GENRED_DEFAULT_MODEL);
     c->workers = 0;
     c->max_batch = 32;
     c->queue_capacity = 64;
@@ -81,6 +98,8 @@ void config_defaults(config *c) {
     c->trim_min_keep_s = 30;
     c->max_connections = 256;
     c->idle_timeout_s = 30;
+    c->request_timeout_s = 60;
+    c->shutdown_timeout_s = 30;
     memcpy(c->log_level, "info", sizeof "info");
 }
 
@@ -214,7 +233,8 @@ static int set_string(const key *k, char *field, const char *value,
         break;
     }
     case KIND_PATH:
-        if (n == 0)
+    case KIND_OPT_PATH:
+        if (n == 0 && k->kind == KIND_PATH)
             return gr_fail(err, GR_EBADREQ, "%s: expected a path, got ''", k->name);
         for (size_t i = 0; i < n; i++) {
             unsigned char ch = (unsigned char)value[i];
@@ -253,6 +273,7 @@ int config_set(config *c, const char *key_name, const char *value, gr_err *err) 
     switch (k->kind) {
     case KIND_ADDRESS:
     case KIND_PATH:
+    case KIND_OPT_PATH:
     case KIND_LOG_LEVEL:
         return set_string(k, field, value, err);
     case KIND_INT:
@@ -481,6 +502,7 @@ void config_print(const config *c, FILE *f) {
         switch (k->kind) {
         case KIND_ADDRESS:
         case KIND_PATH:
+        case KIND_OPT_PATH:
         case KIND_LOG_LEVEL: {
             /* Bounded even if the struct was filled without config_set(). */
             char s[sizeof c->model];
@@ -521,6 +543,13 @@ void config_print(const config *c, FILE *f) {
         }
         putc('\n', f);
     }
+}
+
+int config_validate(const config *c, gr_err *err) {
+    if ((c->tls_cert_file[0] == '\0') != (c->tls_key_file[0] == '\0'))
+        return gr_fail(err, GR_EBADREQ, "tls_cert_file and tls_key_file must be set "
+                       "together (both for HTTPS, neither for HTTP)");
+    return 0;
 }
 
 int config_workers(const config *c) {

@@ -19,12 +19,14 @@ const char *gr_status_code(gr_status status) {
     switch (status) {
     case GR_OK: return "ok";
     case GR_EBADREQ: return "bad_request";
+    case GR_EUNAUTHORIZED: return "unauthorized";
     case GR_ENOTFOUND: return "not_found";
     case GR_EMETHOD: return "method_not_allowed";
     case GR_ETOOBIG: return "payload_too_large";
     case GR_EUNSUPPORTED: return "unsupported_media";
     case GR_EUNPROCESSABLE: return "unprocessable_audio";
     case GR_EBUSY: return "busy";
+    case GR_EDEADLINE: return "deadline_exceeded";
     case GR_EINTERNAL: return "internal";
     }
     return "internal";
@@ -34,12 +36,14 @@ int gr_status_http(gr_status status) {
     switch (status) {
     case GR_OK: return 200;
     case GR_EBADREQ: return 400;
+    case GR_EUNAUTHORIZED: return 401;
     case GR_ENOTFOUND: return 404;
     case GR_EMETHOD: return 405;
     case GR_ETOOBIG: return 413;
     case GR_EUNSUPPORTED: return 415;
     case GR_EUNPROCESSABLE: return 422;
     case GR_EBUSY: return 503;
+    case GR_EDEADLINE: return 503;
     case GR_EINTERNAL: return 500;
     }
     return 500;

@@ -1,7 +1,9 @@
 /* mel.c - log-mel spectrogram chunks with FFTW3 (single precision).
  *
  * mel_create() does everything expensive once: validates the parameters,
- * plans the real-to-complex FFT (FFTW_MEASURE), builds the zero-padded
+ * plans the real-to-complex FFT (measured if FFTW's wisdom has it, else
+ * estimated; the wisdom functions load, learn and save it), builds the
+ * zero-padded
  * periodic Hann window and a sparse mel filterbank that reproduces
  * torchaudio.functional.melscale_fbanks(). mel_compute() only frames, windows,
  * transforms and applies the filterbank; it runs the shared plan on its own
@@ -10,8 +12,12 @@
  * What it does not do: decoding, resampling, trimming, batching. */
 #include "genred/mel.h"
 
+#include <errno.h>
 #include <fftw3.h>
 #include <limits.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -21,6 +27,7 @@ struct mel {
     mel_params p;
     int n_bins;          /* n_fft / 2 + 1 */
     fftwf_plan plan;     /* owned; executed only with per-call arrays */
+    int measured;        /* plan came from wisdom (FFTW_MEASURE) */
     float *window;       /* owned, n_fft: Hann of win_length centred, zeros around */
     /* Sparse filterbank: band m weighs bins band_first[m] .. + band_len[m]
      * with weights[band_off[m] ...]. Each triangle spans a few bins, so this
@@ -168,13 +175,16 @@ mel *mel_create(const mel_params *p, gr_err *err) {
     for (int i = 0; i < p->win_length; i++)
         m->window[left + i] = (float)(0.5 - 0.5 * cos(two_pi * i / p->win_length));
 
-    /* FFTW_MEASURE scribbles over the arrays while planning; they are only
-     * needed to fix the plan's size and alignment (fftwf_malloc's, which is
-     * what mel_compute's own buffers will have too). */
+    /* The arrays only fix the plan's size and alignment (fftwf_malloc's,
+     * which is what mel_compute's own buffers will have too). A measured
+     * plan from wisdom, else an estimated one: see mel.h. */
     float *in = fftwf_malloc((size_t)p->n_fft * sizeof *in);
     fftwf_complex *out = fftwf_malloc((size_t)m->n_bins * sizeof *out);
-    if (in && out)
-        m->plan = fftwf_plan_dft_r2c_1d(p->n_fft, in, out, FFTW_MEASURE);
+    if (in && out) {
+        m->plan = fftwf_plan_dft_r2c_1d(p->n_fft, in, out, FFTW_MEASURE | FFTW_WISDOM_ONLY);
+        m->measured = m->plan != NULL;
+        if (!m->plan) m->plan = fftwf_plan_dft_r2c_1d(p->n_fft, in, out, FFTW_ESTIMATE);
+    }
     fftwf_free(in);
     fftwf_free(out);
     if (!m->plan) {
@@ -199,6 +209,110 @@ void mel_destroy(mel *m) {
 }
 
 const mel_params *mel_get_params(const mel *m) { return &m->p; }
+int mel_plan_is_measured(const mel *m) { return m->measured; }
+
+/* ---- wisdom ------------------------------------------------------------- */
+
+int mel_wisdom_load(const char *path, gr_err *err) {
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        if (errno == ENOENT) return 0;
+        return gr_fail(err, GR_EINTERNAL, "%s: %s", path, strerror(errno));
+    }
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode) || st.st_size == 0) {
+        fclose(f); /* /dev/null, or an empty file: nothing to add */
+        return 0;
+    }
+    int ok = fftwf_import_wisdom_from_file(f);
+    fclose(f);
+    return ok ? 1 : gr_fail(err, GR_EINTERNAL, "%s: not FFTW wisdom", path);
+}
+
+int mel_wisdom_has(const mel_params *p) {
+    if (!p || p->n_fft <= 0) return 0;
+    float *in = fftwf_malloc((size_t)p->n_fft * sizeof *in);
+    fftwf_complex *out = fftwf_malloc((size_t)(p->n_fft / 2 + 1) * sizeof *out);
+    fftwf_plan plan = NULL;
+    if (in && out)
+        plan = fftwf_plan_dft_r2c_1d(p->n_fft, in, out, FFTW_MEASURE | FFTW_WISDOM_ONLY);
+    if (plan) fftwf_destroy_plan(plan);
+    fftwf_free(in);
+    fftwf_free(out);
+    return plan != NULL;
+}
+
+int mel_wisdom_learn(const mel_params *p, gr_err *err) {
+    if (!p || p->n_fft <= 0) return gr_fail(err, GR_EINTERNAL, "mel: invalid n_fft");
+    float *in = fftwf_malloc((size_t)p->n_fft * sizeof *in);
+    fftwf_complex *out = fftwf_malloc((size_t)(p->n_fft / 2 + 1) * sizeof *out);
+    int rc = -1;
+    if (in && out) {
+        fftwf_plan plan =
+            fftwf_plan_dft_r2c_1d(p->n_fft, in, out, FFTW_MEASURE | FFTW_WISDOM_ONLY);
+        rc = 0;
+        if (!plan) {
+            plan = fftwf_plan_dft_r2c_1d(p->n_fft, in, out, FFTW_MEASURE);
+            rc = plan ? 1 : -1;
+        }
+        if (plan) fftwf_destroy_plan(plan);
+    }
+    fftwf_free(in);
+    fftwf_free(out);
+    if (rc < 0) gr_fail(err, GR_EINTERNAL, "mel: cannot plan a %d-point FFT", p->n_fft);
+    return rc;
+}
+
+/* mkdir -p of path's directory. */
+static int make_parent_dirs(const char *path) {
+    char dir[4096];
+    size_t n = strlen(path);
+    if (n >= sizeof dir) return -1;
+    memcpy(dir, path, n + 1);
+    char *slash = strrchr(dir, '/');
+    if (!slash || slash == dir) return 0;
+    *slash = '\0';
+    for (char *q = dir + 1; *q; q++) {
+        if (*q != '/') continue;
+        *q = '\0';
+        if (mkdir(dir, 0755) != 0 && errno != EEXIST) return -1;
+        *q = '/';
+    }
+    return mkdir(dir, 0755) != 0 && errno != EEXIST ? -1 : 0;
+}
+
+int mel_wisdom_save(const char *path, gr_err *err) {
+    struct stat st;
+    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode)) return 0;
+    char tmp[4096 + 16];
+    if (snprintf(tmp, sizeof tmp, "%s.XXXXXX", path) >= (int)sizeof tmp)
+        return gr_fail(err, GR_EINTERNAL, "%s: path too long", path);
+    if (make_parent_dirs(path) != 0)
+        return gr_fail(err, GR_EINTERNAL, "%s: cannot create its directory: %s", path,
+                       strerror(errno));
+    char *text = fftwf_export_wisdom_to_string();
+    if (!text) return gr_fail(err, GR_EINTERNAL, "mel: out of memory");
+    int fd = mkstemp(tmp);
+    if (fd < 0) {
+        int e = errno;
+        free(text);
+        return gr_fail(err, GR_EINTERNAL, "%s: %s", tmp, strerror(e));
+    }
+    size_t len = strlen(text), done = 0;
+    while (done < len) {
+        ssize_t w = write(fd, text + done, len - done);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) break;
+        done += (size_t)w;
+    }
+    free(text);
+    int bad = done != len;
+    if (close(fd) != 0) bad = 1;
+    if (!bad && rename(tmp, path) == 0) return 1;
+    int e = errno;
+    unlink(tmp);
+    return gr_fail(err, GR_EINTERNAL, "%s: cannot write: %s", path, strerror(e));
+}
 
 size_t mel_chunk_samples(const mel *m) {
     return (size_t)m->p.chunk_frames * (size_t)m->p.hop_length;
@@ -212,27 +326,59 @@ size_t mel_chunk_count(const mel *m, size_t n_samples) {
     return n_samples / mel_chunk_samples(m);
 }
 
+size_t mel_chunk_count_step(const mel *m, size_t n_samples, size_t step) {
+    size_t L = mel_chunk_samples(m);
+    if (step == 0 || n_samples < L) return 0;
+    return 1 + (n_samples - L) / step;
+}
+
 int mel_compute(const mel *m, const float *signal, size_t n, float *out,
                 size_t n_chunks, gr_err *err) {
+    return mel_compute_step(m, signal, n, mel_chunk_samples(m), out, n_chunks, err);
+}
+
+int mel_compute_step(const mel *m, const float *signal, size_t n, size_t step,
+                     float *out, size_t n_chunks, gr_err *err) {
+    return mel_compute_part(m, signal, 0, n, n, step, 0, n_chunks, out, err);
+}
+
+/* Frames are done FRAME_BLOCK at a time: their band energies go to a small
+ * [frame][band] buffer first, then each band's FRAME_BLOCK values are
+ * written to the chunk's [band][frame] row side by side. Writing one frame
+ * straight into the chunk's layout touches n_mels cache lines per frame
+ * (64 KB apart over a chunk), which measured 35% of mel_compute's time. */
+enum { FRAME_BLOCK = 16 };
+
+int mel_compute_part(const mel *m, const float *buf, size_t buf_first, size_t buf_len,
+                     size_t n, size_t step, size_t first_chunk, size_t n_chunks,
+                     float *out, gr_err *err) {
     const mel_params *p = &m->p;
     if (n_chunks == 0) return 0;
-    if (n_chunks > mel_chunk_count(m, n))
-        return gr_fail(err, GR_EINTERNAL, "mel: %zu chunks asked of a %zu-sample signal",
-                       n_chunks, n);
-    if (!signal || !out) return gr_fail(err, GR_EINTERNAL, "mel: no signal or output");
+    if (step == 0) return gr_fail(err, GR_EINTERNAL, "mel: chunk step must be >= 1");
+    if (first_chunk > mel_chunk_count_step(m, n, step) ||
+        n_chunks > mel_chunk_count_step(m, n, step) - first_chunk)
+        return gr_fail(err, GR_EINTERNAL, "mel: chunks [%zu, +%zu) asked of a %zu-sample "
+                       "signal", first_chunk, n_chunks, n);
+    if (!buf || !out) return gr_fail(err, GR_EINTERNAL, "mel: no signal or output");
 
     /* n >= one chunk > n_fft / 2 (checked in mel_create), so every index a
-     * frame touches is in [-(n-1), 2(n-1)] and one reflection lands inside. */
+     * frame touches is in [-(n-1), 2(n-1)] and one reflection lands inside;
+     * it must then lie in the part at hand, [buf_first, buf_end). */
     const size_t n_fft = (size_t)p->n_fft, pad = n_fft / 2;
     const size_t hop = (size_t)p->hop_length, frames = (size_t)p->chunk_frames;
-    const size_t n_frames = n_chunks * frames;
+    const size_t buf_end = buf_first + buf_len;
+    if (buf_first > n || buf_len > n - buf_first)
+        return gr_fail(err, GR_EINTERNAL, "mel: part [%zu, +%zu) outside the signal",
+                       buf_first, buf_len);
     float *in = fftwf_malloc(n_fft * sizeof *in);
     fftwf_complex *spec = fftwf_malloc((size_t)m->n_bins * sizeof *spec);
     float *pow_spec = malloc((size_t)m->n_bins * sizeof *pow_spec);
-    if (!in || !spec || !pow_spec) {
+    float *energy = malloc((size_t)FRAME_BLOCK * (size_t)p->n_mels * sizeof *energy);
+    if (!in || !spec || !pow_spec || !energy) {
         fftwf_free(in);
         fftwf_free(spec);
         free(pow_spec);
+        free(energy);
         return gr_fail(err, GR_EINTERNAL, "mel: out of memory");
     }
 
@@ -241,43 +387,64 @@ int mel_compute(const mel *m, const float *signal, size_t n, float *out,
     const float *w = m->window;
     const int n_bins = m->n_bins, n_mels = p->n_mels;
     const float power = p->power, half_power = power / 2, amin = p->amin;
-    const float mean = p->norm_mean, std = p->norm_std;
+    /* (10 log10(x) - mean) / std as one multiply-add on ln(x): logf is
+     * cheaper than log10f, and the two agree to a few ulp. */
+    const float ln_scale = (float)(10.0 / 2.302585092994045684) / p->norm_std;
+    const float shift = -p->norm_mean / p->norm_std;
     const size_t chunk_floats = mel_chunk_floats(m);
-    for (size_t t = 0; t < n_frames; t++) {
-        size_t centre = t * hop;
-        if (centre >= pad && centre - pad + n_fft <= n) {
-            const float *x = signal + (centre - pad);
-            for (size_t j = 0; j < n_fft; j++) in[j] = w[j] * x[j];
-        } else {
-            for (size_t j = 0; j < n_fft; j++) {
-                /* Signed index into the signal; reflect (no edge repeat). */
-                long long i = (long long)(centre + j) - (long long)pad;
-                if (i < 0) i = -i;
-                else if (i >= (long long)n) i = 2 * ((long long)n - 1) - i;
-                in[j] = w[j] * signal[i];
+    int rc = 0;
+    for (size_t c = first_chunk; c < first_chunk + n_chunks && rc == 0; c++) {
+        float *chunk_out = out + (c - first_chunk) * chunk_floats;
+        for (size_t t0 = 0; t0 < frames && rc == 0; t0 += FRAME_BLOCK) {
+            size_t nb = frames - t0 < FRAME_BLOCK ? frames - t0 : FRAME_BLOCK;
+            for (size_t f = 0; f < nb; f++) {
+                size_t centre = c * step + (t0 + f) * hop;
+                if (centre >= pad && centre - pad >= buf_first && centre - pad + n_fft <= buf_end) {
+                    const float *x = buf + (centre - pad - buf_first);
+                    for (size_t j = 0; j < n_fft; j++) in[j] = w[j] * x[j];
+                } else {
+                    for (size_t j = 0; j < n_fft; j++) {
+                        /* Signed index into the signal; reflect (no edge repeat). */
+                        long long i = (long long)(centre + j) - (long long)pad;
+                        if (i < 0) i = -i;
+                        else if (i >= (long long)n) i = 2 * ((long long)n - 1) - i;
+                        if (i < (long long)buf_first || i >= (long long)buf_end) {
+                            rc = gr_fail(err, GR_EINTERNAL, "mel: chunk %zu needs sample "
+                                         "%lld, outside the part [%zu, %zu)", c, i,
+                                         buf_first, buf_end);
+                            break;
+                        }
+                        in[j] = w[j] * buf[i - (long long)buf_first];
+                    }
+                    if (rc != 0) break;
+                }
+                fftwf_execute_dft_r2c(m->plan, in, spec);
+
+                for (int k = 0; k < n_bins; k++) {
+                    float p2 = spec[k][0] * spec[k][0] + spec[k][1] * spec[k][1];
+                    pow_spec[k] = power == 2.0f ? p2
+                                : power == 1.0f ? sqrtf(p2)
+                                                : powf(p2, half_power);
+                }
+                float *e = energy + f * (size_t)n_mels;
+                for (int b = 0; b < n_mels; b++) {
+                    const float *bw = m->weights + m->band_off[b];
+                    const float *bp = pow_spec + m->band_first[b];
+                    float acc = 0;
+                    for (int k = 0; k < m->band_len[b]; k++) acc += bw[k] * bp[k];
+                    e[b] = logf(acc > amin ? acc : amin) * ln_scale + shift;
+                }
             }
-        }
-        fftwf_execute_dft_r2c(m->plan, in, spec);
-
-        for (int k = 0; k < n_bins; k++) {
-            float p2 = spec[k][0] * spec[k][0] + spec[k][1] * spec[k][1];
-            pow_spec[k] = power == 2.0f ? p2
-                        : power == 1.0f ? sqrtf(p2)
-                                        : powf(p2, half_power);
-        }
-
-        float *dst = out + (t / frames) * chunk_floats + t % frames;
-        for (int b = 0; b < n_mels; b++) {
-            const float *bw = m->weights + m->band_off[b];
-            const float *bp = pow_spec + m->band_first[b];
-            float acc = 0;
-            for (int k = 0; k < m->band_len[b]; k++) acc += bw[k] * bp[k];
-            float db = 10.0f * log10f(acc > amin ? acc : amin);
-            dst[(size_t)b * frames] = (db - mean) / std;
+            if (rc != 0) break;
+            for (int b = 0; b < n_mels; b++) {
+                float *row = chunk_out + (size_t)b * frames + t0;
+                for (size_t f = 0; f < nb; f++) row[f] = energy[f * (size_t)n_mels + (size_t)b];
+            }
         }
     }
     fftwf_free(in);
     fftwf_free(spec);
     free(pow_spec);
-    return 0;
+    free(energy);
+    return rc;
 }

@@ -73,7 +73,7 @@ struct model {
     char *name, *version;
     char **genres;              /* owned, n_genres strings */
     int n_genres;
-    mel_params mel;
+    feature_params feat;
     shape input;
     op *ops;                    /* owned, n_ops */
     int n_ops;
@@ -252,19 +252,47 @@ static int field_tensor(const json_t *obj, const char *key, const long long *wan
 
 /* ---- header sections ---------------------------------------------------- */
 
-int model_parse_features(const json_t *f, mel_params *p, gr_err *err) {
+/* The "waveform" kind: see waveform.h. */
+static int parse_waveform_features(const json_t *f, waveform_params *p, gr_err *err) {
+    static const char *const keys[] = {"kind", "sample_rate", "chunk_samples", "values",
+                                       "norm_mean", "norm_std", NULL};
+    const char *ctx = "features";
+    double mean = 0, std = 0;
+    if (check_keys(f, keys, ctx, err) < 0 ||
+        field_int(f, "sample_rate", 1000, 384000, &p->sample_rate, ctx, err) < 0 ||
+        field_int(f, "chunk_samples", 1, 1 << 24, &p->chunk_samples, ctx, err) < 0 ||
+        field_int(f, "values", 1, MAX_DIM, &p->values, ctx, err) < 0 ||
+        field_number(f, "norm_mean", &mean, ctx, err) < 0 ||
+        field_number(f, "norm_std", &std, ctx, err) < 0)
+        return -1;
+    if (p->chunk_samples % p->values != 0)
+        return FAIL("features: chunk_samples (%d) must be a multiple of values (%d)",
+                    p->chunk_samples, p->values);
+    if (!(std > 0 && std < 1e6) || !(fabs(mean) < 1e6))
+        return FAIL("features: need 0 < norm_std < 1e6 and |norm_mean| < 1e6");
+    p->norm_mean = (float)mean;
+    p->norm_std = (float)std;
+    return 0;
+}
+
+int model_parse_features(const json_t *f, feature_params *fp, gr_err *err) {
     static const char *const keys[] = {
         "kind", "sample_rate", "n_fft", "win_length", "hop_length", "n_mels",
         "chunk_frames", "fmin", "fmax", "mel_scale", "mel_norm", "power",
         "amin", "norm_mean", "norm_std", NULL};
     const char *ctx = "features", *kind = NULL, *scale = NULL, *norm = NULL;
     double fmin = 0, fmax = 0, power = 0, amin = 0, mean = 0, std = 0;
+    mel_params *p = &fp->mel;
     if (!json_is_object(f)) return FAIL("'features' must be an object");
-    if (check_keys(f, keys, ctx, err) < 0 ||
-        field_string(f, "kind", 1, 64, &kind, ctx, err) < 0)
-        return -1;
+    if (field_string(f, "kind", 1, 64, &kind, ctx, err) < 0) return -1;
+    if (strcmp(kind, "waveform") == 0) {
+        fp->kind = FEATURE_WAVEFORM;
+        return parse_waveform_features(f, &fp->waveform, err);
+    }
     if (strcmp(kind, "logmel") != 0)
-        return FAIL("features: kind '%s' is not supported (only 'logmel')", kind);
+        return FAIL("features: kind '%s' is not supported ('logmel' or 'waveform')", kind);
+    fp->kind = FEATURE_LOGMEL;
+    if (check_keys(f, keys, ctx, err) < 0) return -1;
     if (field_int(f, "sample_rate", 1000, 384000, &p->sample_rate, ctx, err) < 0 ||
         field_int(f, "n_fft", 16, 65536, &p->n_fft, ctx, err) < 0 ||
         field_int(f, "win_length", 1, p->n_fft, &p->win_length, ctx, err) < 0 ||
@@ -686,16 +714,20 @@ static int build(model *m, json_t *hdr, const float *data, size_t n_data,
     if (parse_genres(m, json_object_get(hdr, "genres"), err) < 0) return -1;
     json_t *features = json_object_get(hdr, "features");
     if (!features) return FAIL("header: missing 'features'");
-    if (model_parse_features(features, &m->mel, err) < 0) return -1;
+    if (model_parse_features(features, &m->feat, err) < 0) return -1;
     json_t *training = json_object_get(hdr, "training");
     if (!json_is_object(training)) return FAIL("header: 'training' must be an object");
 
     int in[3] = {0, 0, 0};
     if (field_ints(hdr, "input", 3, 1, MAX_DIM, in, "header", err) < 0) return -1;
-    if (in[0] != 1 || in[1] != m->mel.n_mels || in[2] != m->mel.chunk_frames)
-        return FAIL("header: input [%d,%d,%d] does not match the logmel features "
-                    "[1,%d,%d]", in[0], in[1], in[2], m->mel.n_mels,
-                    m->mel.chunk_frames);
+    /* One chunk: a 1 x n_mels x chunk_frames image, or 1 x 1 x values. */
+    int want_h = m->feat.kind == FEATURE_LOGMEL ? m->feat.mel.n_mels : 1;
+    int want_w = m->feat.kind == FEATURE_LOGMEL ? m->feat.mel.chunk_frames
+                                                : m->feat.waveform.values;
+    if (in[0] != 1 || in[1] != want_h || in[2] != want_w)
+        return FAIL("header: input [%d,%d,%d] does not match the %s features "
+                    "[1,%d,%d]", in[0], in[1], in[2],
+                    m->feat.kind == FEATURE_LOGMEL ? "logmel" : "waveform", want_h, want_w);
     m->input = (shape){in[0], in[1], in[2], 0};
 
     json_t *layers = json_object_get(hdr, "layers");
@@ -887,7 +919,7 @@ const char *model_genre(const model *m, int i) {
     return i >= 0 && i < m->n_genres ? m->genres[i] : NULL;
 }
 
-const mel_params *model_mel_params(const model *m) { return &m->mel; }
+const feature_params *model_features(const model *m) { return &m->feat; }
 
 size_t model_input_floats(const model *m) { return (size_t)shape_floats(m->input); }
 

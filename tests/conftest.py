@@ -38,7 +38,7 @@ import pytest
 import requests
 import yaml
 
-LISTEN_LINE = re.compile(r"^genred: listening on (http://127\.0\.0\.1:(\d+))\s*$")
+LISTEN_LINE = re.compile(r"^genred: listening on (https?://127\.0\.0\.1:(\d+))\s*$")
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
 CHUNK_S = 3.0
@@ -278,8 +278,7 @@ class Daemon:
 
 def _base_flags(source_dir, model_path):
     return {"listen": "127.0.0.1", "port": "0", "model": str(model_path),
-            "max-upload-bytes": "8M", "queue-capacity": "64",
-            "openapi": str(source_dir / "openapi.yaml")}
+            "max-upload-bytes": "8M", "queue-capacity": "64"}
 
 
 def _stop_all(daemons):

@@ -138,6 +138,28 @@ def test_openapi_yaml_is_served(daemon, api):
     assert r.content == api.raw, "served document differs from openapi.yaml in the repository"
 
 
+WEB_FILES = {"/": ("index.html", "text/html"), "/app.js": ("app.js", "text/javascript"),
+             "/style.css": ("style.css", "text/css")}
+
+
+@pytest.mark.parametrize("route", WEB_FILES)
+def test_web_page_is_served(daemon, api, source_dir, route):
+    """The page and its files, byte for byte as in web/, with the policy
+    openapi.yaml promises. (tests/web/ drives the page in a browser.)"""
+    name, mtype = WEB_FILES[route]
+    r = daemon.request("GET", route)
+    assert r.status_code == 200
+    assert media_type(r.headers.get("Content-Type")) == mtype
+    assert r.content == (source_dir / "web" / name).read_bytes()
+    headers = api.doc["components"]["headers"]
+    assert r.headers.get("Content-Security-Policy") == \
+        headers["WebContentSecurityPolicy"]["schema"]["const"]
+    assert r.headers.get("X-Content-Type-Options") == "nosniff"
+    head = daemon.request("HEAD", route)
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers.get("Content-Type") == r.headers.get("Content-Type")
+
+
 # --- classification ---------------------------------------------------------
 
 EXCERPTS = [("excerpt_mp3", "audio/mpeg", 0.1), ("excerpt_mp3", "application/octet-stream", 0.1),
@@ -201,6 +223,69 @@ def test_segments_timeline(classified):
                                                                      abs=0.01)
     assert "segments" not in plain and "segments" not in off
     assert seg["genres"] == plain["genres"] == off["genres"], "segments=1 changed the answer"
+
+
+def mel_picture_reference(chunks, feat):
+    """openapi.yaml's MelPicture, recomputed with numpy from the model input
+    `genred features` writes ([chunk][band][frame], normalised): back to dB,
+    block means down to <= 64 x 600, 80 dB below the loudest cell. Returns
+    (dB picture, min_db, max_db, bytes)."""
+    import numpy as np
+    n, bands, frames_per_chunk = chunks.shape
+    frames = n * frames_per_chunk
+    db = chunks.transpose(1, 0, 2).reshape(bands, frames).astype(np.float64)
+    db = db * feat["norm_std"] + feat["norm_mean"]
+    bstep, fstep = -(-bands // 64), -(-frames // 600)
+    rows, cols = np.arange(0, bands, bstep), np.arange(0, frames, fstep)
+    sums = np.add.reduceat(np.add.reduceat(db, rows, axis=0), cols, axis=1)
+    counts = np.outer(np.diff(np.append(rows, bands)), np.diff(np.append(cols, frames)))
+    pic = sums / counts
+    hi = pic.max()
+    lo = max(pic.min(), hi - 80.0)
+    q = np.clip(np.floor((pic - lo) / (hi - lo) * 255.0 + 0.5), 0, 255)
+    return pic, lo, hi, q
+
+
+@pytest.mark.parametrize("name,chunks,columns", [("excerpt_mp3", 10, 427), ("song_mp3", 50, 582)])
+def test_mel_picture(classified, audio, api, genred_bin, model_path, model_desc, tmp_path,
+                     name, chunks, columns):
+    """mel=1 adds a picture of exactly the chunks the model classified (the
+    trim rule included) and changes nothing else; every byte is within 1 of
+    an independent numpy computation from `genred features` of the file."""
+    import base64
+    import os
+    import subprocess
+
+    import numpy as np
+    pic = classified(name, mel=1)
+    plain = classified(name)
+    assert "mel" not in plain
+    assert {k: v for k, v in pic.items() if k not in ("mel", "timing_ms")} == \
+        {k: v for k, v in plain.items() if k != "timing_ms"}, "mel=1 changed the answer"
+    assert pic["chunks"] == chunks
+    mel = pic["mel"]
+    api.validate(mel, "MelPicture")
+    data = np.frombuffer(base64.b64decode(mel["data"], validate=True), dtype=np.uint8)
+    assert (mel["bands"], mel["frames"]) == (64, columns)
+    assert data.size == mel["bands"] * mel["frames"]
+    assert len(json.dumps(pic)) < 100_000, "the picture is not small"
+
+    out = tmp_path / "features.npy"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GENRED_")}
+    run = subprocess.run([str(genred_bin), "features", "--model", str(model_path),
+                          str(getattr(audio, name)), "-o", str(out)],
+                         env=env, capture_output=True, timeout=120)
+    assert run.returncode == 0, run.stderr.decode("utf-8", "replace")
+    model_input = np.load(out)
+    assert model_input.shape[0] == chunks
+    ref, lo, hi, q = mel_picture_reference(model_input, model_desc["features"])
+    assert mel["max_db"] == pytest.approx(hi, abs=1e-3)
+    assert mel["min_db"] == pytest.approx(lo, abs=1e-3)
+    got = data.reshape(mel["bands"], mel["frames"]).astype(int)
+    assert np.abs(got - q).max() <= 1, "picture differs from the model input"
+    assert (got != q).mean() < 0.01, "picture differs from the model input in many cells"
+    # A real song fills the scale: loud and quiet cells, not one flat colour.
+    assert got.max() == 255 and got.min() < 64 and np.unique(got).size > 100
 
 
 def test_song_is_trimmed(classified, audio):
@@ -412,6 +497,8 @@ BAD = [
         raw_body("audio/mpeg", mp3_bytes, {"trim": ""})),
     Bad("segments-yes", "POST", CLASSIFY, 400, "bad_request", None,
         raw_body("audio/mpeg", mp3_bytes, {"segments": "yes"})),
+    Bad("mel-2", "POST", CLASSIFY, 400, "bad_request", None,
+        raw_body("audio/mpeg", mp3_bytes, {"mel": "2"})),
     Bad("2s-clip", "POST", CLASSIFY, 422, "unprocessable_audio", None,
         raw_body("audio/wav", lambda a: a.short_wav.read_bytes())),
     Bad("2s-clip-trim-0", "POST", CLASSIFY, 422, "unprocessable_audio", None,
@@ -423,7 +510,8 @@ BAD = [
     Bad("unknown-route", "GET", "/v2/classify", 404, "not_found", None, nothing),
     Bad("below-classify", "POST", CLASSIFY + "/extra", 404, "not_found", None,
         raw_body("audio/mpeg", mp3_bytes)),
-    Bad("root", "GET", "/", 404, "not_found", None, nothing),
+    Bad("index-html", "GET", "/index.html", 404, "not_found", None, nothing),
+    Bad("post-web-page", "POST", "/", 405, "method_not_allowed", "GET", nothing),
     Bad("get-classify", "GET", CLASSIFY, 405, "method_not_allowed", "POST", nothing),
     Bad("post-healthz", "POST", "/healthz", 405, "method_not_allowed", "GET", nothing),
     Bad("delete-model", "DELETE", "/v1/model", 405, "method_not_allowed", "GET", nothing),

@@ -26,6 +26,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <libavutil/log.h>
@@ -547,6 +548,50 @@ static void test_decompression_bomb_is_cut_at_limit(void **state) {
     assert_int_equal(decode_named(fx, "silence.flac", 60.0, &a), GR_EUNPROCESSABLE);
 }
 
+/* The request deadline interrupts a decode: one that passed already stops
+ * it at the header, one that passes midway stops it within a packet (an
+ * hour of FLAC cannot be decoded in 20 ms), and one far away changes
+ * nothing. */
+static void test_deadline(void **state) {
+    fixture *fx = *state;
+    char out[PATH_MAX];
+    path_in(fx, "hour.flac", out);
+    FFMPEG("-f", "lavfi", "-i", "anullsrc=r=8000:cl=mono", "-t", "3600",
+           "-c:a", "flac", out);
+    size_t len;
+    uint8_t *data = read_file(out, &len);
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    double now = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+    static const struct {
+        double offset_s;
+        gr_status want;
+    } cases[] = {{-1.0, GR_EDEADLINE}, {0.02, GR_EDEADLINE}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        now = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+        audio_limits lim = {.max_duration_s = 7200, .deadline = now + cases[i].offset_s};
+        audio a;
+        gr_err err = {0};
+        assert_int_equal(audio_decode(data, len, RATE, &lim, &a, &err), -1);
+        assert_int_equal(err.status, cases[i].want);
+        assert_non_null(strstr(err.msg, "deadline"));
+        assert_null(a.samples);
+    }
+    free(data);
+
+    make_stereo_44k(fx, "deadline.wav", "pcm_s16le");
+    path_in(fx, "deadline.wav", out);
+    data = read_file(out, &len);
+    audio_limits lim = {.deadline = now + 600};
+    audio a;
+    gr_err err = {0};
+    if (audio_decode(data, len, RATE, &lim, &a, &err) != 0) fail_msg("%s", err.msg);
+    assert_true(a.duration_s > 29.0);
+    audio_free(&a);
+    free(data);
+}
+
 /* ---- hostile and broken input ------------------------------------------ */
 
 static void test_not_audio_is_unsupported(void **state) {
@@ -815,6 +860,7 @@ int main(void) {
         cmocka_unit_test(test_parameters_changing_midstream),
         cmocka_unit_test(test_duration_limit),
         cmocka_unit_test(test_decompression_bomb_is_cut_at_limit),
+        cmocka_unit_test(test_deadline),
         cmocka_unit_test(test_not_audio_is_unsupported),
         cmocka_unit_test(test_playlists_open_nothing),
         cmocka_unit_test(test_truncated_files),

@@ -26,8 +26,15 @@ static void assert_config_equal(const config *a, const config *b) {
     assert_true(a->trim_end_s == b->trim_end_s);
     assert_true(a->trim_min_keep_s == b->trim_min_keep_s);
     assert_int_equal(a->max_connections, b->max_connections);
+    assert_int_equal(a->max_active_requests, b->max_active_requests);
     assert_int_equal(a->idle_timeout_s, b->idle_timeout_s);
+    assert_true(a->request_timeout_s == b->request_timeout_s);
+    assert_true(a->shutdown_timeout_s == b->shutdown_timeout_s);
+    assert_string_equal(a->api_keys_file, b->api_keys_file);
+    assert_string_equal(a->tls_cert_file, b->tls_cert_file);
+    assert_string_equal(a->tls_key_file, b->tls_key_file);
     assert_string_equal(a->log_level, b->log_level);
+    assert_string_equal(a->fftw_wisdom, b->fftw_wisdom);
 }
 
 /* Writes len bytes to a fresh temporary file; path receives its name. */
@@ -61,7 +68,12 @@ static void test_defaults(void **state) {
     config_defaults(&c);
     assert_string_equal(c.listen, "127.0.0.1");
     assert_int_equal(c.port, 8080);
-    assert_string_equal(c.model, "models/gtzan-cnn.gmodel");
+    /* The installed model under the prefix meson was configured with. */
+    assert_string_equal(c.model, GENRED_DEFAULT_MODEL);
+    assert_true(c.model[0] == '/');
+    const char *tail = "/genred/models/gtzan-cnn.gmodel";
+    assert_true(strlen(c.model) > strlen(tail));
+    assert_string_equal(c.model + strlen(c.model) - strlen(tail), tail);
     assert_int_equal(c.workers, 0);
     assert_int_equal(c.max_batch, 32);
     assert_int_equal(c.queue_capacity, 64);
@@ -72,6 +84,12 @@ static void test_defaults(void **state) {
     assert_true(c.trim_min_keep_s == 30);
     assert_int_equal(c.max_connections, 256);
     assert_int_equal(c.idle_timeout_s, 30);
+    assert_true(c.request_timeout_s == 60);
+    assert_true(c.shutdown_timeout_s == 30);
+    assert_string_equal(c.api_keys_file, "");
+    assert_string_equal(c.tls_cert_file, "");
+    assert_string_equal(c.tls_key_file, "");
+    assert_string_equal(c.fftw_wisdom, "");
     assert_string_equal(c.log_level, "info");
 }
 
@@ -123,6 +141,24 @@ static void test_set_every_key(void **state) {
     assert_int_equal(c.max_connections, 1);
     set_ok(&c, "idle-timeout-s", "600");
     assert_int_equal(c.idle_timeout_s, 600);
+    set_ok(&c, "request_timeout_s", "0");
+    assert_true(c.request_timeout_s == 0);
+    set_ok(&c, "request-timeout-s", "0.25");
+    assert_true(c.request_timeout_s == 0.25);
+    set_ok(&c, "shutdown_timeout_s", "3600");
+    assert_true(c.shutdown_timeout_s == 3600);
+    set_ok(&c, "shutdown_timeout_s", "0");
+    assert_true(c.shutdown_timeout_s == 0);
+    set_ok(&c, "api_keys_file", "/etc/genred/keys");
+    assert_string_equal(c.api_keys_file, "/etc/genred/keys");
+    set_ok(&c, "api-keys-file", ""); /* optional paths may be emptied again */
+    assert_string_equal(c.api_keys_file, "");
+    set_ok(&c, "tls_cert_file", "/etc/genred/cert.pem");
+    assert_string_equal(c.tls_cert_file, "/etc/genred/cert.pem");
+    set_ok(&c, "tls_key_file", "key.pem");
+    assert_string_equal(c.tls_key_file, "key.pem");
+    set_ok(&c, "fftw_wisdom", "/var/cache/genred/fftw-wisdom");
+    assert_string_equal(c.fftw_wisdom, "/var/cache/genred/fftw-wisdom");
     for (size_t i = 0; i < 4; i++) {
         static const char *const levels[] = {"error", "warn", "info", "debug"};
         set_ok(&c, "log_level", levels[i]);
@@ -170,7 +206,11 @@ static void test_bad_values_refused(void **state) {
         {"trim_start_s", ""},     {"trim_end_s", "-0.5"},
         {"trim_min_keep_s", "1,5"}, {"max_connections", "0"},
         {"max_connections", "65537"}, {"idle_timeout_s", "0"},
-        {"idle_timeout_s", "86401"}, {"log_level", "DEBUG"},
+        {"idle_timeout_s", "86401"}, {"request_timeout_s", "-1"},
+        {"request_timeout_s", "86401"}, {"request_timeout_s", "1m"},
+        {"shutdown_timeout_s", "3601"}, {"shutdown_timeout_s", ""},
+        {"api_keys_file", "a\nb"}, {"tls_cert_file", "x\x7f"},
+        {"tls_key_file", "\t"},  {"log_level", "DEBUG"},
         {"log_level", "trace"},   {"log_level", ""},
         {"log_level", "info "},
     };
@@ -417,6 +457,11 @@ static void test_print_round_trip(void **state) {
     set_ok(&c, "trim_min_keep_s", "33.333333333333336");
     set_ok(&c, "max_connections", "9");
     set_ok(&c, "idle_timeout_s", "11");
+    set_ok(&c, "request_timeout_s", "2.5");
+    set_ok(&c, "shutdown_timeout_s", "0.5");
+    set_ok(&c, "api_keys_file", "/k # keys");
+    set_ok(&c, "tls_cert_file", "c.pem");
+    set_ok(&c, "tls_key_file", "'k.pem'");
     set_ok(&c, "log_level", "error");
     assert_round_trip(&c);
 
@@ -437,7 +482,26 @@ static void test_print_round_trip(void **state) {
     assert_non_null(strstr(text, "max_upload_bytes = 64M\n"));
     assert_non_null(strstr(text, "listen = 127.0.0.1\n"));
     assert_non_null(strstr(text, "trim_start_s = 15\n"));
+    assert_non_null(strstr(text, "api_keys_file = \"\"\n"));
     free(text);
+}
+
+/* TLS needs both files; config_set() sees one key at a time, so the pair is
+ * checked afterwards. */
+static void test_validate(void **state) {
+    (void)state;
+    config c;
+    gr_err err = {0};
+    config_defaults(&c);
+    assert_int_equal(config_validate(&c, &err), 0);
+    set_ok(&c, "tls_cert_file", "cert.pem");
+    assert_int_equal(config_validate(&c, &err), -1);
+    assert_int_equal(err.status, GR_EBADREQ);
+    assert_non_null(strstr(err.msg, "tls_cert_file and tls_key_file"));
+    set_ok(&c, "tls_key_file", "key.pem");
+    assert_int_equal(config_validate(&c, &err), 0);
+    set_ok(&c, "tls_cert_file", "");
+    assert_int_equal(config_validate(&c, &err), -1);
 }
 
 static void test_shipped_conf_is_defaults(void **state) {
@@ -451,6 +515,10 @@ static void test_shipped_conf_is_defaults(void **state) {
     memset(&c, 0x5a, sizeof c); /* every key must be set by the file itself */
     gr_err err = {0};
     if (config_load_file(&c, path, &err) != 0) fail_msg("%s", err.msg);
+    /* In the repository the file names the repository's model; meson
+     * install rewrites that line to the default (tests/test_install.py). */
+    assert_string_equal(c.model, "models/gtzan-cnn.gmodel");
+    memcpy(d.model, c.model, sizeof d.model);
     assert_config_equal(&c, &d);
 }
 
@@ -476,6 +544,7 @@ int main(void) {
         cmocka_unit_test(test_file_errors),
         cmocka_unit_test(test_env),
         cmocka_unit_test(test_print_round_trip),
+        cmocka_unit_test(test_validate),
         cmocka_unit_test(test_shipped_conf_is_defaults),
         cmocka_unit_test(test_workers),
     };

@@ -382,7 +382,8 @@ static void test_load_tiny(void **state) {
     assert_int_equal(model_param_count(m), 184);
     assert_true(model_macs(m) == 1296.0 + 144.0);
 
-    const mel_params *p = model_mel_params(m);
+    assert_int_equal(model_features(m)->kind, FEATURE_LOGMEL);
+    const mel_params *p = &model_features(m)->mel;
     assert_int_equal(p->sample_rate, 16000);
     assert_int_equal(p->n_fft, 512);
     assert_int_equal(p->win_length, 400);
@@ -799,15 +800,16 @@ static void test_parse_features(void **state) {
     (void)state;
     json_t *hdr = parse(tiny_header);
     json_t *f = json_object_get(hdr, "features");
-    mel_params p;
+    feature_params p;
     gr_err err = {GR_OK, ""};
     assert_int_equal(model_parse_features(f, &p, &err), 0);
-    assert_int_equal(p.n_mels, 8);
+    assert_int_equal(p.kind, FEATURE_LOGMEL);
+    assert_int_equal(p.mel.n_mels, 8);
     json_object_set_new(f, "mel_scale", json_string("slaney"));
     json_object_set_new(f, "mel_norm", json_string("slaney"));
     assert_int_equal(model_parse_features(f, &p, &err), 0);
-    assert_int_equal(p.scale, MEL_SCALE_SLANEY);
-    assert_int_equal(p.slaney_norm, 1);
+    assert_int_equal(p.mel.scale, MEL_SCALE_SLANEY);
+    assert_int_equal(p.mel.slaney_norm, 1);
     json_object_set_new(f, "amin", json_integer(0));
     assert_int_equal(model_parse_features(f, &p, &err), -1);
     assert_non_null(strstr(err.msg, "amin"));
@@ -817,6 +819,41 @@ static void test_parse_features(void **state) {
     assert_non_null(strstr(err.msg, "must be an object"));
     json_decref(arr);
     json_decref(hdr);
+}
+
+/* The raw-waveform kind (waveform.h): its own keys, each validated. */
+static void test_parse_waveform_features(void **state) {
+    (void)state;
+    json_t *f = parse("{\"kind\": \"waveform\", \"sample_rate\": 16000, "
+                      "\"chunk_samples\": 48000, \"values\": 500, "
+                      "\"norm_mean\": 0.1, \"norm_std\": 0.05}");
+    feature_params p;
+    gr_err err = {GR_OK, ""};
+    assert_int_equal(model_parse_features(f, &p, &err), 0);
+    assert_int_equal(p.kind, FEATURE_WAVEFORM);
+    assert_int_equal(p.waveform.sample_rate, 16000);
+    assert_int_equal(p.waveform.chunk_samples, 48000);
+    assert_int_equal(p.waveform.values, 500);
+    assert_true(p.waveform.norm_mean == 0.1f && p.waveform.norm_std == 0.05f);
+    json_object_set_new(f, "values", json_integer(499)); /* 48000 % 499 != 0 */
+    assert_int_equal(model_parse_features(f, &p, &err), -1);
+    assert_non_null(strstr(err.msg, "multiple"));
+    json_object_set_new(f, "values", json_integer(500));
+    json_object_set_new(f, "norm_std", json_real(0.0));
+    assert_int_equal(model_parse_features(f, &p, &err), -1);
+    assert_non_null(strstr(err.msg, "norm_std"));
+    json_object_set_new(f, "norm_std", json_real(0.05));
+    json_object_set_new(f, "n_mels", json_integer(128)); /* a logmel key */
+    assert_int_equal(model_parse_features(f, &p, &err), -1);
+    assert_non_null(strstr(err.msg, "n_mels"));
+    json_object_del(f, "n_mels");
+    json_object_del(f, "chunk_samples");
+    assert_int_equal(model_parse_features(f, &p, &err), -1);
+    assert_non_null(strstr(err.msg, "chunk_samples"));
+    json_object_set_new(f, "kind", json_string("mfcc"));
+    assert_int_equal(model_parse_features(f, &p, &err), -1);
+    assert_non_null(strstr(err.msg, "not supported"));
+    json_decref(f);
 }
 
 int main(void) {
@@ -829,6 +866,7 @@ int main(void) {
         cmocka_unit_test(test_bad_containers),
         cmocka_unit_test(test_load_from_path),
         cmocka_unit_test(test_parse_features),
+        cmocka_unit_test(test_parse_waveform_features),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

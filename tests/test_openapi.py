@@ -15,7 +15,8 @@ import re
 import jsonschema
 import pytest
 
-ROUTES = {"/v1/classify", "/healthz", "/readyz", "/v1/model", "/metrics", "/openapi.yaml"}
+ROUTES = {"/v1/classify", "/healthz", "/readyz", "/v1/model", "/metrics", "/openapi.yaml",
+          "/", "/app.js", "/style.css"}
 METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
 
@@ -105,8 +106,9 @@ def test_error_codes_match_err_c(api, err_c):
         for ex in media.get("examples", {}).values():
             code = ex["value"]["error"]["code"]
             assert err_c[code] == int(status), f"{method} {route} {status}: example code {code}"
-    for name in ("BadRequest", "NotFound", "MethodNotAllowed", "PayloadTooLarge",
-                 "UnsupportedMedia", "UnprocessableAudio", "Busy", "Internal"):
+    for name in ("BadRequest", "Unauthorized", "NotFound", "MethodNotAllowed",
+                 "PayloadTooLarge", "UnsupportedMedia", "UnprocessableAudio", "Busy",
+                 "Internal"):
         for ex in api.doc["components"]["responses"][name]["content"]["application/json"][
                 "examples"].values():
             assert ex["value"]["error"]["code"] in err_c
@@ -121,11 +123,36 @@ def test_json_responses_carry_request_id_and_503_retry_after(api):
     assert "Allow" in api.doc["components"]["responses"]["MethodNotAllowed"]["headers"]
 
 
+def test_access_and_overload_are_documented(api):
+    """API keys: every route answers 401 except the health probes, which
+    need no credentials; 401 carries WWW-Authenticate. Overload: every route
+    but /healthz may answer 503 (connection limit)."""
+    scheme = api.doc["components"]["securitySchemes"]["bearerKey"]
+    assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
+    assert {} in api.doc["security"] and {"bearerKey": []} in api.doc["security"]
+    unauthorized = api.doc["components"]["responses"]["Unauthorized"]
+    assert "WWW-Authenticate" in unauthorized["headers"]
+    for route, method, op in operations(api):
+        statuses = set(op["responses"])
+        if route in ("/healthz", "/readyz"):
+            assert op.get("security") == [], f"{route} must not need a key"
+            assert "401" not in statuses, route
+        else:
+            assert "security" not in op, f"{route} overrides the global security"
+            assert "401" in statuses, f"{method} {route}: no 401"
+        if route != "/healthz":
+            assert "503" in statuses, f"{method} {route}: no 503"
+    busy = api.doc["components"]["responses"]["Busy"]["content"]["application/json"]
+    codes = {ex["value"]["error"]["code"] for ex in busy["examples"].values()}
+    assert codes == {"busy", "deadline_exceeded"}
+
+
 def test_classify_parameters(api):
     op = api.doc["paths"]["/v1/classify"]["post"]
     params = {p["name"]: p for p in (deref(api, p) for p in op["parameters"])}
     assert params["trim"]["schema"] == {"type": "integer", "enum": [0, 1], "default": 1}
     assert params["segments"]["schema"] == {"type": "integer", "enum": [0, 1], "default": 0}
+    assert params["mel"]["schema"] == {"type": "integer", "enum": [0, 1], "default": 0}
     body = op["requestBody"]["content"]
     assert body["multipart/form-data"]["schema"]["required"] == ["file"]
     assert {"multipart/form-data", "audio/mpeg", "audio/wav", "audio/x-wav", "audio/flac",
@@ -139,6 +166,8 @@ def first_example(api):
         "application/json"]
     return copy.deepcopy(media["examples"]["segments"]["value"])
 
+
+MEL = {"bands": 2, "frames": 3, "min_db": -62.5, "max_db": 17.5, "data": "AIDA/xBA"}
 
 MUTATIONS = {
     "extra top-level field": lambda a: a.update(extra=1),
@@ -155,6 +184,10 @@ MUTATIONS = {
     "segment probability string": lambda a: a["segments"][0]["probabilities"].update(blues="x"),
     "extra segment field": lambda a: a["segments"][0].update(note=""),
     "model without version": lambda a: a["model"].pop("version"),
+    "mel not base64": lambda a: a.update(mel=dict(MEL, data="AI*A/xBA")),
+    "mel over 64 bands": lambda a: a.update(mel=dict(MEL, bands=65)),
+    "mel without max_db": lambda a: a.update(mel={k: v for k, v in MEL.items() if k != "max_db"}),
+    "extra mel field": lambda a: a.update(mel=dict(MEL, scale="db")),
 }
 
 

@@ -9,7 +9,9 @@ scaled until its softmax is confident (checked), and the pre-softmax logits
 are compared too (to 2e-5 of their largest magnitude), by exporting the same
 model without its final softmax.
 
-Also: gmodel.load(gmodel.save(m)) rebuilds m exactly; gmodel.save refuses what
+Also: a waveform-input model (design (d) of train/models.py, the softmax
+autoencoder's classifier, [1, 1, 500] in) agrees the same way;
+gmodel.load(gmodel.save(m)) rebuilds m exactly; gmodel.save refuses what
 the format cannot represent; every bundled $GENRED_SOURCE/models/*.gmodel
 loads in PyTorch and in C with the same answers.
 
@@ -347,14 +349,46 @@ def test_bundled_models(infer_tool, tmp_path):
     gmodel.load) and in C, and both give the same probabilities."""
     source = pathlib.Path(required_env("GENRED_SOURCE"))
     assert source.is_dir(), f"GENRED_SOURCE={source} is not a directory"
-    for path in sorted((source / "models").glob("*.gmodel")):
+    paths = sorted((source / "models").glob("*.gmodel"))
+    assert paths, f"no models in {source / 'models'}"
+    for path in paths:
         model, header = gmodel.load(path)
-        f = header["features"]
         g = torch.Generator().manual_seed(7)
-        x = torch.randn(12, 1, f["n_mels"], f["chunk_frames"], generator=g)
-        if (f["n_mels"], f["chunk_frames"]) == (128, 128):
+        x = torch.randn(12, *header["input"], generator=g)
+        if header["input"] == [1, 128, 128]:
             x = torch.cat([x, inputs(0, seed=8)])
         want = run_torch(model, x)
         got = run_c(infer_tool, path, x, tmp_path)
         diff = float(np.abs(got - want).max())
         assert diff <= TOLERANCE, f"{path.name}: C and PyTorch differ by {diff}"
+
+
+WAVEFORM = {"kind": "waveform", "sample_rate": 16000, "chunk_samples": 48000,
+            "values": 500, "norm_mean": 0.09, "norm_std": 0.06}
+
+
+def test_parity_waveform(infer_tool, tmp_path):
+    """Design (d)'s exported classifier: flatten, dense 500 -> 64, sigmoid,
+    dense 64 -> genres, softmax, on [1, 1, 500] envelopes."""
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "train"))
+    import models
+    torch.manual_seed(5)
+    ae = models.arch_d(len(GENRES), (1, 1, 500))
+    model = nn.Sequential(*ae.classifier(), nn.Softmax(dim=-1)).eval()
+    g = torch.Generator().manual_seed(3)
+    x = torch.cat([torch.randn(9, 1, 1, 500, generator=g) * s for s in (0.5, 2.0)] +
+                  [torch.zeros(1, 1, 1, 500), torch.linspace(-3, 3, 500).view(1, 1, 1, 500)])
+    sharpen(model, x)
+    path = tmp_path / "d.gmodel"
+    header = gmodel.save(path, model, GENRES, WAVEFORM, "dsae", "0")
+    assert header["input"] == [1, 1, 500] and header["features"] == WAVEFORM
+    want = run_torch(model, x)
+    got = run_c(infer_tool, path, x, tmp_path)
+    assert float(np.abs(got - want).max()) <= TOLERANCE
+    assert want.max(axis=1).mean() > 0.6
+    rebuilt, _ = gmodel.load(path)
+    assert float(np.abs(run_torch(rebuilt, x) - want).max()) <= 1e-6
+    with pytest.raises(gmodel.GModelError, match="multiple"):
+        gmodel.save(path, model, GENRES, {**WAVEFORM, "values": 499}, "dsae", "0")
+    with pytest.raises(gmodel.GModelError, match="n_fft"):
+        gmodel.save(path, model, GENRES, {**WAVEFORM, "n_fft": 1024}, "dsae", "0")

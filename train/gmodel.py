@@ -32,6 +32,7 @@ DATA_ALIGN = 64
 FEATURE_KEYS = ("kind", "sample_rate", "n_fft", "win_length", "hop_length",
                 "n_mels", "chunk_frames", "fmin", "fmax", "mel_scale",
                 "mel_norm", "power", "amin", "norm_mean", "norm_std")
+WAVEFORM_KEYS = ("kind", "sample_rate", "chunk_samples", "values", "norm_mean", "norm_std")
 
 
 class GModelError(ValueError):
@@ -81,29 +82,49 @@ class _Data:
         return np.concatenate(self.parts).astype("<f4").tobytes()
 
 
+def input_shape(features):
+    """[C, H, W] of one chunk: [1, n_mels, chunk_frames] for logmel,
+    [1, 1, values] for waveform."""
+    if features["kind"] == "waveform":
+        return [1, 1, features["values"]]
+    return [1, features["n_mels"], features["chunk_frames"]]
+
+
 def _clean_features(features):
     """Returns features with plain int/float values (NumPy or torch scalars
     are converted), or raises GModelError."""
-    if not isinstance(features, dict) or set(features) != set(FEATURE_KEYS):
-        missing = set(FEATURE_KEYS) - set(features or {})
-        extra = set(features or {}) - set(FEATURE_KEYS)
-        raise GModelError(f"features: need exactly {FEATURE_KEYS}; missing "
+    kind = features.get("kind") if isinstance(features, dict) else None
+    if kind not in ("logmel", "waveform"):
+        raise GModelError("features: kind must be 'logmel' or 'waveform'")
+    keys = WAVEFORM_KEYS if kind == "waveform" else FEATURE_KEYS
+    if set(features) != set(keys):
+        missing = set(keys) - set(features)
+        extra = set(features) - set(keys)
+        raise GModelError(f"features: {kind} needs exactly {keys}; missing "
                           f"{sorted(missing)}, unknown {sorted(extra)}")
     out = dict(features)
-    if out["kind"] != "logmel":
-        raise GModelError("features: kind must be 'logmel'")
-    for k in ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels", "chunk_frames"):
+    ints = (("sample_rate", "chunk_samples", "values") if kind == "waveform" else
+            ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels", "chunk_frames"))
+    for k in ints:
         v = out[k]
         if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
             raise GModelError(f"features: {k} must be a positive int")
         out[k] = int(v)
-    for k in ("fmin", "fmax", "power", "amin", "norm_mean", "norm_std"):
+    if kind == "waveform":
+        if out["chunk_samples"] % out["values"]:
+            raise GModelError("features: chunk_samples must be a multiple of values")
+        floats = ("norm_mean", "norm_std")
+    else:
+        floats = ("fmin", "fmax", "power", "amin", "norm_mean", "norm_std")
+    for k in floats:
         v = out[k]
         if isinstance(v, torch.Tensor) and v.numel() == 1:
             v = v.item()
         if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
             raise GModelError(f"features: {k} must be a finite number")
         out[k] = float(v)
+    if kind == "waveform":
+        return out
     if out["mel_scale"] not in ("slaney", "htk"):
         raise GModelError("features: mel_scale must be 'slaney' or 'htk'")
     if out["mel_norm"] not in ("slaney", "none"):
@@ -270,22 +291,22 @@ def save(path, module, genres, features, name, version, description="",
     if not isinstance(training_meta, dict):
         raise GModelError("training_meta must be a dict")
 
-    input_shape = [1, features["n_mels"], features["chunk_frames"]]
+    in_shape = input_shape(features)
     data = _Data()
-    layers, out_shape = _export_layers(module, input_shape, data)
+    layers, out_shape = _export_layers(module, in_shape, data)
     if len(out_shape) != 1 or out_shape[0] != len(genres):
         raise GModelError(f"the model outputs {list(out_shape)}, but there are "
                           f"{len(genres)} genres")
     # Cross-check the shape walk above against PyTorch itself.
     probe = copy.deepcopy(module).to("cpu", torch.float32).eval()
     with torch.no_grad():
-        got = tuple(probe(torch.zeros(1, *input_shape)).shape)
+        got = tuple(probe(torch.zeros(1, *in_shape)).shape)
     if got != (1, len(genres)):
         raise GModelError(f"PyTorch says the model outputs {list(got)}, expected "
                           f"[1, {len(genres)}]")
 
     header = {"name": name, "version": version, "description": description,
-              "genres": genres, "features": dict(features), "input": input_shape,
+              "genres": genres, "features": dict(features), "input": in_shape,
               "layers": layers, "data": {"floats": data.count},
               "training": training_meta}
     try:

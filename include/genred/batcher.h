@@ -42,12 +42,24 @@ batcher *batcher_create(const model *m, int workers, int max_batch,
 /* Runs n chunks (in: n * model_input_floats() floats, borrowed until return)
  * and writes n * model_genre_count() probabilities to out. Blocks until done.
  * Fails with GR_EBUSY when the queue is full or the batcher is stopping.
+ *
+ * deadline: CLOCK_MONOTONIC time in seconds (0 = none). When it passes, or
+ * batcher_cancel() is called, the chunks no worker has taken yet are
+ * withdrawn, the ones being computed are waited for (at most one batch per
+ * worker), and the call fails with GR_EDEADLINE, or GR_EBUSY for a cancel.
+ * If every chunk was computed by then, it succeeds after all.
  * Thread-safe. */
 int batcher_submit(batcher *b, const float *in, size_t n, float *out,
-                   gr_err *err);
+                   double deadline, gr_err *err);
+
+/* Makes every waiting submit give up as above and every later one fail
+ * with GR_EBUSY: for a shutdown that cannot wait for the queue any longer.
+ * Thread-safe; the batcher must still be destroyed. */
+void batcher_cancel(batcher *b);
 
 void batcher_get_stats(batcher *b, batcher_stats *st);
-/* 1 while a submit would be accepted (queue not full, not stopping). */
+/* 1 while a submit would be accepted (queue not full, not stopping or
+ * cancelled). */
 int batcher_ready(batcher *b);
 
 /* Finishes queued work, joins the workers and frees b. */

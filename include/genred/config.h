@@ -26,8 +26,18 @@ typedef struct config {
     double trim_end_s;         /* cut from the end of a song */
     double trim_min_keep_s;    /* trim only if at least this much remains */
     int max_connections;       /* concurrent HTTP connections */
+    int max_active_requests;   /* classify requests holding memory at once
+                                * (upload to answer); 0 = 2 x cores */
     int idle_timeout_s;        /* close connections idle this long */
+    double request_timeout_s;  /* decode + features + inference deadline; 0 = none */
+    double shutdown_timeout_s; /* SIGTERM: wait this long for requests in flight */
+    char api_keys_file[4096];  /* "" = no API keys; else every route but the
+                                * health checks needs a Bearer key from it */
+    char tls_cert_file[4096];  /* "" = plain HTTP; else PEM certificate chain */
+    char tls_key_file[4096];   /* PEM private key; set exactly when the cert is */
     char log_level[16];        /* error, warn, info, debug */
+    char fftw_wisdom[4096];    /* FFTW wisdom file (mel.h); "" = the user's
+                                * cache directory, see genred.conf */
 } config;
 
 void config_defaults(config *c);
@@ -44,6 +54,10 @@ int config_load_env(config *c, gr_err *err);
 
 /* Writes the effective configuration as a conf file to f. */
 void config_print(const config *c, FILE *f);
+
+/* Rules that tie keys together, which config_set() cannot check one key at
+ * a time: tls_cert_file and tls_key_file are set together or not at all. */
+int config_validate(const config *c, gr_err *err);
 
 /* Resolved worker count (workers == 0 -> number of online cores). */
 int config_workers(const config *c);

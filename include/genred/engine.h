@@ -27,21 +27,44 @@ typedef struct engine engine;
 typedef struct classify_opts {
     int trim;      /* 1: apply the trim rule; 0: analyse everything */
     int segments;  /* 1: add the per-chunk timeline to the answer */
+    int mel;       /* 1: add "mel", a small picture of the analysed log-mel
+                    * (at most 64 bands x 600 columns, uint8, base64), for
+                    * drawing; see openapi.yaml MelPicture. Absent when the
+                    * model's input is not log-mel (a waveform model). */
 } classify_opts;
 
 /* Loads cfg->model, builds mel plans and starts the batcher. cfg is copied.
  * met (borrowed, may be NULL) receives per-stage timings. Caller owns the
- * engine; free with engine_destroy(). */
+ * engine; free with engine_destroy() once no call into it is running. */
 engine *engine_create(const config *cfg, metrics *met, gr_err *err);
 void engine_destroy(engine *e);
 
-const model *engine_model(const engine *e);
-/* 1 when a classify would be admitted now (model loaded, queue not full). */
+/* Loads cfg->model again (the file at the same path) and swaps it in
+ * atomically: classifications that started before finish on the old model,
+ * later ones get the new one. A file that does not load changes nothing and
+ * fails with its error. Call from one thread at a time (the SIGHUP handler);
+ * safe while classifications run. */
+int engine_reload(engine *e, gr_err *err);
+
+/* For a shutdown that cannot wait any longer: every classification running
+ * gives up at its next check (decode is not interrupted; the wait for
+ * inference is) with GR_EBUSY, and later ones fail at once. Thread-safe. */
+void engine_cancel(engine *e);
+
+/* 1 when a classify would be admitted now (not cancelled, queue not full). */
 int engine_ready(engine *e);
-batcher *engine_batcher(engine *e);
+
+/* The current model's description (model_describe()), a new reference. */
+json_t *engine_describe_model(engine *e);
+
+/* GET /metrics: metrics_render() over the current model and the batcher
+ * counters summed over every model served so far. Caller frees. */
+char *engine_render_metrics(engine *e);
 
 /* Classifies data[0..len) (borrowed). Returns the API's answer as a new JSON
- * object owned by the caller, or NULL with err set. Thread-safe. */
+ * object owned by the caller, or NULL with err set. Fails with GR_EDEADLINE
+ * when cfg->request_timeout_s (counted from the call) passes first, and
+ * GR_EBUSY when the queue is full or the engine is cancelled. Thread-safe. */
 json_t *engine_classify(engine *e, const void *data, size_t len,
                         const classify_opts *o, gr_err *err);
 

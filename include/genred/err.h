@@ -10,12 +10,16 @@
 typedef enum gr_status {
     GR_OK = 0,
     GR_EBADREQ,        /* 400: malformed request (bad query, bad multipart) */
+    GR_EUNAUTHORIZED,  /* 401: API keys are on and the request has no valid one */
     GR_ENOTFOUND,      /* 404: unknown route */
     GR_EMETHOD,        /* 405: known route, wrong method */
     GR_ETOOBIG,        /* 413: upload larger than the configured maximum */
     GR_EUNSUPPORTED,   /* 415: not an audio container genred accepts */
     GR_EUNPROCESSABLE, /* 422: decodes, but cannot be classified */
     GR_EBUSY,          /* 503: work queue full or shutting down */
+    GR_EDEADLINE,      /* 503: request_timeout_s passed before the answer was
+                        * ready; the server is too slow right now, not the
+                        * input too big (the limits refuse those earlier) */
     GR_EINTERNAL,      /* 500: a bug or an exhausted resource, never input */
 } gr_status;
 

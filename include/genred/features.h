@@ -1,7 +1,12 @@
-/* features.h - upload bytes to model input: decode, trim rule, log-mel chunks.
+/* features.h - upload bytes to model input: decode, trim rule, chunks.
  *
  * The one place that decides which part of a song is analysed, shared by the
  * daemon, `genred classify` and `genred features` (and so by training).
+ *
+ * A model's file says what its input is (docs/model-format.md "features"):
+ * log-mel chunks (mel.h) for the CNNs, or raw-waveform envelopes
+ * (waveform.h) for the autoencoder. A featurizer holds the one that applies,
+ * built once from those parameters.
  *
  * Trim rule: trim_start_s and trim_end_s are cut only when at least
  * trim_min_keep_s of audio remains afterwards; shorter input (a 30 s excerpt,
@@ -17,29 +22,66 @@
 #include "genred/config.h"
 #include "genred/err.h"
 #include "genred/mel.h"
+#include "genred/waveform.h"
+
+typedef enum feature_kind { FEATURE_LOGMEL = 0, FEATURE_WAVEFORM = 1 } feature_kind;
+
+/* A model's input, as its file's "features" object describes it. */
+typedef struct feature_params {
+    feature_kind kind;
+    mel_params mel;             /* kind == FEATURE_LOGMEL */
+    waveform_params waveform;   /* kind == FEATURE_WAVEFORM */
+} feature_params;
+
+/* Immutable after featurizer_create(); shared by any number of threads. */
+typedef struct featurizer featurizer;
+
+/* Validates p and builds what its kind needs once (FFTW plans for log-mel).
+ * Not thread-safe (FFTW planning): call at start-up. Caller owns the result;
+ * free with featurizer_destroy(). */
+featurizer *featurizer_create(const feature_params *p, gr_err *err);
+void featurizer_destroy(featurizer *fz);
+const feature_params *featurizer_params(const featurizer *fz);
+int featurizer_sample_rate(const featurizer *fz);
+/* Samples per chunk (3 s) and floats per chunk (the model's input size). */
+size_t featurizer_chunk_samples(const featurizer *fz);
+size_t featurizer_chunk_floats(const featurizer *fz);
+/* The log-mel plans, or NULL when the input is not log-mel. */
+const mel *featurizer_mel(const featurizer *fz);
 
 typedef struct features_opts {
     int trim;                 /* 1: apply the trim rule; 0: analyse everything */
     double trim_start_s, trim_end_s, trim_min_keep_s;
     double max_duration_s;    /* decoded audio longer than this: 422; 0 = none */
+    double deadline;          /* CLOCK_MONOTONIC seconds by which decoding must be
+                               * done, else GR_EDEADLINE (audio.h); 0 = none */
+    double chunk_hop_s;       /* seconds between chunk starts (rounded to whole
+                               * samples); 0 = one chunk, back to back, which is
+                               * what the daemon analyses. Shorter hops give
+                               * overlapping chunks, for training only. */
+    int decode_threads;       /* segments of the analysed window decoded in
+                               * parallel (audio_source_decode); <= 1: one */
 } features_opts;
 
 typedef struct features {
-    float *chunks;       /* n_chunks * mel_chunk_floats(); owned, features_free() */
+    float *chunks;       /* n_chunks * featurizer_chunk_floats(); owned, features_free() */
     size_t n_chunks;
     double duration_s;   /* of the whole decoded audio */
     double start_s;      /* where the first chunk begins */
     int trimmed;         /* 1 if the trim rule cut anything */
     double decode_ms, mel_ms;
+    int segments;        /* 0: the whole stream was decoded in one sequential
+                          * pass; n: only the analysed window, in n pieces
+                          * decoded independently (audio.h) */
 } features;
 
 /* The options a config implies; trim as given. */
 features_opts features_opts_from_config(const config *c, int trim);
 
-/* Decodes data[0..len) (borrowed) at m's sample rate and computes the chunks
- * of the analysed window. Thread-safe. */
-int features_compute(const mel *m, const features_opts *o, const void *data, size_t len,
-                     features *out, gr_err *err);
+/* Decodes data[0..len) (borrowed) at fz's sample rate and computes the
+ * chunks of the analysed window. Thread-safe. */
+int features_compute(const featurizer *fz, const features_opts *o, const void *data,
+                     size_t len, features *out, gr_err *err);
 
 void features_free(features *f);
 

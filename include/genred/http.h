@@ -1,7 +1,9 @@
 /* http.h - the REST API over libmicrohttpd.
  *
  * Routes: POST /v1/classify, GET /healthz, /readyz, /v1/model, /metrics,
- * /openapi.yaml. Uploads (multipart field `file`, or a raw audio body) are
+ * /openapi.yaml, and the web page: GET / with /app.js and /style.css
+ * (compiled in from web/, served under a same-origin-only
+ * Content-Security-Policy). Uploads (multipart field `file`, or a raw audio body) are
  * streamed into memory up to max_upload_bytes. Every error is a JSON body
  * {"error": {"code", "message"}} with the status gr_status_http() gives.
  *
@@ -17,15 +19,25 @@
 typedef struct server server;
 
 /* Binds cfg->listen:cfg->port and starts serving. e and met are borrowed and
- * must outlive the server. openapi_path names the spec served at
- * /openapi.yaml (read once at start). Caller stops it with server_stop(). */
-server *server_start(const config *cfg, engine *e, metrics *met,
-                     const char *openapi_path, gr_err *err);
+ * must outlive the server. With tls_cert_file and tls_key_file set it serves
+ * HTTPS; with api_keys_file set, every route but /healthz and /readyz needs
+ * `Authorization: Bearer <key>` (401 otherwise). Those files are read here,
+ * and one that does not load refuses the start. Caller stops it with
+ * server_stop(). */
+server *server_start(const config *cfg, engine *e, metrics *met, gr_err *err);
 
 /* The port actually bound (useful with port 0). */
 int server_port(const server *s);
 
-/* Stops accepting, waits for in-flight requests, frees s. */
-void server_stop(server *s);
+/* Reads api_keys_file again (SIGHUP) and swaps the keys in atomically. A
+ * file that does not load leaves the old keys in place and fails with its
+ * error. Nothing to do (0) without API keys. Thread-safe. */
+int server_reload_keys(server *s, gr_err *err);
+
+/* Stops accepting at once (new connections are refused), waits up to
+ * cfg->shutdown_timeout_s for requests in flight to finish, cancels those
+ * still running (engine_cancel(): they get 503), then closes every
+ * connection and frees s. Returns how many requests had to be cancelled. */
+int server_stop(server *s);
 
 #endif

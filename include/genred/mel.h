@@ -1,9 +1,21 @@
 /* mel.h - log-mel spectrogram chunks, the model's input.
  *
- * A `mel` holds what is expensive and shared: the FFTW plan (made once,
- * FFTW_MEASURE), the window and a sparse mel filterbank. It is immutable after
- * mel_create() and may be used from many threads at once; each call of
- * mel_compute() brings its own scratch memory.
+ * A `mel` holds what is expensive and shared: the FFTW plan (made once),
+ * the window and a sparse mel filterbank. It is immutable after mel_create()
+ * and may be used from many threads at once; each call of mel_compute()
+ * brings its own scratch memory.
+ *
+ * Plans and wisdom. FFTW_MEASURE times candidate FFTs and keeps the fastest:
+ * for n_fft = 1024 that planning costs 150-270 ms, a plan ~40% faster than
+ * FFTW_ESTIMATE's (0.8 ms to make). FFTW "wisdom" keeps what was measured;
+ * from it the measured plan takes 0.2 ms. So mel_create() uses the measured
+ * plan when the wisdom has it and the estimated one otherwise, never
+ * measuring itself; mel_wisdom_learn() measures (and mel_wisdom_save()
+ * keeps) what is missing, which main() does after the daemon is ready, so
+ * only one start on a machine pays and never before answering
+ * (docs/performance.md has the numbers). The wisdom functions touch FFTW's
+ * process-wide state: call them from one thread at start-up, never while
+ * another thread runs mel_create().
  *
  * Framing. The signal is cut into chunks of chunk_frames * hop_length samples
  * (128 * 375 = 48000 = 3.0 s at 16 kHz); chunk k covers samples
@@ -52,6 +64,21 @@ typedef struct mel mel;
  * start-up. */
 mel *mel_create(const mel_params *p, gr_err *err);
 void mel_destroy(mel *m);
+/* 1 if m's plan came from wisdom (measured), 0 if estimated. */
+int mel_plan_is_measured(const mel *m);
+
+/* Adds the wisdom in the file at path. Returns 1 if it was read, 0 if there
+ * is no such file, -1 (err set) if it cannot be read or is not wisdom. */
+int mel_wisdom_load(const char *path, gr_err *err);
+/* 1 if the wisdom has the measured plan p needs (cheap), else 0. */
+int mel_wisdom_has(const mel_params *p);
+/* Measures the plan p needs unless the wisdom has it already (~0.2 s).
+ * Returns 1 if the wisdom grew, 0 if it had the plan, -1 on failure. */
+int mel_wisdom_learn(const mel_params *p, gr_err *err);
+/* Writes all wisdom to path atomically (a temporary file renamed over it),
+ * creating its directory. Writes nothing, returning 0, where path exists
+ * and is not a regular file (/dev/null: keep nothing); 1 when written. */
+int mel_wisdom_save(const char *path, gr_err *err);
 
 const mel_params *mel_get_params(const mel *m);
 
@@ -61,6 +88,9 @@ size_t mel_chunk_samples(const mel *m);
 size_t mel_chunk_floats(const mel *m);
 /* Whole chunks in a signal of n samples. */
 size_t mel_chunk_count(const mel *m, size_t n_samples);
+/* Whole chunks in a signal of n samples when a chunk starts every step
+ * samples (step >= 1): 1 + (n - chunk) / step, or 0 if n < one chunk. */
+size_t mel_chunk_count_step(const mel *m, size_t n_samples, size_t step);
 
 /* Computes the first n_chunks chunks of signal[0..n) (n_chunks <=
  * mel_chunk_count(n)) into out, which the caller allocates with
@@ -69,5 +99,25 @@ size_t mel_chunk_count(const mel *m, size_t n_samples);
  * Thread-safe. Returns 0, or -1 on allocation failure. */
 int mel_compute(const mel *m, const float *signal, size_t n, float *out,
                 size_t n_chunks, gr_err *err);
+
+/* Same, with chunk k covering [k*step, k*step + mel_chunk_samples()) and its
+ * frames centred on k*step + t*hop_length; n_chunks <=
+ * mel_chunk_count_step(n, step). step = mel_chunk_samples() is mel_compute();
+ * a shorter step gives overlapping chunks, which only training asks for
+ * (`genred features --chunk-hop`): the daemon analyses back-to-back chunks. */
+int mel_compute_step(const mel *m, const float *signal, size_t n, size_t step,
+                     float *out, size_t n_chunks, gr_err *err);
+
+/* Chunks [first_chunk, first_chunk + n_chunks) of a signal of n samples
+ * (chunk k at k*step, as mel_compute_step()) when only its samples
+ * [buf_first, buf_first + buf_len) are at hand, in buf: for computing a
+ * long signal piece by piece, in parallel, without holding all of it. The
+ * part must hold every sample those chunks' frames read, i.e. from
+ * first_chunk*step - n_fft/2 to the last frame's centre + n_fft/2 (clipped
+ * to the signal, and reflected at its two ends); GR_EINTERNAL otherwise.
+ * The result is bit-identical to mel_compute_step() on the whole signal. */
+int mel_compute_part(const mel *m, const float *buf, size_t buf_first, size_t buf_len,
+                     size_t n, size_t step, size_t first_chunk, size_t n_chunks,
+                     float *out, gr_err *err);
 
 #endif

@@ -20,7 +20,7 @@
 #include <stddef.h>
 
 #include "genred/err.h"
-#include "genred/mel.h"
+#include "genred/features.h"
 
 typedef struct model model;
 typedef struct model_workspace model_workspace;
@@ -31,17 +31,19 @@ model *model_load(const char *path, gr_err *err);
 model *model_load_buffer(const void *data, size_t len, gr_err *err);
 void model_free(model *m);
 
-/* Parses a "features" object (docs/model-format.md) into *out, validating
- * every field. Used by the loader and by `genred features --params`. */
-int model_parse_features(const json_t *features, mel_params *out, gr_err *err);
+/* Parses a "features" object (docs/model-format.md), of either kind, into
+ * *out, validating every field. Used by the loader and by
+ * `genred features --params`. */
+int model_parse_features(const json_t *features, feature_params *out, gr_err *err);
 
 const char *model_name(const model *m);
 const char *model_version(const model *m);
 int model_genre_count(const model *m);
 const char *model_genre(const model *m, int i);
 /* Feature parameters the model was trained with (a view into m). */
-const mel_params *model_mel_params(const model *m);
-/* Floats per input item (C*H*W, e.g. 1*128*128). */
+const feature_params *model_features(const model *m);
+/* Floats per input item (C*H*W, e.g. 1*128*128 for log-mel, 1*1*500 for a
+ * waveform envelope). */
 size_t model_input_floats(const model *m);
 /* Multiply-accumulates per input item, and the parameter count. */
 double model_macs(const model *m);

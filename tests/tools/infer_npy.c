@@ -48,9 +48,14 @@ int main(int argc, char **argv) {
         fail("input", &err);
         goto done;
     }
-    /* A logmel model's input is [1, n_mels, chunk_frames] (model.c checks). */
-    const mel_params *mp = model_mel_params(m);
-    size_t c = 1, h = (size_t)mp->n_mels, w = (size_t)mp->chunk_frames;
+    /* A logmel model's input is [1, n_mels, chunk_frames], a waveform
+     * model's [1, 1, values] (model.c checks). */
+    const feature_params *fp = model_features(m);
+    size_t c = 1, h = 1, w = (size_t)fp->waveform.values;
+    if (fp->kind == FEATURE_LOGMEL) {
+        h = (size_t)fp->mel.n_mels;
+        w = (size_t)fp->mel.chunk_frames;
+    }
     int ok = (ndim == 4 && shape[1] == c && shape[2] == h && shape[3] == w) ||
              (ndim == 3 && shape[1] == h && shape[2] == w);
     if (!ok) {

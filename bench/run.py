@@ -1,0 +1,533 @@
+"""run.py - genred's benchmarks, side by side with their baselines.
+
+    bench/run [--quick] [--only NAME,...]      (builds, then runs this)
+
+Every comparison is measured in the same run, interleaved, and reported as
+medians and ratios, because the machine is shared and noisy: absolute
+numbers move with the background load, ratios much less. Where a stage is
+timed inside one process, CPU time is reported beside wall time: a loaded
+machine stretches wall time, not the CPU a stage needs.
+
+Benchmarks (each prints a Markdown table; all land in bench/out/results.md
+and bench/out/results.json):
+  e2e       one 3-minute 44.1 kHz stereo 192 kbit/s MP3: `ffmpeg -i song.mp3
+            -f null -` (decode only, the floor) versus genred over HTTP
+            (warm daemon), `genred classify` (a process per song) and
+            engine_classify() in process
+  torch     the same song through the PyTorch reference (bench/torch_ref.py)
+            on the same cores versus genred, end to end and features +
+            inference
+  stages    decode, resample, index, window decode, mel, inference, JSON;
+            the CNN's GFLOP/s against OpenBLAS sgemm measured in the same
+            process; FFT plans estimated / measured / from wisdom
+  load      songs/s and p50/p99 latency over 127.0.0.1 with 1, 2, 8, 32
+            concurrent clients, 1 and 2 workers; cross-request batching
+            (30-second clips, max_batch 32 versus 10 = one request's chunks)
+  memory    peak RSS (VmHWM) with 16 concurrent 10 MB uploads
+  coldstart process start to /readyz = 200, with and without FFTW wisdom
+
+Audio is made from the shared GTZAN excerpts with the ffmpeg CLI into
+bench/out/ (gitignored); servers bind 127.0.0.1 on ephemeral ports; every
+loop is bounded in count and time.
+
+What it does not do: pass or fail anything (targets are printed beside the
+numbers), or run in the test suite.
+"""
+import argparse
+import concurrent.futures
+import http.client
+import json
+import os
+import re
+import resource
+import select
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "out"
+SHARED = Path(os.environ.get("GENRED_SHARED", ROOT.parent / "shared"))
+GTZAN = SHARED / "data" / "gtzan16k"
+MODEL = ROOT / "models" / "gtzan-cnn.gmodel"
+LISTEN = re.compile(rb"listening on http://127\.0\.0\.1:(\d+)")
+
+results = {}
+report = []
+
+
+def say(text=""):
+    print(text, flush=True)
+    report.append(text)
+
+
+def table(headers, rows):
+    say("| " + " | ".join(headers) + " |")
+    say("|" + "|".join("---" for _ in headers) + "|")
+    for r in rows:
+        say("| " + " | ".join(str(c) for c in r) + " |")
+    say()
+
+
+def f1(x):
+    return f"{x:.1f}"
+
+
+def med(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    if not xs:
+        return float("nan")
+    k = min(len(xs) - 1, max(0, round(p / 100 * (len(xs) - 1))))
+    return xs[k]
+
+
+# --- inputs -----------------------------------------------------------------
+
+def ffmpeg(*args):
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", *map(str, args)], check=True)
+
+
+def concat_mp3(out, clips, seconds, bitrate="192k"):
+    """GTZAN clips (30 s, 16 kHz mono) one after the other, as a 44.1 kHz
+    stereo MP3 whose channels differ (one is delayed 11 ms)."""
+    if out.exists():
+        return out
+    inputs = []
+    for c in clips:
+        inputs += ["-i", c]
+    ffmpeg(*inputs, "-filter_complex",
+           f"concat=n={len(clips)}:v=0:a=1,aresample=44100,pan=stereo|c0=c0|c1=c0,"
+           f"adelay=0|11,atrim=0:{seconds}", "-c:a", "libmp3lame", "-b:a", bitrate, out)
+    return out
+
+
+def make_inputs():
+    audio = OUT / "audio"
+    audio.mkdir(parents=True, exist_ok=True)
+    rock = sorted((GTZAN / "rock").glob("*.flac"))
+    mixed = [p for g in ("blues", "disco", "jazz", "metal", "pop", "reggae", "hiphop",
+                         "country") for p in sorted((GTZAN / g).glob("*.flac"))[:2]]
+    if len(rock) < 6 or len(mixed) < 16:
+        sys.exit(f"run.py: GTZAN excerpts missing under {GTZAN} (set GENRED_SHARED)")
+    song = concat_mp3(audio / "song.mp3", rock[:6], 180)
+    clip = concat_mp3(audio / "clip30.mp3", rock[6:7], 30)
+    big = concat_mp3(audio / "big10m.mp3", mixed[:14], 417)  # 10.0 MB at 192 kbit/s
+    return song, clip, big
+
+
+# --- processes --------------------------------------------------------------
+
+class Daemon:
+    """genred serve on 127.0.0.1:0 with extra flags; stopped with SIGTERM."""
+
+    def __init__(self, genred, *flags, env=None):
+        self.t0 = time.perf_counter()
+        self.proc = subprocess.Popen(
+            [genred, "serve", "--config", ROOT / "conf" / "genred.conf", "--port", "0",
+             "--model", MODEL, "--log-level", "warn", *map(str, flags)],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+        deadline = time.monotonic() + 60
+        line = b""
+        while time.monotonic() < deadline:
+            r, _, _ = select.select([self.proc.stdout], [], [], 1)
+            if r:
+                line += os.read(self.proc.stdout.fileno(), 4096)
+                m = LISTEN.search(line)
+                if m:
+                    self.port = int(m.group(1))
+                    return
+            if self.proc.poll() is not None:
+                break
+        self.stop()
+        sys.exit(f"run.py: genred serve {flags} did not start")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def cpu_seconds(self):
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def status(self, key):
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])  # kB
+        return 0
+
+    def metric(self, name):
+        text = get(self.port, "/metrics")[1].decode()
+        for line in text.splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.rsplit(" ", 1)[1])
+        return float("nan")
+
+
+def post(port, body, ctype="audio/mpeg", timeout=120):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        c.request("POST", "/v1/classify", body=body, headers={"Content-Type": ctype})
+        r = c.getresponse()
+        return r.status, r.read()
+    finally:
+        c.close()
+
+
+def get(port, path, timeout=10):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        c.request("GET", path)
+        r = c.getresponse()
+        return r.status, r.read()
+    finally:
+        c.close()
+
+
+def timed_child(cmd, **kw):
+    """Wall seconds and CPU seconds (user + sys) of one child process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+# --- benchmarks -------------------------------------------------------------
+
+def bench_e2e(args, song):
+    say("## 1. End to end: one 3-minute MP3 versus the decode-only floor")
+    say()
+    reps = 5 if args.quick else 15
+    d = Daemon(args.genred)
+    body = song.read_bytes()
+    post(d.port, body)  # warm
+    rows = {"ffmpeg": ([], []), "http": ([], []), "cli": ([], [])}
+    try:
+        for _ in range(reps):
+            w, c = timed_child(["ffmpeg", "-nostdin", "-v", "error", "-i", song, "-f", "null", "-"])
+            rows["ffmpeg"][0].append(w * 1e3)
+            rows["ffmpeg"][1].append(c * 1e3)
+            c0, t0 = d.cpu_seconds(), time.perf_counter()
+            status, _ = post(d.port, body)
+            rows["http"][0].append((time.perf_counter() - t0) * 1e3)
+            rows["http"][1].append((d.cpu_seconds() - c0) * 1e3)
+            assert status == 200, status
+            w, c = timed_child([args.genred, "classify", "--config", ROOT / "conf" / "genred.conf",
+                                "--model", MODEL, song], cwd=ROOT)
+            rows["cli"][0].append(w * 1e3)
+            rows["cli"][1].append(c * 1e3)
+    finally:
+        d.stop()
+    floor_w, floor_c = med(rows["ffmpeg"][0]), med(rows["ffmpeg"][1])
+    out = {}
+    trs = []
+    for name, label in (("ffmpeg", "`ffmpeg -i song.mp3 -f null -` (floor)"),
+                        ("http", "genred, POST to a warm daemon"),
+                        ("cli", "`genred classify song.mp3` (new process)")):
+        w, c = med(rows[name][0]), med(rows[name][1])
+        out[name] = {"wall_ms": w, "cpu_ms": c}
+        trs.append([label, f1(w), f"{w / floor_w:.2f}", f1(c), f"{c / floor_c:.2f}"])
+    table(["per song", "wall ms", "x floor", "CPU ms", "x floor CPU"], trs)
+    say(f"Medians of {reps} interleaved runs. Targets: <= 1.5 x the floor; < 1.0 x with "
+        "window decode on several cores. CPU ms of the daemon = its utime + stime over "
+        "the request (/proc).")
+    say()
+    results["e2e"] = out
+
+
+def bench_stages(args, song):
+    say("## 3. Stage breakdown and the CNN against sgemm peak (in process)")
+    say()
+    reps = 5 if args.quick else 15
+    r = subprocess.run([args.bench, "stages", MODEL, song, "44100", str(reps)], cwd=ROOT,
+                       check=True, capture_output=True, text=True)
+    s = json.loads(r.stdout)
+    results["stages"] = s
+    rows = []
+    names = [("decode_native_ms", "decode + downmix, whole file, 44.1 kHz (in-process floor)"),
+             ("decode_ms", "decode + downmix + resample to 16 kHz, whole file (sequential)"),
+             ("index_ms", "packet index only (audio_open)"),
+             ("window_decode_1t_ms", "trimmed window (150 s), 1 thread"),
+             ("window_decode_ms", f"trimmed window, {s['cores']} segments in parallel"),
+             ("features_ms", "features_compute: window decode + log-mel (as served)"),
+             ("mel_ms", f"log-mel of {s['chunks']} chunks"),
+             ("inference_1t_ms", f"inference, {s['chunks']} chunks, 1 thread"),
+             ("inference_ms", f"inference through the batcher ({s['workers']} workers x "
+                              f"{s['blas_threads']} BLAS threads)"),
+             ("answer_ms", "answer (votes, JSON objects)"),
+             ("json_ms", "JSON text (json_dumps)"),
+             ("classify_ms", "engine_classify end to end")]
+    for k, label in names:
+        rows.append([label, f1(s[k]) if s[k] >= 1 else f"{s[k]:.3f}",
+                     f1(s[k + '_cpu']) if s[k + '_cpu'] >= 1 else f"{s[k + '_cpu']:.3f}"])
+    table(["stage (one 3-minute song)", "wall ms", "CPU ms"], rows)
+    resample = s["decode_ms_cpu"] - s["decode_native_ms_cpu"]
+    say(f"Resampling 44.1 -> 16 kHz costs {resample:.1f} ms CPU (decode at 16 kHz minus decode "
+        f"at 44.1 kHz). Window decode: {s['window_decode_1t_ms_cpu'] / s['decode_ms_cpu']:.2f} x "
+        f"the whole decode's CPU; parallel segments: {s['window_decode_1t_ms'] / s['window_decode_ms']:.2f} "
+        "x faster in wall time than one thread.")
+    say()
+    peak1, peak = s["sgemm_1t_gflops_cpu"], s["sgemm_gflops"]
+    table(["", "GFLOP/s", "share of sgemm peak"], [
+        ["OpenBLAS sgemm 1024^3, 1 thread (per busy core, CPU time)", f1(peak1), "1.00"],
+        ["CNN, 1 thread, batches of 32 (CPU time)", f1(s["cnn_1t_gflops_cpu"]),
+         f"{s['cnn_1t_gflops_cpu'] / peak1:.2f}"],
+        [f"OpenBLAS sgemm 1024^3, {s['cores']} threads (wall)", f1(peak), "1.00"],
+        ["CNN through the batcher (wall)", f1(s["cnn_gflops"]), f"{s['cnn_gflops'] / peak:.2f}"],
+    ])
+    say(f"{s['cnn_gflop_per_song']:.2f} GFLOP per song ({s['chunks']} chunks). Target: >= 0.60 "
+        "of peak. Medians of {0} runs.".format(reps))
+    say()
+    r = subprocess.run([args.bench, "fftw", MODEL, "150", str(reps)], cwd=ROOT, check=True,
+                       capture_output=True, text=True)
+    fw = json.loads(r.stdout)
+    results["fftw"] = fw
+    if fw:
+        table(["FFT plan (n_fft 1024)", "make ms", f"log-mel of {fw['chunks']} chunks, ms"], [
+            ["FFTW_ESTIMATE (no wisdom)", f"{fw['estimate_create_ms']:.2f}", f1(fw["mel_estimated_ms"])],
+            ["FFTW_MEASURE, measured now", f1(fw["measure_learn_ms"]), f1(fw["mel_measured_ms"])],
+            ["FFTW_MEASURE from wisdom", f"{fw['wisdom_create_ms']:.2f}", f1(fw["mel_measured_ms"])],
+        ])
+
+
+def bench_torch(args, song):
+    say("## 2. The PyTorch reference pipeline on the same cores")
+    say()
+    reps = 3 if args.quick else 5
+    cores = os.cpu_count()
+    tr, gs = [], []
+    for _ in range(2):  # alternated, so both see the same background
+        r = subprocess.run(["/usr/bin/python3", ROOT / "bench" / "torch_ref.py", MODEL, song,
+                            str(reps), str(cores)], check=True, capture_output=True, text=True)
+        tr.append(json.loads(r.stdout))
+        r = subprocess.run([args.bench, "stages", MODEL, song, "44100", str(reps)], cwd=ROOT,
+                           check=True, capture_output=True, text=True)
+        gs.append(json.loads(r.stdout))
+    t = {k: med([x[k] for x in tr]) for k in ("decode_ms", "resample_ms", "mel_ms",
+                                               "inference_ms", "total_ms")}
+    g = {k: med([x[k] for x in gs]) for k in ("features_ms", "mel_ms", "inference_ms",
+                                               "classify_ms", "decode_ms", "decode_native_ms")}
+    g_resample = max(0.0, g["decode_ms"] - g["decode_native_ms"])
+    t_fi, g_fi = t["mel_ms"] + t["inference_ms"], g["mel_ms"] + g["inference_ms"]
+    table(["per song, wall ms", "PyTorch", "genred", "genred faster by"], [
+        ["decode", f1(t["decode_ms"]), f1(g["decode_native_ms"]), f"{t['decode_ms'] / g['decode_native_ms']:.1f} x"],
+        ["resample to 16 kHz", f1(t["resample_ms"]), f1(g_resample), "-"],
+        ["log-mel", f1(t["mel_ms"]), f1(g["mel_ms"]), f"{t['mel_ms'] / g['mel_ms']:.1f} x"],
+        ["inference", f1(t["inference_ms"]), f1(g["inference_ms"]),
+         f"{t['inference_ms'] / g['inference_ms']:.1f} x"],
+        ["features + inference", f1(t_fi), f1(g_fi), f"{t_fi / g_fi:.1f} x"],
+        ["end to end", f1(t["total_ms"]), f1(g["classify_ms"]),
+         f"{t['total_ms'] / g['classify_ms']:.1f} x"],
+    ])
+    agree = tr[-1]["top"]
+    say(f"torch {tr[-1]['torch']}, torchaudio {tr[-1]['torchaudio']} on {cores} threads; "
+        f"both pipelines answer '{agree}' for this song. genred's decode row is its whole-file "
+        "decode at 44.1 kHz, its end to end is engine_classify (window decode on all cores). "
+        "Targets: >= 2 x end to end, >= 3 x features + inference.")
+    say()
+    results["torch"] = {"torch": t, "genred": g, "runs": tr}
+
+
+def load_run(port, body, clients, requests_total, ctype="audio/mpeg"):
+    lat, errors = [], []
+    lock = threading.Lock()
+    left = [requests_total]
+
+    def client():
+        while True:
+            with lock:
+                if left[0] == 0:
+                    return
+                left[0] -= 1
+            t0 = time.perf_counter()
+            try:
+                status, _ = post(port, body, ctype)
+            except OSError as e:
+                status = str(e)
+            dt = time.perf_counter() - t0
+            with lock:
+                (lat if status == 200 else errors).append(dt if status == 200 else status)
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    wall = time.perf_counter() - t0
+    return {"clients": clients, "requests": requests_total, "ok": len(lat), "errors": errors[:5],
+            "songs_per_s": len(lat) / wall, "p50_ms": pct(lat, 50) * 1e3,
+            "p99_ms": pct(lat, 99) * 1e3}
+
+
+def bench_load(args, song, clip):
+    say("## 4. Throughput under concurrent load (127.0.0.1)")
+    say()
+    body = song.read_bytes()
+    concs = (1, 2, 8, 32)
+    out = {}
+    rows = []
+    for workers in (1, 2):
+        d = Daemon(args.genred, "--workers", workers, "--queue-capacity", 1000,
+                   "--max-connections", 256)
+        try:
+            post(d.port, body)
+            for c in concs:
+                n = max(8 if args.quick else 16, 2 * c)
+                r = load_run(d.port, body, c, n)
+                out[f"w{workers}_c{c}"] = r
+                rows.append([workers, c, r["ok"], f"{r['songs_per_s']:.2f}", f1(r["p50_ms"]),
+                             f1(r["p99_ms"]), len(r["errors"])])
+        finally:
+            d.stop()
+    table(["workers", "clients", "songs", "songs/s", "p50 ms", "p99 ms", "errors"], rows)
+    for c in concs:
+        a, b = out.get(f"w1_c{c}"), out.get(f"w2_c{c}")
+        if a and b and a["songs_per_s"] > 0:
+            out[f"scaling_c{c}"] = b["songs_per_s"] / a["songs_per_s"]
+    say("3-minute MP3s (50 chunks each after the trim). Scaling 1 -> 2 workers (songs/s): " +
+        ", ".join(f"{c} clients {out[f'scaling_c{c}']:.2f} x" for c in concs
+                  if f"scaling_c{c}" in out) + ". p99 of this few requests is close to the max.")
+    say()
+
+    # Cross-request batching: 30 s clips are 10 chunks; with max_batch 10 a
+    # batch never holds more than one request's chunks.
+    body = clip.read_bytes()
+    rows = []
+    for mb in (10, 32):
+        d = Daemon(args.genred, "--max-batch", mb, "--queue-capacity", 1000)
+        try:
+            post(d.port, body)
+            b0, c0 = d.metric("genred_batches_total"), d.metric("genred_chunks_total")
+            r = load_run(d.port, body, 8, 16 if args.quick else 48)
+            b1, c1 = d.metric("genred_batches_total"), d.metric("genred_chunks_total")
+            r["mean_batch"] = (c1 - c0) / (b1 - b0) if b1 > b0 else float("nan")
+            out[f"batch{mb}"] = r
+            rows.append([mb, f"{r['mean_batch']:.1f}", f"{r['songs_per_s']:.2f}", f1(r["p50_ms"]),
+                         f1(r["p99_ms"])])
+        finally:
+            d.stop()
+    table(["max_batch (8 clients, 30 s clips)", "mean chunks per batch", "clips/s", "p50 ms",
+           "p99 ms"], rows)
+    results["load"] = out
+
+
+def bench_memory(args, big):
+    say("## 5. Memory: 16 concurrent 10 MB uploads")
+    say()
+    body = big.read_bytes()
+    d = Daemon(args.genred, "--queue-capacity", 1000, "--max-connections", 64)
+    try:
+        idle = d.status("VmRSS")
+        r = load_run(d.port, body, 16, 16)
+        peak = d.status("VmHWM")
+    finally:
+        d.stop()
+    results["memory"] = {"idle_rss_kb": idle, "peak_rss_kb": peak, "run": r,
+                         "upload_bytes": len(body)}
+    table(["", "MB"], [["RSS after start (model loaded)", f1(idle / 1024)],
+                       ["peak RSS, 16 x %.1f MB MP3 uploads at once" % (len(body) / 1e6),
+                        f1(peak / 1024)]])
+    say(f"{r['ok']} of 16 answered, in {16 / r['songs_per_s']:.1f} s. Target: <= 200 MB.")
+    say()
+
+
+def bench_coldstart(args):
+    say("## 6. Cold start: process start to /readyz = 200")
+    say()
+    reps = 5 if args.quick else 11
+    cache = OUT / "cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    env = dict(os.environ, XDG_CACHE_HOME=str(cache))
+    env.pop("CACHE_DIRECTORY", None)
+    Daemon(args.genred, env=env).stop()  # learns and saves the wisdom after ready
+    wisdom = cache / "genred" / "fftw-wisdom"
+    rows, out = [], {}
+    cases = [("wisdom in the cache (every start after the first)", env, []),
+             ("no wisdom (/dev/null: estimated plan)", env, ["--fftw-wisdom", "/dev/null"])]
+    for label, e, flags in cases:
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            d = Daemon(args.genred, *flags, env=e)
+            while True:
+                try:
+                    if get(d.port, "/readyz", timeout=5)[0] == 200:
+                        break
+                except OSError:
+                    pass
+                time.sleep(0.0005)
+            times.append((time.perf_counter() - t0) * 1e3)
+            d.stop()
+        out[label] = med(times)
+        rows.append([label, f1(med(times)), f1(min(times))])
+    table(["start", "median ms", "min ms"], rows)
+    say(f"Wisdom file present: {wisdom.exists()}. Target: <= 100 ms. The daemon prints its "
+        "port once it listens; /readyz is polled every 0.5 ms from there.")
+    say()
+    results["coldstart"] = out
+
+
+def machine():
+    cpu = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    load = os.getloadavg()
+    return (f"{cpu}, {os.cpu_count()} cores, "
+            f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB; "
+            f"load average at start {load[0]:.1f}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--build", required=True, help="meson build directory (bench/run makes it)")
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions")
+    ap.add_argument("--only", default="e2e,torch,stages,load,memory,coldstart")
+    args = ap.parse_args()
+    build = Path(args.build)
+    args.genred = str(build / "genred")
+    args.bench = str(build / "bench" / "genred-bench")
+    only = set(args.only.split(","))
+    OUT.mkdir(parents=True, exist_ok=True)
+    song, clip, big = make_inputs()
+    say(f"# genred benchmarks, {time.strftime('%Y-%m-%d %H:%M')}")
+    say()
+    say(f"Machine: {machine()}. Model: {MODEL.name}.")
+    say()
+    if "e2e" in only:
+        bench_e2e(args, song)
+    if "torch" in only:
+        bench_torch(args, song)
+    if "stages" in only:
+        bench_stages(args, song)
+    if "load" in only:
+        bench_load(args, song, clip)
+    if "memory" in only:
+        bench_memory(args, big)
+    if "coldstart" in only:
+        bench_coldstart(args)
+    results["machine"] = machine()
+    (OUT / "results.json").write_text(json.dumps(results, indent=1))
+    (OUT / "results.md").write_text("\n".join(report) + "\n")
+    print(f"written: {OUT / 'results.md'}, {OUT / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()

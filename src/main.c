@@ -1,0 +1,598 @@
+/* main.c - the genred binary: serve, classify, features.
+ *
+ *   genred serve [--config FILE] [--KEY VALUE ...]
+ *   genred classify [--config FILE] [--trim 0|1] [--segments 0|1] FILE...
+ *   genred features [--config FILE] [--trim 0|1] [--params FILE]
+ *                   [--chunk-hop SECONDS] FILE -o OUT.npy
+ *   genred --check-config FILE
+ *
+ * Settings come in layers: defaults, the conf file (--config or
+ * $GENRED_CONFIG), GENRED_* environment variables, then flags. This is the
+ * only file with process-wide concerns: signals, exit codes, stdout. */
+#include <errno.h>
+#include <libavutil/log.h>
+#include <malloc.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "genred/config.h"
+#include "genred/engine.h"
+#include "genred/features.h"
+#include "genred/http.h"
+#include "genred/metrics.h"
+#include "genred/npy.h"
+
+#ifdef HAVE_LIBSYSTEMD
+#include <systemd/sd-daemon.h>
+#endif
+
+#ifndef GENRED_VERSION
+#define GENRED_VERSION "dev"
+#endif
+
+/* Tells the service manager what the daemon is doing (genred.service is
+ * Type=notify): READY=1, STOPPING=1, RELOADING=1. Without libsystemd at build
+ * time, or outside a notify service ($NOTIFY_SOCKET unset), it does nothing. */
+static void notify_service(const char *state) {
+#ifdef HAVE_LIBSYSTEMD
+    sd_notify(0, state);
+#else
+    (void)state;
+#endif
+}
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "genred %s - music genre classification daemon\n\n"
+            "usage:\n"
+            "  genred serve [--config FILE] [--KEY VALUE ...]   run the HTTP daemon\n"
+            "  genred classify [OPTIONS] FILE...                 classify files, one JSON line each\n"
+            "  genred features [OPTIONS] FILE -o OUT.npy         write the model input chunks\n"
+            "  genred --check-config FILE                        validate and print a config\n"
+            "  genred --version | --help\n\n"
+            "options:\n"
+            "  --config FILE      conf file (default: $GENRED_CONFIG, else built-in defaults)\n"
+            "  --trim 0|1         classify/features: apply the trim rule (default 1)\n"
+            "  --segments 0|1     classify: add the per-chunk timeline (default 0)\n"
+            "  --params FILE      features: feature parameters (JSON) instead of the model's\n"
+            "  --chunk-hop S      features: start a chunk every S seconds (default: one\n"
+            "                     chunk length, as the daemon does); for training data\n"
+
+            "  --KEY VALUE        any key of conf/genred.conf, e.g. --port 8080 --workers 2\n",
+            GENRED_VERSION);
+}
+
+typedef struct cli {
+    const char *config_path;
+    const char *out_path;
+    const char *params_path;
+    double chunk_hop_s;   /* features only; 0 = back-to-back chunks */
+    int trim, segments;
+    int nfiles;
+    char **files;
+} cli;
+
+static int parse_flag01(const char *name, const char *v, int *out) {
+    if (strcmp(v, "0") == 0) *out = 0;
+    else if (strcmp(v, "1") == 0) *out = 1;
+    else {
+        fprintf(stderr, "genred: %s expects 0 or 1, got '%s'\n", name, v);
+        return -1;
+    }
+    return 0;
+}
+
+/* Loads config layers and parses the command's arguments. Flags may be
+ * --key=value or --key value. */
+static int load_settings(int argc, char **argv, config *cfg, cli *o) {
+    memset(o, 0, sizeof *o);
+    o->trim = 1;
+    o->files = calloc((size_t)argc + 1, sizeof *o->files);
+    if (!o->files) {
+        fprintf(stderr, "genred: out of memory\n");
+        return -1;
+    }
+    config_defaults(cfg);
+    gr_err err = {0};
+
+    /* The conf file comes first whatever its position among the flags, so
+     * that flags override it. */
+    o->config_path = getenv("GENRED_CONFIG");
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) o->config_path = argv[i + 1];
+        else if (strncmp(argv[i], "--config=", 9) == 0) o->config_path = argv[i] + 9;
+    }
+    if (o->config_path && config_load_file(cfg, o->config_path, &err) != 0) goto bad;
+    if (config_load_env(cfg, &err) != 0) goto bad;
+
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (strncmp(a, "--", 2) != 0 || strcmp(a, "-") == 0) {
+            if (strcmp(a, "-o") == 0) {
+                if (++i >= argc) {
+                    fprintf(stderr, "genred: -o needs a file name\n");
+                    return -1;
+                }
+                o->out_path = argv[i];
+            } else {
+                o->files[o->nfiles++] = argv[i];
+            }
+            continue;
+        }
+        char key[128];
+        const char *value;
+        const char *eq = strchr(a + 2, '=');
+        size_t klen = eq ? (size_t)(eq - (a + 2)) : strlen(a + 2);
+        if (klen >= sizeof key) {
+            fprintf(stderr, "genred: option too long: %s\n", a);
+            return -1;
+        }
+        memcpy(key, a + 2, klen);
+        key[klen] = '\0';
+        if (eq) {
+            value = eq + 1;
+        } else {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "genred: option --%s needs a value\n", key);
+                return -1;
+            }
+            value = argv[++i];
+        }
+        if (strcmp(key, "config") == 0) continue; /* applied above */
+        if (strcmp(key, "params") == 0) o->params_path = value;
+        else if (strcmp(key, "chunk-hop") == 0) {
+            char *end;
+            o->chunk_hop_s = strtod(value, &end);
+            if (end == value || *end || !(o->chunk_hop_s > 0 && o->chunk_hop_s <= 3600)) {
+                fprintf(stderr, "genred: --chunk-hop expects seconds > 0, got '%s'\n", value);
+                return -1;
+            }
+        }
+        else if (strcmp(key, "trim") == 0) {
+            if (parse_flag01("--trim", value, &o->trim) != 0) return -1;
+        } else if (strcmp(key, "segments") == 0) {
+            if (parse_flag01("--segments", value, &o->segments) != 0) return -1;
+        } else if (config_set(cfg, key, value, &err) != 0) {
+            goto bad;
+        }
+    }
+    if (config_validate(cfg, &err) != 0) goto bad;
+    return 0;
+bad:
+    fprintf(stderr, "genred: %s\n", err.msg);
+    return -1;
+}
+
+static unsigned char *read_whole_file(const char *path, size_t max, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    unsigned char *buf = NULL;
+    size_t cap = 0, n = 0;
+    for (;;) {
+        if (n == cap) {
+            if (cap >= max + 1) break; /* over the limit: caller sees len > max */
+            cap = cap ? cap * 2 : 1 << 20;
+            if (cap > max + 1) cap = max + 1;
+            unsigned char *nb = realloc(buf, cap);
+            if (!nb) {
+                free(buf);
+                fclose(f);
+                return NULL;
+            }
+            buf = nb;
+        }
+        size_t got = fread(buf + n, 1, cap - n, f);
+        n += got;
+        if (got == 0) break;
+    }
+    int bad = ferror(f);
+    fclose(f);
+    if (bad) {
+        free(buf);
+        return NULL;
+    }
+    *len = n;
+    return buf ? buf : malloc(1);
+}
+
+/* Reads a file for classify/features, enforcing the upload limit so the
+ * offline path refuses what the daemon would refuse. */
+static unsigned char *load_input(const char *path, const config *cfg, size_t *len,
+                                 gr_err *err) {
+    unsigned char *data = read_whole_file(path, cfg->max_upload_bytes, len);
+    if (!data) {
+        gr_fail(err, GR_EBADREQ, "%s: cannot read", path);
+        return NULL;
+    }
+    if (*len > cfg->max_upload_bytes) {
+        free(data);
+        gr_fail(err, GR_ETOOBIG, "%s: larger than max_upload_bytes (%zu)", path,
+                cfg->max_upload_bytes);
+        return NULL;
+    }
+    return data;
+}
+
+static void print_error_line(const char *file, const gr_err *err) {
+    json_t *line = json_pack("{s:s,s:{s:s,s:s}}", "file", file, "error", "code",
+                             gr_status_code(err->status), "message", err->msg);
+    char *text = line ? json_dumps(line, JSON_COMPACT) : NULL;
+    if (text) printf("%s\n", text);
+    else fprintf(stderr, "genred: %s: %s\n", file, err->msg);
+    free(text);
+    json_decref(line);
+}
+
+static int cmd_classify(engine *e, const config *cfg, const cli *o) {
+    int failures = 0;
+    for (int i = 0; i < o->nfiles; i++) {
+        gr_err err = {0};
+        size_t len;
+        unsigned char *data = load_input(o->files[i], cfg, &len, &err);
+        json_t *ans = NULL;
+        if (data) {
+            classify_opts co = {.trim = o->trim, .segments = o->segments};
+            ans = engine_classify(e, data, len, &co, &err);
+            free(data);
+        }
+        if (!ans || json_object_set_new(ans, "file", json_string(o->files[i])) != 0) {
+            if (ans) gr_fail(&err, GR_EINTERNAL, "out of memory");
+            print_error_line(o->files[i], &err);
+            json_decref(ans);
+            failures++;
+            continue;
+        }
+        char *text = json_dumps(ans, JSON_COMPACT | JSON_REAL_PRECISION(7));
+        json_decref(ans);
+        if (!text) {
+            fprintf(stderr, "genred: out of memory\n");
+            failures++;
+            continue;
+        }
+        printf("%s\n", text);
+        fflush(stdout);
+        free(text);
+    }
+    return failures ? 1 : 0;
+}
+
+/* ---- FFTW wisdom (mel.h) ------------------------------------------------ */
+
+/* The wisdom file: fftw_wisdom, or the user's cache directory. */
+static int wisdom_path(const config *cfg, char *out, size_t n) {
+    const char *d;
+    int w;
+    if (cfg->fftw_wisdom[0])
+        w = snprintf(out, n, "%s", cfg->fftw_wisdom);
+    else if ((d = getenv("CACHE_DIRECTORY")) && *d == '/') /* systemd: a ':' list */
+        w = snprintf(out, n, "%.*s/fftw-wisdom", (int)strcspn(d, ":"), d);
+    else if ((d = getenv("XDG_CACHE_HOME")) && *d == '/')
+        w = snprintf(out, n, "%s/genred/fftw-wisdom", d);
+    else if ((d = getenv("HOME")) && *d == '/')
+        w = snprintf(out, n, "%s/.cache/genred/fftw-wisdom", d);
+    else
+        return -1;
+    return w > 0 && (size_t)w < n ? 0 : -1;
+}
+
+static void wisdom_log(const config *cfg, const char *status, const char *path,
+                       const char *error) {
+    if (!error && (strcmp(cfg->log_level, "error") == 0 || strcmp(cfg->log_level, "warn") == 0))
+        return;
+    json_t *line = json_pack("{s:s,s:s,s:s}", "event", "fftw_wisdom", "status", status,
+                             "path", path);
+    if (line && error) json_object_set_new(line, "error", json_string(error));
+    char *text = line ? json_dumps(line, JSON_COMPACT) : NULL;
+    if (text) fprintf(stderr, "%s\n", text);
+    free(text);
+    json_decref(line);
+}
+
+/* Before any plan is made: what earlier runs measured. A missing file is
+ * the normal first start; an unreadable one is reported and ignored. */
+static void wisdom_load(const config *cfg) {
+    char path[4200];
+    gr_err err = {0};
+    if (wisdom_path(cfg, path, sizeof path) == 0 && mel_wisdom_load(path, &err) < 0)
+        wisdom_log(cfg, "ignored", path, err.msg);
+}
+
+/* Measures the plan p needs if the wisdom lacks it, and keeps it for the
+ * next start, but only where it can be kept: measuring costs ~0.2 s, which
+ * a start that cannot save would pay again every time. */
+static void wisdom_learn(const config *cfg, const feature_params *fp) {
+    char path[4200];
+    gr_err err = {0};
+    if (fp->kind != FEATURE_LOGMEL || wisdom_path(cfg, path, sizeof path) != 0 ||
+        mel_wisdom_has(&fp->mel))
+        return;
+    int rc = mel_wisdom_save(path, &err); /* can it be kept at all? 0: /dev/null */
+    if (rc == 1 && mel_wisdom_learn(&fp->mel, &err) == 1 && mel_wisdom_save(path, &err) == 1)
+        wisdom_log(cfg, "saved", path, NULL);
+    else if (rc != 0)
+        wisdom_log(cfg, "not saved", path, err.msg);
+}
+
+/* The current model's features, from its description. */
+static void wisdom_learn_model(const config *cfg, engine *e) {
+    json_t *d = engine_describe_model(e);
+    feature_params fp;
+    if (d && model_parse_features(json_object_get(d, "features"), &fp, NULL) == 0)
+        wisdom_learn(cfg, &fp);
+    json_decref(d);
+}
+
+/* Feature parameters for `genred features`: a params file (training uses
+ * this before any model exists) or the model's own. */
+static featurizer *features_featurizer(const config *cfg, const cli *o, gr_err *err) {
+    feature_params p;
+    if (o->params_path) {
+        json_error_t jerr;
+        json_t *j = json_load_file(o->params_path, 0, &jerr);
+        if (!j) {
+            gr_fail(err, GR_EBADREQ, "%s:%d: %s", o->params_path, jerr.line, jerr.text);
+            return NULL;
+        }
+        int rc = model_parse_features(j, &p, err);
+        json_decref(j);
+        if (rc != 0) return NULL;
+    } else {
+        model *m = model_load(cfg->model, err);
+        if (!m) return NULL;
+        p = *model_features(m);
+        model_free(m);
+    }
+    return featurizer_create(&p, err);
+}
+
+static int cmd_features(const config *cfg, const cli *o) {
+    if (o->nfiles != 1 || !o->out_path) {
+        fprintf(stderr, "genred: usage: genred features [--trim 0|1] [--params FILE.json] "
+                        "[--chunk-hop SECONDS] FILE -o OUT.npy\n");
+        return 2;
+    }
+    gr_err err = {0};
+    features f = {0};
+    size_t len;
+    unsigned char *data = NULL;
+    featurizer *fz = features_featurizer(cfg, o, &err);
+    if (!fz) goto bad;
+    wisdom_learn(cfg, featurizer_params(fz));
+    data = load_input(o->files[0], cfg, &len, &err);
+    if (!data) goto bad;
+    features_opts fo = features_opts_from_config(cfg, o->trim);
+    fo.chunk_hop_s = o->chunk_hop_s;
+    if (features_compute(fz, &fo, data, len, &f, &err) != 0) goto bad;
+    /* [chunks, n_mels, frames] for log-mel, [chunks, values] for waveform. */
+    const feature_params *fp = featurizer_params(fz);
+    size_t shape[3] = {f.n_chunks, 0, 0};
+    int ndim = 2;
+    if (fp->kind == FEATURE_LOGMEL) {
+        shape[1] = (size_t)fp->mel.n_mels;
+        shape[2] = (size_t)fp->mel.chunk_frames;
+        ndim = 3;
+    } else {
+        shape[1] = (size_t)fp->waveform.values;
+    }
+    if (npy_write(o->out_path, f.chunks, shape, ndim, &err) != 0) goto bad;
+    features_free(&f);
+    free(data);
+    featurizer_destroy(fz);
+    return 0;
+bad:
+    fprintf(stderr, "genred: %s\n", err.msg);
+    features_free(&f);
+    free(data);
+    featurizer_destroy(fz);
+    return 1;
+}
+
+/* The signals serve waits for. They are blocked in main() before genred
+ * starts a thread (the batcher, the server), so every such thread inherits
+ * the mask and only the sigwait() in cmd_serve() sees them. */
+static void serve_signals(sigset_t *set) {
+    sigemptyset(set);
+    sigaddset(set, SIGTERM);
+    sigaddset(set, SIGINT);
+    sigaddset(set, SIGHUP);
+}
+
+/* The thread that sigwait()s in cmd_serve(). */
+static pthread_t signal_thread;
+
+/* Threads started before main() (OpenBLAS starts its pool in a library
+ * constructor) do not block the serve signals, so while the main thread is
+ * outside sigwait() (reloading, or between two signals) the kernel may hand
+ * a SIGTERM or SIGHUP to one of them, whose default action kills the
+ * process. This handler, run there, passes the signal on to the main thread,
+ * where it stays pending until sigwait() takes it. */
+static void forward_signal(int sig) {
+    int saved = errno;
+    pthread_kill(signal_thread, sig);
+    errno = saved;
+}
+
+static void forward_serve_signals(void) {
+    static const int sigs[] = {SIGTERM, SIGINT, SIGHUP};
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = forward_signal;
+    sigfillset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    signal_thread = pthread_self();
+    for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++) sigaction(sigs[i], &sa, NULL);
+}
+
+/* Writes one JSON log line to stderr and frees it. */
+static void log_event(json_t *line) {
+    char *text = line ? json_dumps(line, JSON_COMPACT) : NULL;
+    if (text) fprintf(stderr, "%s\n", text);
+    else fprintf(stderr, "{\"event\":\"log\",\"error\":\"out of memory\"}\n");
+    free(text);
+    json_decref(line);
+}
+
+/* SIGHUP: the model file and the API key file, each at its configured path.
+ * Each is swapped in only if it loads; otherwise the old one keeps serving
+ * and the refusal is logged (its message names the file, never a key). */
+static void reload(engine *e, server *s, const config *cfg) {
+    notify_service("RELOADING=1");
+    gr_err err = {0};
+    if (engine_reload(e, &err) == 0) {
+        json_t *d = engine_describe_model(e);
+        log_event(json_pack("{s:s,s:s,s:s,s:s?,s:s?}", "event", "reload", "what", "model",
+                            "status", "ok", "name",
+                            json_string_value(json_object_get(d, "name")), "version",
+                            json_string_value(json_object_get(d, "version"))));
+        json_decref(d);
+    } else {
+        log_event(json_pack("{s:s,s:s,s:s,s:s,s:s}", "event", "reload", "what", "model",
+                            "status", "refused", "path", cfg->model, "error", err.msg));
+    }
+    if (cfg->api_keys_file[0]) {
+        if (server_reload_keys(s, &err) == 0)
+            log_event(json_pack("{s:s,s:s,s:s}", "event", "reload", "what", "api_keys",
+                                "status", "ok"));
+        else
+            log_event(json_pack("{s:s,s:s,s:s,s:s}", "event", "reload", "what", "api_keys",
+                                "status", "refused", "error", err.msg));
+    }
+    notify_service("READY=1");
+}
+
+static int cmd_serve(engine *e, metrics *met, const config *cfg) {
+    sigset_t set;
+    serve_signals(&set);
+    gr_err err = {0};
+    server *s = server_start(cfg, e, met, &err);
+    if (!s) {
+        fprintf(stderr, "genred: %s\n", err.msg);
+        return 1;
+    }
+    printf("genred: listening on %s://%s%s%s:%d\n", cfg->tls_cert_file[0] ? "https" : "http",
+           strchr(cfg->listen, ':') ? "[" : "", cfg->listen,
+           strchr(cfg->listen, ':') ? "]" : "", server_port(s));
+    fflush(stdout);
+    /* The model is loaded (engine_create) and the port bound: ready. */
+    notify_service("READY=1");
+    /* Requests are answered already; a missing FFT plan is measured now,
+     * for the next start (mel.h). */
+    wisdom_learn_model(cfg, e);
+
+    int sig = 0;
+    for (;;) {
+        if (sigwait(&set, &sig) != 0) continue;
+        if (sig != SIGHUP) break;
+        reload(e, s, cfg);
+    }
+    log_event(json_pack("{s:s,s:i,s:f}", "event", "shutdown", "signal", sig,
+                        "timeout_s", cfg->shutdown_timeout_s));
+    notify_service("STOPPING=1");
+    int cut = server_stop(s);
+    log_event(json_pack("{s:s,s:i}", "event", "stopped", "requests_cancelled", cut));
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    if (strcmp(cmd, "--version") == 0) {
+        printf("genred %s\n", GENRED_VERSION);
+        return 0;
+    }
+
+    config cfg;
+    cli o;
+    if (strcmp(cmd, "--check-config") == 0) {
+        if (argc != 3) {
+            fprintf(stderr, "genred: usage: genred --check-config FILE\n");
+            return 2;
+        }
+        char *args[] = {"--config", argv[2]};
+        if (load_settings(2, args, &cfg, &o) != 0) return 1;
+        free(o.files);
+        config_print(&cfg, stdout);
+        return 0;
+    }
+    int is_serve = strcmp(cmd, "serve") == 0;
+    int is_classify = strcmp(cmd, "classify") == 0;
+    int is_features = strcmp(cmd, "features") == 0;
+    if (!is_serve && !is_classify && !is_features) {
+        fprintf(stderr, "genred: unknown command '%s'\n\n", cmd);
+        usage(stderr);
+        return 2;
+    }
+    if (load_settings(argc - 2, argv + 2, &cfg, &o) != 0) {
+        free(o.files);
+        return 2;
+    }
+    if (is_serve && o.nfiles) {
+        fprintf(stderr, "genred: serve takes no file arguments\n");
+        free(o.files);
+        return 2;
+    }
+    if (is_classify && o.nfiles == 0) {
+        fprintf(stderr, "genred: classify needs at least one file\n");
+        free(o.files);
+        return 2;
+    }
+
+    av_log_set_level(strcmp(cfg.log_level, "debug") == 0 ? AV_LOG_WARNING : AV_LOG_QUIET);
+    wisdom_load(&cfg);
+    if (is_features) {
+        int rc = cmd_features(&cfg, &o);
+        free(o.files);
+        return rc;
+    }
+    if (!is_serve) { /* offline: never refuse, never give up */
+        cfg.queue_capacity = (size_t)-1 / 2;
+        cfg.request_timeout_s = 0;
+    }
+
+    if (is_serve) {
+        sigset_t set;
+        serve_signals(&set);
+        pthread_sigmask(SIG_BLOCK, &set, NULL);
+        forward_serve_signals();
+        signal(SIGPIPE, SIG_IGN);
+        /* Uploads, decoded audio and features (MBs each) are malloc'd and
+         * freed on connection threads, which glibc spreads over up to 8
+         * arenas per core. Its default mmap threshold rises to the size of
+         * the largest such buffer freed (up to 32 MB), after which they come
+         * from the arenas, and each arena keeps what was freed: under load
+         * VmRSS grew from 120 to 190 MB with nothing in use (tests/soak.py).
+         * A fixed threshold keeps big buffers mmap'd, so free() returns them. */
+        mallopt(M_MMAP_THRESHOLD, 256 * 1024);
+    }
+    metrics *met = is_serve ? metrics_create() : NULL;
+    if (is_serve && !met) {
+        fprintf(stderr, "genred: out of memory\n");
+        free(o.files);
+        return 1;
+    }
+    gr_err err = {0};
+    engine *e = engine_create(&cfg, met, &err);
+    if (!e) {
+        fprintf(stderr, "genred: %s\n", err.msg);
+        metrics_free(met);
+        free(o.files);
+        return 1;
+    }
+    if (!is_serve) wisdom_learn_model(&cfg, e); /* serve: once it is ready */
+    int rc = is_serve ? cmd_serve(e, met, &cfg) : cmd_classify(e, &cfg, &o);
+    engine_destroy(e);
+    metrics_free(met);
+    free(o.files);
+    return rc;
+}

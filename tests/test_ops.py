@@ -1,0 +1,780 @@
+"""test_ops.py - genred as operators run it: systemd, containers, Kubernetes,
+nginx in front of several replicas.
+
+- systemd: the configured unit passes `systemd-analyze verify` with no
+  message at all, has the directives the deployment relies on, and rates
+  at most 2.0 ("OK") in `systemd-analyze security --offline`; a broken copy
+  of it does not pass (so the check can fail). `genred serve` sends READY=1
+  to $NOTIFY_SOCKET only once the model is loaded and the port answers,
+  RELOADING=1 then READY=1 around a SIGHUP reload, and STOPPING=1 on
+  SIGTERM; a daemon that cannot load its model sends nothing.
+- docker/Dockerfile: a structural lint of our own (no Docker engine or
+  hadolint here): stages pinned to Debian bookworm, the build stage runs the
+  scripts CI runs, COPY sources exist and are not ignored, no ADD, apt used
+  cleanly, a non-root USER, a HEALTHCHECK on /healthz, and the runtime stage
+  installs a Debian package for every shared library the binary links.
+  It does not build or run the image.
+- deploy/k8s: every manifest parses; the Deployment has readiness (/readyz)
+  and liveness (/healthz) probes on the container port, resource requests
+  and limits, runs as the image's user; Service, HPA and PDB select it.
+  Not checked against a Kubernetes API server.
+- deploy/sizing.py, where the resource numbers come from, runs.
+- deploy/nginx/genred.conf, as shipped (only the replica addresses and the
+  listen port replaced): nginx on 127.0.0.1 in front of two genred daemons;
+  both serve, and one is stopped with SIGTERM under load with no failed
+  request.
+"""
+import collections
+import json
+import concurrent.futures
+import os
+import pathlib
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+
+import pytest
+import requests
+import yaml
+
+RUN_TIMEOUT_S = 60
+
+
+def run(argv, **kw):
+    kw.setdefault("timeout", RUN_TIMEOUT_S)
+    return subprocess.run([str(a) for a in argv], capture_output=True, text=True, **kw)
+
+
+def need_program(name):
+    path = shutil.which(name) or (f"/usr/sbin/{name}" if os.access(f"/usr/sbin/{name}", os.X_OK)
+                                  else None)
+    if not path:
+        pytest.fail(f"{name} is not installed (.ci/install-deps installs it)", pytrace=False)
+    return path
+
+
+def clean_env(**extra):
+    """The test environment minus GENRED_* (which genred would read as
+    settings) plus extra."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GENRED_")}
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def build_root():
+    value = os.environ.get("GENRED_TEST_BUILD_ROOT")
+    if not value or not (pathlib.Path(value) / "build.ninja").is_file():
+        pytest.fail(f"GENRED_TEST_BUILD_ROOT={value!r} is not a meson build tree "
+                    f"(`meson test` sets it)", pytrace=False)
+    return pathlib.Path(value)
+
+
+# --- systemd -----------------------------------------------------------------
+
+def parse_unit(text):
+    """[(section, key, value)] of a unit file, continuation lines joined."""
+    entries, section, pending = [], None, ""
+    for raw in text.splitlines():
+        line = pending + raw.strip()
+        pending = ""
+        if line.endswith("\\"):
+            pending = line[:-1] + " "
+            continue
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1]
+            continue
+        key, sep, value = line.partition("=")
+        assert sep, f"not a key=value line: {line!r}"
+        entries.append((section, key.strip(), value.strip()))
+    return entries
+
+
+@pytest.fixture(scope="module")
+def unit_text(build_root):
+    path = build_root / "genred.service"
+    assert path.is_file(), f"{path} missing: meson configures it from systemd/genred.service.in"
+    return path.read_text()
+
+
+def conf_default(source_dir, key):
+    m = re.search(rf"^{key} = (\S+)$", (source_dir / "conf" / "genred.conf").read_text(),
+                  flags=re.M)
+    assert m, f"conf/genred.conf has no {key}"
+    return m.group(1)
+
+
+def test_unit_has_the_directives_we_rely_on(unit_text, source_dir):
+    entries = parse_unit(unit_text)
+    service = collections.defaultdict(list)
+    for section, key, value in entries:
+        if section == "Service":
+            service[key].append(value)
+    one = {k: v[-1] for k, v in service.items()}
+    assert one["Type"] == "notify"
+    assert re.fullmatch(r"/\S+/genred serve --config /\S+/genred/genred\.conf", one["ExecStart"]), \
+        one["ExecStart"]
+    assert one["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    for key, value in {"DynamicUser": "yes", "ProtectSystem": "strict", "ProtectHome": "yes",
+                       "PrivateTmp": "yes", "PrivateDevices": "yes",
+                       "NoNewPrivileges": "yes"}.items():
+        assert one.get(key) == value, f"{key}={one.get(key)}, want {value}"
+    families = set(one["RestrictAddressFamilies"].split())
+    # IP for clients; AF_UNIX only because sd_notify() talks over one.
+    assert families == {"AF_INET", "AF_INET6", "AF_UNIX"}, families
+    assert "@system-service" in service["SystemCallFilter"]
+    assert re.fullmatch(r"[0-9]+[KMG]", one["MemoryMax"]), one["MemoryMax"]
+    assert ("Install", "WantedBy", "multi-user.target") in entries
+    # systemd's SIGKILL must come after genred's own drain deadline.
+    drain = float(conf_default(source_dir, "shutdown_timeout_s"))
+    assert float(one["TimeoutStopSec"]) > drain, (one["TimeoutStopSec"], drain)
+
+
+def verifiable(unit_text, genred_bin, source_dir):
+    """The unit with ExecStart's binary and conf path moved to the files of
+    this tree (the installed paths do not exist on the test machine)."""
+    return re.sub(r"^ExecStart=\S+ serve --config \S+$",
+                  f"ExecStart={genred_bin} serve --config {source_dir}/conf/genred.conf",
+                  unit_text, count=1, flags=re.M)
+
+
+def systemd_verify(text, tmp_path, name="genred.service"):
+    analyze = need_program("systemd-analyze")
+    path = tmp_path / name
+    path.write_text(text)
+    return run([analyze, "verify", "--man=no", path])
+
+
+def test_unit_passes_systemd_analyze_verify(unit_text, genred_bin, source_dir, tmp_path):
+    text = verifiable(unit_text, genred_bin, source_dir)
+    assert text != unit_text, "ExecStart line not found"
+    r = systemd_verify(text, tmp_path)
+    assert r.returncode == 0 and r.stdout == "" and r.stderr == "", \
+        f"systemd-analyze verify: rc {r.returncode}\n{r.stdout}{r.stderr}"
+
+
+@pytest.mark.parametrize("damage", [("Type=notify", "Type=notfy"),
+                                    ("ProtectHome=yes", "ProtectHomme=yes"),
+                                    ("/bin/kill -HUP", "/bin/no-such-kill -HUP")])
+def test_systemd_analyze_verify_catches_a_broken_unit(unit_text, genred_bin, source_dir,
+                                                      tmp_path, damage):
+    text = verifiable(unit_text, genred_bin, source_dir)
+    assert damage[0] in text
+    r = systemd_verify(text.replace(damage[0], damage[1], 1), tmp_path)
+    assert r.stdout + r.stderr != "", f"{damage[1]} went unnoticed"
+
+
+def test_unit_exposure_is_ok(unit_text, genred_bin, source_dir, tmp_path):
+    """systemd's own rating of the sandbox: 0 (locked down) to 10 (exposed);
+    2.0 or less is what it calls OK."""
+    analyze = need_program("systemd-analyze")
+    path = tmp_path / "genred.service"
+    path.write_text(verifiable(unit_text, genred_bin, source_dir))
+    r = run([analyze, "security", "--offline=true", "--threshold=20", path])
+    m = re.search(r"Overall exposure level for genred\.service: ([0-9.]+)", r.stdout + r.stderr)
+    assert m, r.stdout + r.stderr
+    assert r.returncode == 0 and float(m.group(1)) <= 2.0, \
+        f"exposure {m.group(1)}:\n{r.stdout[-3000:]}"
+
+
+class NotifySocket:
+    """A datagram socket standing in for systemd's $NOTIFY_SOCKET."""
+
+    def __init__(self):
+        # A short path: sockaddr_un holds 108 bytes.
+        self.dir = tempfile.mkdtemp(prefix="genred-notify-")
+        self.path = os.path.join(self.dir, "notify")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+
+    def receive(self, timeout):
+        """The next message's assignments as a dict, or None on timeout."""
+        self.sock.settimeout(timeout)
+        try:
+            data = self.sock.recv(4096)
+        except socket.timeout:
+            return None
+        return dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+
+    def close(self):
+        self.sock.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def notify_socket():
+    s = NotifySocket()
+    yield s
+    s.close()
+
+
+def have_libsystemd():
+    value = os.environ.get("GENRED_TEST_HAVE_LIBSYSTEMD")
+    if value not in ("0", "1"):
+        pytest.fail("GENRED_TEST_HAVE_LIBSYSTEMD is not set (`meson test` sets it)", pytrace=False)
+    return value == "1"
+
+
+def start_serve(genred_bin, model, env, log):
+    return subprocess.Popen([str(genred_bin), "serve", "--listen", "127.0.0.1", "--port", "0",
+                             "--model", str(model), "--workers", "1"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, env=env)
+
+
+def test_ready_after_model_loaded_reloading_on_sighup_stopping_on_sigterm(genred_bin, model_path,
+                                                                notify_socket, tmp_path):
+    with open(tmp_path / "stderr.log", "wb") as log:
+        proc = start_serve(genred_bin, model_path, clean_env(NOTIFY_SOCKET=notify_socket.path),
+                           log)
+    try:
+        line = proc.stdout.readline().decode()
+        m = re.match(r"genred: listening on (http://127\.0\.0\.1:\d+)", line)
+        assert m, f"no listening line: {line!r}"
+        url = m.group(1)
+        if not have_libsystemd():
+            assert notify_socket.receive(timeout=2) is None, "notified without libsystemd"
+            return
+        msg = notify_socket.receive(timeout=30)
+        assert msg == {"READY": "1"}, msg
+        # READY=1 means ready: the model answers and the queue accepts.
+        with requests.Session() as s:
+            s.trust_env = False
+            assert s.get(url + "/readyz", timeout=10).status_code == 200
+            assert s.get(url + "/v1/model", timeout=10).json()["genres"]
+        # systemctl reload: RELOADING=1, the model loaded again, READY=1.
+        proc.send_signal(signal.SIGHUP)
+        assert notify_socket.receive(timeout=30) == {"RELOADING": "1"}
+        assert notify_socket.receive(timeout=30) == {"READY": "1"}
+        proc.send_signal(signal.SIGTERM)
+        assert notify_socket.receive(timeout=30) == {"STOPPING": "1"}
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        proc.stdout.close()
+
+
+def test_no_ready_when_the_model_does_not_load(genred_bin, notify_socket, tmp_path):
+    bad = tmp_path / "not-a-model.gmodel"
+    bad.write_bytes(b"this is not a model\n")
+    with open(tmp_path / "stderr.log", "wb") as log:
+        proc = start_serve(genred_bin, bad, clean_env(NOTIFY_SOCKET=notify_socket.path), log)
+    try:
+        assert proc.wait(timeout=30) == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        proc.stdout.close()
+    assert notify_socket.receive(timeout=0.5) is None, "READY sent although the model failed"
+
+
+# --- docker/Dockerfile ---------------------------------------------------------
+
+Instruction = collections.namedtuple("Instruction", "lineno op args stage")
+
+
+def parse_dockerfile(text):
+    """Instructions with continuation lines joined and comments dropped;
+    stage is the index of the FROM they follow."""
+    out, buf, start, stage = [], "", 0, -1
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not buf and (not line or line.startswith("#")):
+            continue
+        if buf and line.startswith("#"):
+            continue  # comment lines inside a continuation are dropped by Docker too
+        if not buf:
+            start = n
+        if line.endswith("\\"):
+            buf += line[:-1] + " "
+            continue
+        buf += line
+        op, _, args = buf.partition(" ")
+        op = op.upper()
+        if op == "FROM":
+            stage += 1
+        out.append(Instruction(start, op, " ".join(args.split()), stage))
+        buf = ""
+    assert not buf, "Dockerfile ends inside a continuation line"
+    return out
+
+
+def dockerignore_patterns(source_dir):
+    path = source_dir / ".dockerignore"
+    if not path.is_file():
+        return []
+    pats = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            pats.append(line.rstrip("/"))
+    return pats
+
+
+def ignored(rel, patterns):
+    """Whether a context path is left out by .dockerignore (its glob
+    patterns, ** included, applied to the path and each of its parents)."""
+    parts = pathlib.PurePosixPath(rel).parts
+    for pat in patterns:
+        if pat.startswith("!"):
+            pytest.fail(f".dockerignore exception {pat!r}: teach this lint about it")
+        regex = re.escape(pat).replace(r"\*\*/", "(?:.*/)?").replace(r"\*\*", ".*") \
+                              .replace(r"\*", "[^/]*").replace(r"\?", "[^/]")
+        for i in range(1, len(parts) + 1):
+            if re.fullmatch(regex, "/".join(parts[:i])):
+                return True
+    return False
+
+
+@pytest.fixture(scope="module")
+def dockerfile(source_dir):
+    path = source_dir / "docker" / "Dockerfile"
+    assert path.is_file(), f"{path} missing"
+    return parse_dockerfile(path.read_text())
+
+
+def stages(dockerfile):
+    by = collections.defaultdict(list)
+    for ins in dockerfile:
+        by[ins.stage].append(ins)
+    return [by[i] for i in sorted(by)]
+
+
+def test_dockerfile_stages_are_pinned_bookworm(dockerfile):
+    froms = [i for i in dockerfile if i.op == "FROM"]
+    assert len(froms) >= 2, "expected a multi-stage build"
+    assert dockerfile[0].op == "FROM"
+    names = set()
+    for f in froms:
+        m = re.fullmatch(r"debian:(bookworm|bookworm-slim)(@sha256:[0-9a-f]{64})? AS (\w+)",
+                         f.args, flags=re.I)
+        assert m, f"line {f.lineno}: FROM {f.args!r} is not debian:bookworm[-slim] AS name"
+        names.add(m.group(3))
+    for ins in dockerfile:
+        assert ins.op != "ADD", f"line {ins.lineno}: ADD (use COPY; never fetch URLs)"
+        for src in re.findall(r"--from=(\S+)", ins.args):
+            assert src in names, f"line {ins.lineno}: --from={src} is no stage of this file"
+
+
+def test_dockerfile_build_stage_runs_the_ci_scripts(dockerfile, source_dir):
+    build = stages(dockerfile)[0]
+    runs = " && ".join(i.args for i in build if i.op == "RUN")
+    assert ".ci/install-deps build" in runs, runs
+    m = re.search(r"\.ci/build (\S+) ([^&]*)", runs)
+    assert m, f"the build stage does not compile with .ci/build: {runs}"
+    assert "--prefix=/usr" in m.group(2).split(), m.group(2)
+    assert re.search(rf"meson install -C {re.escape(m.group(1))} .*--destdir /staging", runs), runs
+    # ... and CI builds with the same script.
+    ci = (source_dir / ".ci" / "run").read_text()
+    assert re.search(r"^\s*(CC=\S+ )?\.ci/build build\b", ci, flags=re.M), ".ci/run does not use .ci/build"
+    for script in (".ci/install-deps", ".ci/build"):
+        assert os.access(source_dir / script, os.X_OK), f"{script} is not executable"
+
+
+def test_dockerfile_copies_what_exists_and_is_not_ignored(dockerfile, source_dir):
+    patterns = dockerignore_patterns(source_dir)
+    copies = [i for i in dockerfile if i.op == "COPY" and "--from=" not in i.args]
+    assert copies
+    for c in copies:
+        words = [w for w in shlex.split(c.args) if not w.startswith("--")]
+        assert len(words) >= 2, f"line {c.lineno}: COPY {c.args}"
+        for src in words[:-1]:
+            assert (source_dir / src).exists(), f"line {c.lineno}: COPY source {src} does not exist"
+            if src != ".":
+                assert not ignored(src, patterns), f"line {c.lineno}: {src} is in .dockerignore"
+    # The model is baked in, sources go in; VCS data and build trees stay out.
+    for kept in ("models/gtzan-cnn.gmodel", "src/main.c", "meson.build", ".ci/build"):
+        assert not ignored(kept, patterns), f"{kept} would be left out of the build context"
+    for left_out in (".git", "build", "build-asan"):
+        assert ignored(left_out, patterns), f"{left_out} would be sent to the Docker daemon"
+
+
+def test_dockerfile_apt_is_used_cleanly(dockerfile):
+    for ins in dockerfile:
+        if ins.op == "RUN" and "apt-get install" in ins.args:
+            assert "--no-install-recommends" in ins.args, f"line {ins.lineno}: recommends pulled in"
+            assert "rm -rf /var/lib/apt/lists/*" in ins.args, f"line {ins.lineno}: apt lists kept"
+            assert "apt-get update" in ins.args, f"line {ins.lineno}: install without update"
+
+
+def runtime_packages(dockerfile):
+    final = stages(dockerfile)[-1]
+    runs = " ".join(i.args for i in final if i.op == "RUN")
+    m = re.search(r"apt-get install ((?:\S+ )+?)&&", runs + " &&")
+    assert m, "the runtime stage installs no packages"
+    return [w for w in m.group(1).split() if not w.startswith("-")]
+
+
+def test_dockerfile_runtime_runs_unprivileged_with_a_healthcheck(dockerfile, source_dir):
+    final = stages(dockerfile)[-1]
+    ops = [i.op for i in final]
+    users = [i for i in final if i.op == "USER"]
+    assert users, "the runtime stage runs as root (no USER)"
+    user = users[-1].args
+    assert user.split(":")[0] not in ("root", "0"), f"USER {user}"
+    start = min(ops.index(op) for op in ("CMD", "ENTRYPOINT") if op in ops)
+    assert ops.index("USER") < start
+    uid = user.split(":")[0]
+    runs = " ".join(i.args for i in final if i.op == "RUN")
+    assert re.search(rf"useradd .*--uid {uid}\b", runs), f"USER {uid} is not created"
+
+    health = [i for i in final if i.op == "HEALTHCHECK"]
+    assert len(health) == 1, "exactly one HEALTHCHECK expected"
+    m = re.search(r"CMD (curl .*)", health[0].args)
+    assert m and "/healthz" in m.group(1), health[0].args
+    assert "curl" in runtime_packages(dockerfile), "HEALTHCHECK uses curl but it is not installed"
+
+    exposed = [i.args for i in final if i.op == "EXPOSE"]
+    conf_port = re.search(r"^port = (\d+)$", (source_dir / "conf" / "genred.conf").read_text(),
+                          flags=re.M).group(1)
+    assert exposed == [conf_port], (exposed, conf_port)
+    assert f"${{GENRED_PORT:-{conf_port}}}" in m.group(1), "health check port differs from default"
+    entry = [i.args for i in final if i.op == "ENTRYPOINT"]
+    assert entry == ['["/usr/bin/genred"]'], entry  # --prefix=/usr
+    cmd = [i.args for i in final if i.op == "CMD"]
+    assert cmd == ['["serve", "--config", "/etc/genred/genred.conf"]'], cmd
+    assert ("ENV", "GENRED_LISTEN=0.0.0.0") in [(i.op, i.args) for i in final]
+    assert [i.args for i in final if i.op == "COPY"] == ["--from=build /staging/ /"]
+
+
+# The C runtime every Debian image has (apt itself needs them); a sanitizer
+# build links libgcc_s for unwinding.
+BASE_PACKAGES = {"libc6", "libgcc-s1"}
+
+
+def test_dockerfile_runtime_installs_every_library_genred_links(dockerfile, genred_bin):
+    """Each NEEDED library of the binary, resolved here and traced to the
+    Debian package that ships it, must be installed by the runtime stage or
+    be in every Debian image. The same package names must exist in this
+    machine's Debian (bookworm) archive."""
+    pkgs = set(runtime_packages(dockerfile))
+    readelf = run([need_program("readelf"), "-d", genred_bin])
+    assert readelf.returncode == 0, readelf.stderr
+    needed = re.findall(r"\(NEEDED\)\s+Shared library: \[(.+?)\]", readelf.stdout)
+    assert needed, readelf.stdout
+    ldd = run(["ldd", genred_bin])
+    where = dict(re.findall(r"^\s*(\S+) => (/\S+)", ldd.stdout, flags=re.M))
+    owners = {}
+    for lib in needed:
+        assert lib in where, f"{lib} not resolved by ldd:\n{ldd.stdout}"
+        real = os.path.realpath(where[lib])
+        found = None
+        for candidate in (real, real.replace("/usr/lib/", "/lib/", 1),
+                          real.replace("/lib/", "/usr/lib/", 1)):
+            q = run(["dpkg", "-S", candidate])
+            if q.returncode == 0:
+                found = q.stdout.split(":")[0]
+                break
+        assert found, f"no Debian package owns {real} ({lib})"
+        owners[lib] = found
+    missing = {lib: p for lib, p in owners.items() if p not in pkgs and p not in BASE_PACKAGES}
+    assert not missing, f"the runtime stage lacks packages for {missing}"
+    for p in pkgs:
+        known = run(["dpkg-query", "-W", p]).returncode == 0 or \
+            run(["apt-cache", "show", p]).returncode == 0
+        assert known, f"runtime package {p} is not a Debian package here"
+
+
+# --- deploy/k8s ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def manifests(source_dir):
+    docs = {}
+    files = sorted((source_dir / "deploy" / "k8s").glob("*.yaml"))
+    assert files, "no deploy/k8s/*.yaml"
+    for f in files:
+        for doc in yaml.safe_load_all(f.read_text()):
+            assert isinstance(doc, dict) and doc.get("apiVersion") and doc.get("kind"), f
+            assert doc["metadata"]["name"], f
+            docs[doc["kind"]] = doc
+    return docs
+
+
+def test_k8s_deployment_probes_resources_and_user(manifests, dockerfile, source_dir):
+    dep = manifests["Deployment"]
+    assert dep["apiVersion"] == "apps/v1"
+    pod = dep["spec"]["template"]
+    assert dep["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    (c,) = pod["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert ports == {"http": int(env["GENRED_PORT"])}
+
+    def probe(kind):
+        p = c[kind]["httpGet"]
+        assert p["port"] in ("http", ports["http"]), p
+        return p["path"]
+
+    assert probe("readinessProbe") == "/readyz"
+    assert probe("livenessProbe") == "/healthz"
+    assert probe("startupProbe") == "/healthz"
+
+    res = c["resources"]
+    for key in ("cpu", "memory"):
+        assert key in res["requests"], f"no {key} request"
+    assert "memory" in res["limits"]
+    mem = {k: int(v[:-2]) * {"Mi": 1, "Gi": 1024}[v[-2:]] for k, v in
+           (("req", res["requests"]["memory"]), ("lim", res["limits"]["memory"]))}
+    assert mem["lim"] >= mem["req"]
+    # genred sizes its worker pool from the node's cores, not the pod's CPUs.
+    assert int(env["GENRED_WORKERS"]) == int(float(res["limits"]["cpu"])), env
+
+    final = stages(dockerfile)[-1]
+    uid = [i.args for i in final if i.op == "USER"][-1].split(":")[0]
+    sc = pod["spec"]["securityContext"]
+    assert sc["runAsNonRoot"] is True and str(sc["runAsUser"]) == uid
+    csc = c["securityContext"]
+    assert csc["allowPrivilegeEscalation"] is False and csc["readOnlyRootFilesystem"] is True
+    assert c["args"] == ["serve", "--config", "/etc/genred/genred.conf"]
+    grace = pod["spec"]["terminationGracePeriodSeconds"]
+    pre = c["lifecycle"]["preStop"]["exec"]["command"]
+    # preStop, then genred's drain deadline, both before the kubelet's SIGKILL.
+    drain = float(conf_default(source_dir, "shutdown_timeout_s"))
+    assert pre[0] == "sleep" and int(pre[1]) + drain < grace, (pre, drain, grace)
+
+
+def test_k8s_service_hpa_and_pdb_select_the_deployment(manifests):
+    dep = manifests["Deployment"]
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    svc = manifests["Service"]
+    assert svc["spec"]["selector"].items() <= labels.items()
+    (port,) = svc["spec"]["ports"]
+    assert port["targetPort"] == "http"
+    hpa = manifests["HorizontalPodAutoscaler"]
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    ref = hpa["spec"]["scaleTargetRef"]
+    assert (ref["kind"], ref["name"]) == ("Deployment", dep["metadata"]["name"])
+    assert 2 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["resource"]["name"] == "cpu"
+    pdb = manifests["PodDisruptionBudget"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert pdb["spec"]["minAvailable"] < hpa["spec"]["minReplicas"]
+
+
+# --- nginx in front of two replicas ------------------------------------------
+
+NGINX_MAIN = """\
+worker_processes 1;
+{user}
+pid {dir}/nginx.pid;
+error_log {dir}/error.log info;
+events {{ worker_connections 256; }}
+http {{
+    access_log {dir}/access.log;
+    client_body_temp_path {dir}/client_body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    include {dir}/genred.conf;
+}}
+"""
+SERVER_LINE = re.compile(r"^(\s*)server 127\.0\.0\.1:\d+( [^;]*)?;$", flags=re.M)
+LISTEN_LINE = re.compile(r"^(\s*)listen 8080;$", flags=re.M)
+NGINX_START_S = 15
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Nginx:
+    """deploy/nginx/genred.conf under a throwaway prefix: its replica lines
+    pointed at the given ports, its listen line at a free 127.0.0.1 port."""
+
+    def __init__(self, binary, example, workdir, upstream_ports):
+        text = example.read_text()
+        servers = SERVER_LINE.findall(text)
+        assert len(servers) == 2 and len(LISTEN_LINE.findall(text)) == 1, \
+            "deploy/nginx/genred.conf changed shape: update this test"
+        ports = iter(upstream_ports)
+        text = SERVER_LINE.sub(lambda m: f"{m.group(1)}server 127.0.0.1:{next(ports)}"
+                                         f"{m.group(2) or ''};", text)
+        self.dir = workdir
+        self.log = workdir / "error.log"
+        for attempt in range(3):
+            self.port = free_port()
+            conf = LISTEN_LINE.sub(lambda m: f"{m.group(1)}listen 127.0.0.1:{self.port};", text)
+            (workdir / "genred.conf").write_text(conf)
+            # As root, workers would drop to `nobody`, who cannot write the
+            # temporary folders under pytest's private tmp.
+            user = "user root root;" if os.geteuid() == 0 else ""
+            (workdir / "nginx.conf").write_text(NGINX_MAIN.format(dir=workdir, user=user))
+            self.proc = subprocess.Popen([binary, "-p", str(workdir), "-c",
+                                          str(workdir / "nginx.conf"), "-e", str(self.log),
+                                          "-g", "daemon off;"],
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL)
+            if self._wait_up():
+                return
+            self.stop()
+            if "Address already in use" not in self.log_text():
+                break
+        pytest.fail(f"nginx did not start:\n{self.log_text()[-3000:]}", pytrace=False)
+
+    def _wait_up(self):
+        deadline = time.monotonic() + NGINX_START_S
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return True
+            except OSError:
+                time.sleep(0.05)
+        return False
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def log_text(self):
+        try:
+            return self.log.read_text("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGQUIT)  # graceful
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def nginx_pair(start_daemon, source_dir, tmp_path):
+    """Two genred daemons and nginx in front of them."""
+    binary = need_program("nginx")
+    a = start_daemon({"workers": 1})
+    b = start_daemon({"workers": 1})
+    work = tmp_path / "nginx"
+    work.mkdir()
+    n = Nginx(binary, source_dir / "deploy" / "nginx" / "genred.conf", work, [a.port, b.port])
+    yield n, a, b
+    n.stop()
+
+
+def classified_ok(d):
+    """genred_requests_total{route="/v1/classify",status="200"} of a daemon."""
+    text = d.request("GET", "/metrics", timeout=10).text
+    m = re.search(r'^genred_requests_total\{route="/v1/classify",status="200"\} (\d+)$', text,
+                  flags=re.M)
+    return int(m.group(1)) if m else 0
+
+
+def post_via(url, body, timeout=120):
+    with requests.Session() as s:
+        s.trust_env = False
+        return s.post(url + "/v1/classify", data=body, headers={"Content-Type": "audio/mpeg"},
+                      timeout=timeout)
+
+
+def test_nginx_spreads_requests_over_both_replicas(nginx_pair, audio):
+    n, a, b = nginx_pair
+    body = audio.excerpt_mp3.read_bytes()
+    answers = [post_via(n.url, body) for _ in range(6)]
+    assert [r.status_code for r in answers] == [200] * 6, [r.text[:200] for r in answers]
+    assert len({r.json()["top"] for r in answers}) == 1
+    deadline = time.monotonic() + 5  # a request is counted just after its answer
+    while True:
+        served = (classified_ok(a), classified_ok(b))
+        if sum(served) >= 6 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert sum(served) == 6 and min(served) >= 2, f"requests per replica: {served}"
+
+
+def test_stopping_one_replica_under_load_fails_no_request(nginx_pair, audio):
+    """Three clients send 3-minute songs through nginx; after a few answers
+    one replica gets SIGTERM and exits; the clients go on. Every request
+    must get its 200, and the replica left must serve the rest."""
+    n, a, b = nginx_pair
+    body = audio.song_mp3.read_bytes()
+    total, stop_after, clients = 18, 4, 3
+    done = threading.Semaphore(0)
+    stopped = threading.Event()
+    results = [None] * total
+    timeline = {}
+
+    def client(i):
+        try:
+            r = post_via(n.url, body)
+            results[i] = (r.status_code, r.json().get("top") if r.status_code == 200 else r.text)
+        except requests.RequestException as e:
+            results[i] = (None, repr(e))
+        finally:
+            done.release()
+
+    def stopper():
+        for _ in range(stop_after):
+            done.acquire()
+        timeline["sigterm"] = time.monotonic()
+        timeline["a_rc"] = a.stop()
+        timeline["a_exit"] = time.monotonic()
+        timeline["b_before"] = classified_ok(b)
+        stopped.set()
+
+    t = threading.Thread(target=stopper)
+    t.start()
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        futures = []
+        for i in range(total):
+            if i == total - clients * 2:
+                # The last requests start only after A has exited.
+                assert stopped.wait(timeout=120), "replica A did not stop in time"
+            futures.append(pool.submit(client, i))
+        for f in futures:
+            f.result(timeout=300)
+    t.join(timeout=120)
+
+    failed = [(i, r) for i, r in enumerate(results) if r is None or r[0] != 200]
+    assert not failed, f"{len(failed)} of {total} requests failed: {failed[:5]}\n" \
+                       f"nginx log:\n{n.log_text()[-2000:]}"
+    assert len({r[1] for r in results}) == 1, f"answers differ: {collections.Counter(results)}"
+    assert timeline["a_rc"] == 0, f"replica A exited with {timeline['a_rc']}:\n{a.log_tail()}"
+    deadline = time.monotonic() + 5  # a request is counted just after its answer
+    while classified_ok(b) - timeline["b_before"] < clients * 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    after = classified_ok(b) - timeline["b_before"]
+    assert after >= clients * 2, f"replica B served {after} requests after A stopped"
+    a_log = a.log_tail(limit=1 << 20)
+    drained = a_log[a_log.find('"event":"shutdown"'):].count('"event":"request"')
+    tried_a = re.findall(rf'^.*upstream: "http://127\.0\.0\.1:{a.port}/.*$', n.log_text(),
+                         flags=re.M)
+    why = collections.Counter(re.sub(r"^.*?\[\w+\] [0-9#]+: \*[0-9]+ ", "", line)
+                              .split(" while ")[0] for line in tried_a)
+    print(f"\nreplica A: SIGTERM to exit {timeline['a_exit'] - timeline['sigterm']:.2f} s, "
+          f"{drained} request(s) logged after its shutdown line; nginx moved "
+          f"{len(tried_a)} attempt(s) from A to B: {dict(why)}")
+    # nginx noticed A was gone (refused or dropped connections) and went on.
+    assert f'upstream: "http://127.0.0.1:{a.port}/' in n.log_text(), \
+        "nginx never tried the stopped replica"
+
+
+def test_sizing_script_measures_a_replica(source_dir, genred_bin, model_path, audio):
+    """deploy/sizing.py, the source of the resource numbers, on a short run."""
+    r = run(["/usr/bin/python3", source_dir / "deploy" / "sizing.py", "--genred", genred_bin,
+             "--model", model_path, "--audio", audio.excerpt_mp3, "--requests", "2",
+             "--concurrency", "2"], env=clean_env(), timeout=300)
+    assert r.returncode == 0, r.stderr
+    phases = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [p["phase"] for p in phases] == ["idle", "sequential", "concurrent"], phases
+    assert phases[0]["rss_mib"] > 0
+    for p in phases[1:]:
+        assert p["statuses"] == {"200": p["requests"]}, p
+        assert p["cpu_s_per_song"] > 0 and p["songs_per_s"] > 0
+        assert p["peak_rss_mib"] >= p["rss_mib"] > phases[0]["rss_mib"] / 2

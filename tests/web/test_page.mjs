@@ -1,0 +1,464 @@
+/* test_page.mjs - genred's web page in a real browser.
+ *
+ * Starts `genred serve` on 127.0.0.1 (an ephemeral port) with the bundled
+ * model, makes test audio from real GTZAN excerpts with the ffmpeg CLI, and
+ * drives Debian's headless Chromium with playwright-core: a song is chosen
+ * from the keyboard and uploaded through the page's file input, and the bars,
+ * the timeline and the spectrogram must show exactly what the API answers for
+ * the same bytes; random bytes named .mp3 must show the API's 415 message, a
+ * 2-second WAV dropped on the page its 422 message, an upload over the limit
+ * its 413 message, an upload to a daemon whose one-request queue is held by a
+ * 10-minute file its 503 message (and "Try again" must then succeed); the
+ * page must fit a phone's width. Screenshots (desktop and phone) go to
+ * $GENRED_ARTIFACTS, else tests/artifacts/web/.
+ *
+ * Environment (set by `meson test`, see tests/meson.build): GENRED_BIN,
+ * GENRED_SOURCE, GENRED_SHARED. Run by tests/web/run.sh under `node --test`.
+ * The daemon and the browser are stopped whatever happens; every wait is
+ * bounded.
+ *
+ * What it does not do: judge the model's accuracy, or test the API's
+ * contract beyond what the page shows (tests/test_api.py does). */
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+
+const CHROMIUM = '/usr/bin/chromium';
+const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic',
+  '--no-first-run', '--disable-background-networking', '--disable-component-update',
+  '--disable-sync', '--no-proxy-server', '--disable-crash-reporter'];
+const LISTEN_LINE = /^genred: listening on (http:\/\/127\.0\.0\.1:(\d+))\s*$/m;
+const UPLOAD_LIMIT = 4 * 1024 * 1024; /* the daemon's --max-upload-bytes */
+const START_TIMEOUT_MS = 30_000;
+const STEP_TIMEOUT_MS = 60_000;       /* any one browser wait */
+const FFMPEG_TIMEOUT_MS = 120_000;
+const TEST_TIMEOUT_MS = 240_000;
+
+function need(name, what) {
+  const v = process.env[name];
+  if (!v) throw new Error(`environment variable ${name} is not set; it must name ${what} ` +
+                          '(`meson test` sets it)');
+  if (!fs.existsSync(v)) throw new Error(`${name}=${v} does not exist; it must name ${what}`);
+  return v;
+}
+
+const BIN = need('GENRED_BIN', 'the genred binary');
+const SOURCE = need('GENRED_SOURCE', 'the repository root');
+const SHARED = need('GENRED_SHARED', 'the shared folder (with data/gtzan16k)');
+const MODEL = path.join(SOURCE, 'models', 'gtzan-cnn.gmodel');
+const ARTIFACTS = process.env.GENRED_ARTIFACTS || path.join(SOURCE, 'tests', 'artifacts', 'web');
+
+const work = fs.mkdtempSync(path.join(os.tmpdir(), 'genred-web-'));
+const daemons = [];  /* every daemon started: { proc, url, stdout, stderr } */
+let daemon = null;   /* the main one */
+let browser = null;
+const audio = {};    /* name -> path */
+
+/* ---- the daemon ---------------------------------------------------------- */
+
+/* Starts `genred serve` with the bundled model and extra flags; resolves
+ * once it prints its listening line. */
+function startDaemon(flags = []) {
+  for (const [p, what] of [[BIN, 'genred binary'], [MODEL, 'bundled model'], [CHROMIUM, 'chromium']])
+    if (!fs.existsSync(p)) throw new Error(`${what} ${p} is missing`);
+  /* Settings from the flags alone: GENRED_* of the test environment would
+   * be read as configuration too. */
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('GENRED_')));
+  const proc = spawn(BIN, ['serve', '--listen', '127.0.0.1', '--port', '0', '--model', MODEL,
+                           ...flags], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const d = { proc, url: null, stdout: '', stderr: '' };
+  daemons.push(d);
+  proc.stderr.on('data', (b) => { d.stderr = (d.stderr + b).slice(-8000); });
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(
+      `genred printed no listening line within ${START_TIMEOUT_MS} ms\n${d.stdout}\n${d.stderr}`)),
+      START_TIMEOUT_MS);
+    proc.stdout.on('data', (b) => {
+      d.stdout += b;
+      const m = LISTEN_LINE.exec(d.stdout);
+      if (m && !d.url) {
+        d.url = m[1];
+        clearTimeout(timer);
+        resolve(d);
+      }
+    });
+    proc.on('exit', (code, sig) => {
+      clearTimeout(timer);
+      if (!d.url) reject(new Error(`genred exited (${code ?? sig}) before listening\n${d.stderr}`));
+    });
+  });
+}
+
+/* SIGTERM, then SIGKILL after 20 s; resolves to the exit code (null if it
+ * had to be killed). */
+function stopDaemon(d) {
+  if (!d || d.proc.exitCode !== null || d.proc.signalCode !== null)
+    return Promise.resolve(d ? d.proc.exitCode : null);
+  return new Promise((resolve) => {
+    const kill = setTimeout(() => d.proc.kill('SIGKILL'), 20_000);
+    d.proc.once('exit', (code) => {
+      clearTimeout(kill);
+      resolve(code);
+    });
+    d.proc.kill('SIGTERM');
+  });
+}
+
+/* Whatever happens, no daemon outlives the test process. */
+process.on('exit', () => {
+  for (const d of daemons) if (d.proc.exitCode === null && d.proc.signalCode === null) d.proc.kill('SIGKILL');
+});
+
+/* ---- test audio ------------------------------------------------------------ */
+
+function ffmpeg(out, ...args) {
+  const argv = ['-nostdin', '-hide_banner', '-loglevel', 'error', '-y', ...args, out];
+  const r = spawnSync('ffmpeg', argv, { timeout: FFMPEG_TIMEOUT_MS, encoding: 'utf8' });
+  if (r.error || r.status !== 0 || !fs.existsSync(out))
+    throw new Error(`ffmpeg ${argv.join(' ')} failed: ${r.error || r.stderr}`);
+  return out;
+}
+
+function durationS(file) {
+  const r = spawnSync('ffprobe', ['-v', 'error', '-show_entries', 'format=duration',
+                                  '-of', 'csv=p=0', file], { timeout: 30_000, encoding: 'utf8' });
+  return r.status === 0 ? parseFloat(r.stdout) : 0;
+}
+
+/* The first three (sorted) full-length rock excerpts, as one 90 s, 44.1 kHz
+ * stereo MP3: long enough for the trim rule, so the page shows a trimmed
+ * song of 20 pieces. */
+function makeAudio() {
+  const dir = path.join(SHARED, 'data', 'gtzan16k', 'rock');
+  if (!fs.existsSync(dir)) throw new Error(`GTZAN data missing: ${dir}`);
+  const sources = fs.readdirSync(dir).filter((f) => f.endsWith('.flac')).sort()
+    .map((f) => path.join(dir, f)).filter((f) => durationS(f) >= 29.9).slice(0, 3);
+  if (sources.length !== 3) throw new Error(`need 3 excerpts of >= 30 s in ${dir}`);
+  const inputs = sources.flatMap((s) => ['-i', s]);
+  audio.song = ffmpeg(path.join(work, 'song.mp3'), ...inputs, '-filter_complex',
+                      '[0:a][1:a][2:a]concat=n=3:v=0:a=1[out]', '-map', '[out]',
+                      '-ar', '44100', '-ac', '2', '-c:a', 'libmp3lame', '-b:a', '192k');
+  /* Ten minutes of one excerpt, looped: 200 chunks with trim=0. */
+  audio.long = ffmpeg(path.join(work, 'long.wav'), '-stream_loop', '19', '-i', sources[0],
+                      '-ar', '16000', '-ac', '1', '-c:a', 'pcm_s16le');
+  audio.short = ffmpeg(path.join(work, 'short.wav'), '-i', sources[0], '-t', '2',
+                       '-ar', '44100', '-ac', '2', '-c:a', 'pcm_s16le');
+  /* Random bytes (a fixed xorshift stream, so every run sends the same). */
+  const junk = Buffer.alloc(64 * 1024);
+  let x = 0x9e3779b9;
+  for (let i = 0; i < junk.length; i++) {
+    x ^= x << 13; x ^= x >>> 17; x ^= x << 5;
+    junk[i] = x & 0xff;
+  }
+  audio.junk = path.join(work, 'junk.mp3');
+  fs.writeFileSync(audio.junk, junk);
+  audio.huge = path.join(work, 'huge.wav');
+  fs.writeFileSync(audio.huge, Buffer.alloc(UPLOAD_LIMIT + 512 * 1024));
+}
+
+/* The API's own answer for a file, as the page would ask for it. */
+async function classify(file, query = '?segments=1&mel=1', d = daemon) {
+  const form = new FormData();
+  form.append('file', new Blob([fs.readFileSync(file)]), path.basename(file));
+  const r = await fetch(d.url + '/v1/classify' + query, { method: 'POST', body: form,
+                                                        signal: AbortSignal.timeout(STEP_TIMEOUT_MS) });
+  return { status: r.status, body: await r.json() };
+}
+
+/* Polls until pred() is true; false if it never was within ms. */
+async function eventually(pred, ms) {
+  for (const end = Date.now() + ms; Date.now() < end;) {
+    if (await pred()) return true;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return false;
+}
+
+/* ---- the browser ------------------------------------------------------------ */
+
+async function openPage(options = {}, d = daemon) {
+  const context = await browser.newContext(options);
+  context.setDefaultTimeout(STEP_TIMEOUT_MS);
+  const page = await context.newPage();
+  const problems = [];
+  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  page.on('console', (m) => {
+    /* The browser logs every non-2xx answer as "Failed to load resource";
+     * those are the point of the error tests. Anything else is a fault,
+     * a Content-Security-Policy refusal above all. */
+    if (m.type() === 'error' && !/Failed to load resource: the server responded/.test(m.text()))
+      problems.push(`console error: ${m.text()}`);
+  });
+  page.on('request', (req) => {
+    if (!req.url().startsWith(d.url + '/')) problems.push(`request outside genred: ${req.url()}`);
+  });
+  /* A listener from the start turns file-chooser interception on before
+   * any key is pressed; waitForEvent alone turns it on asynchronously and
+   * can miss a chooser that opens at once. */
+  page.on('filechooser', () => {});
+  await page.goto(d.url + '/', { waitUntil: 'load' });
+  await page.locator('#model-info').filter({ hasText: 'model ' }).waitFor();
+  return { context, page, problems };
+}
+
+function formatPercent(p) {
+  return p.toFixed(1) + '%';
+}
+
+function formatTime(seconds) {
+  const s = Math.max(0, Math.round(seconds));
+  return Math.floor(s / 60) + ':' + String(s % 60).padStart(2, '0');
+}
+
+async function screenshot(page, name) {
+  fs.mkdirSync(ARTIFACTS, { recursive: true });
+  await page.screenshot({ path: path.join(ARTIFACTS, name), fullPage: true });
+}
+
+/* Counts canvas pixels that differ from the first one: a drawn spectrogram
+ * has thousands, a blank canvas none. */
+function canvasVariety(page) {
+  return page.locator('#mel').evaluate((c) => {
+    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    let differ = 0;
+    for (let i = 4; i < d.length; i += 4)
+      if (d[i] !== d[0] || d[i + 1] !== d[1] || d[i + 2] !== d[2]) differ++;
+    return { width: c.width, height: c.height, differ };
+  });
+}
+
+async function expectError(page, status, code, message) {
+  const box = page.locator('#error');
+  await box.waitFor({ state: 'visible' });
+  assert.match(await page.locator('#error-title').innerText(), new RegExp(`\\(${status} ${code}\\)$`));
+  assert.equal(await page.locator('#error-message').innerText(), message);
+  assert.equal(await box.getAttribute('role'), 'alert');
+  assert.equal(await page.locator('#result').isVisible(), false);
+}
+
+/* ---- the tests --------------------------------------------------------------- */
+
+before(async () => {
+  makeAudio();
+  daemon = await startDaemon(['--max-upload-bytes', String(UPLOAD_LIMIT), '--workers', '1']);
+  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS,
+                                    timeout: START_TIMEOUT_MS });
+}, { timeout: START_TIMEOUT_MS + 2 * FFMPEG_TIMEOUT_MS });
+
+after(async () => {
+  try {
+    if (browser) await browser.close();
+  } finally {
+    const codes = [];
+    for (const d of daemons) codes.push(await stopDaemon(d));
+    fs.rmSync(work, { recursive: true, force: true });
+    codes.forEach((code, i) => assert.equal(code, 0, `genred did not exit 0 after SIGTERM ` +
+                                            `(null: killed)\n${daemons[i].stderr}`));
+  }
+});
+
+test('the page and its assets are served with a strict policy', { timeout: TEST_TIMEOUT_MS }, async () => {
+  const types = { '/': 'text/html', '/app.js': 'text/javascript', '/style.css': 'text/css' };
+  for (const [route, type] of Object.entries(types)) {
+    const r = await fetch(daemon.url + route, { signal: AbortSignal.timeout(STEP_TIMEOUT_MS) });
+    assert.equal(r.status, 200, route);
+    assert.equal(r.headers.get('content-type').split(';')[0], type, route);
+    assert.equal(r.headers.get('x-content-type-options'), 'nosniff', route);
+    const csp = r.headers.get('content-security-policy');
+    assert.match(csp, /default-src 'none'/, route);
+    assert.doesNotMatch(csp, /unsafe|https?:|\*/, route);
+    const body = await r.text();
+    assert.ok(body.length > 100, route);
+    /* No other host is named in any asset: nothing is fetched from a CDN. */
+    assert.doesNotMatch(body, /\b(https?:)?\/\/[a-z0-9.-]+\.[a-z]{2,}/i, `${route} names another host`);
+  }
+});
+
+test('a song uploaded from the keyboard shows what the API answers', { timeout: TEST_TIMEOUT_MS }, async () => {
+  const { context, page, problems } = await openPage({ viewport: { width: 1280, height: 900 } });
+  try {
+    /* Record what the progress label says, to see the upload and analysis
+     * phases happen. */
+    await page.evaluate(() => {
+      window.progressSeen = [];
+      const label = document.getElementById('progress-label');
+      new MutationObserver(() => window.progressSeen.push(label.textContent))
+        .observe(label, { childList: true, characterData: true, subtree: true });
+    });
+    await screenshot(page, 'desktop-start.png');
+
+    /* Keyboard only: the first Tab reaches the drop zone, a button by role
+     * and name; Enter opens the file chooser. */
+    await page.keyboard.press('Tab');
+    const drop = page.getByRole('button', { name: 'Choose an audio file' });
+    assert.equal(await drop.evaluate((e) => e === document.activeElement), true, 'Tab did not reach the drop zone');
+    const [chooser] = await Promise.all([page.waitForEvent('filechooser'), page.keyboard.press('Enter')]);
+    await chooser.setFiles(audio.song);
+
+    const bars = page.locator('#bars .bar');
+    await page.locator('#result').waitFor({ state: 'visible' });
+    const want = await classify(audio.song);
+    assert.equal(want.status, 200);
+    const ans = want.body;
+
+    assert.equal(await bars.count(), ans.genres.length);
+    for (let i = 0; i < ans.genres.length; i++) {
+      const g = ans.genres[i], bar = bars.nth(i);
+      assert.equal(await bar.locator('.bar-genre').innerText(), g.genre, `bar ${i}`);
+      assert.equal(await bar.locator('.bar-value').innerText(), formatPercent(g.percent), `bar ${i}`);
+      assert.match(await bar.getAttribute('title'), new RegExp(`mean probability ${g.probability.toFixed(3)}$`));
+      const width = await bar.locator('.bar-fill').evaluate((e) => e.style.width);
+      assert.equal(parseFloat(width).toFixed(3), g.percent.toFixed(3), `bar ${i} width`);
+    }
+    assert.equal(await page.locator('#top-genre').innerText(), ans.top);
+    assert.match(await page.locator('#status').innerText(), new RegExp(`sounds most like ${ans.top}`));
+
+    const cells = page.locator('#timeline .cell');
+    assert.equal(ans.chunks, 20, 'a 90 s song is trimmed to 60 s, 20 chunks');
+    assert.equal(await cells.count(), ans.chunks);
+    for (let k = 0; k < ans.chunks; k++) {
+      const s = ans.segments[k];
+      assert.equal(await cells.nth(k).getAttribute('title'),
+                   `${formatTime(s.start_s)}–${formatTime(s.end_s)} ${s.top}`, `cell ${k}`);
+    }
+    /* Cells of one genre share a colour; the legend names each genre seen. */
+    const colours = await cells.evaluateAll((cs) => cs.map((c) => [c.dataset.genre, getComputedStyle(c).backgroundColor]));
+    const byGenre = new Map();
+    for (const [g, c] of colours) {
+      assert.equal(byGenre.get(g) ?? c, c, `cells of ${g} differ in colour`);
+      byGenre.set(g, c);
+    }
+    assert.equal(new Set(byGenre.values()).size, byGenre.size, 'two genres share a colour');
+    assert.deepEqual((await page.locator('#legend li').allInnerTexts()).sort(), [...byGenre.keys()].sort());
+
+    const pic = await canvasVariety(page);
+    assert.equal(pic.width, ans.mel.frames);
+    assert.equal(pic.height, ans.mel.bands);
+    assert.ok(pic.differ > pic.width * pic.height / 2, `spectrogram nearly blank: ${JSON.stringify(pic)}`);
+
+    const seen = await page.evaluate(() => window.progressSeen);
+    assert.ok(seen.some((t) => t.startsWith('Uploading song.mp3')), `progress: ${seen}`);
+    assert.ok(seen.some((t) => t.startsWith('Analysing song.mp3')), `progress: ${seen}`);
+    assert.equal(await page.locator('#progress-box').isVisible(), false);
+    /* Focus moved to the answer, for keyboard and screen-reader users. */
+    assert.equal(await page.evaluate(() => document.activeElement.id), 'result-title');
+    await screenshot(page, 'desktop-result.png');
+    assert.deepEqual(problems, []);
+  } finally {
+    await context.close();
+  }
+});
+
+test('refused files show the API\'s own message', { timeout: TEST_TIMEOUT_MS }, async () => {
+  const { context, page, problems } = await openPage({ viewport: { width: 1280, height: 900 } });
+  try {
+    /* Random bytes named .mp3, chosen with Space on the drop zone: 415. */
+    const junk = await classify(audio.junk);
+    assert.equal(junk.status, 415);
+    await page.locator('#drop').focus();
+    const [chooser] = await Promise.all([page.waitForEvent('filechooser'), page.keyboard.press(' ')]);
+    await chooser.setFiles(audio.junk);
+    await expectError(page, 415, junk.body.error.code, junk.body.error.message);
+    await screenshot(page, 'desktop-error-415.png');
+
+    /* A 2 s WAV dropped on the drop zone: 422. */
+    const short = await classify(audio.short);
+    assert.equal(short.status, 422);
+    const bytes = fs.readFileSync(audio.short).toString('base64');
+    const transfer = await page.evaluateHandle((b64) => {
+      const raw = atob(b64), data = new Uint8Array(raw.length);
+      for (let i = 0; i < raw.length; i++) data[i] = raw.charCodeAt(i);
+      const dt = new DataTransfer();
+      dt.items.add(new File([data], 'short.wav', { type: 'audio/wav' }));
+      return dt;
+    }, bytes);
+    await page.locator('#drop').dispatchEvent('dragenter', { dataTransfer: transfer });
+    assert.match(await page.locator('#drop').getAttribute('class'), /dragging/);
+    await page.locator('#drop').dispatchEvent('drop', { dataTransfer: transfer });
+    await page.locator('#error-message').filter({ hasText: short.body.error.message }).waitFor();
+    await expectError(page, 422, short.body.error.code, short.body.error.message);
+
+    /* Over --max-upload-bytes: 413, whether the browser gets to read the
+     * answer or the server cuts the upload off first. */
+    await page.setInputFiles('#file', audio.huge);
+    await page.locator('#error').waitFor({ state: 'visible' });
+    const title = await page.locator('#error-title').innerText();
+    assert.match(title, /\(413 payload_too_large\)$/);
+    assert.match(await page.locator('#error-message').innerText(), /larger than the limit/);
+
+    /* The page still works after all that. */
+    await page.setInputFiles('#file', audio.song);
+    await page.locator('#result').waitFor({ state: 'visible' });
+    assert.equal(await page.locator('#error').isVisible(), false);
+    assert.deepEqual(problems, []);
+  } finally {
+    await context.close();
+  }
+});
+
+test('the page fits a phone', { timeout: TEST_TIMEOUT_MS }, async () => {
+  const { context, page, problems } = await openPage({ viewport: { width: 390, height: 844 },
+                                                       deviceScaleFactor: 2, isMobile: true,
+                                                       hasTouch: true });
+  try {
+    const overflow = () => page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    assert.ok(await overflow() <= 0, 'the start page scrolls sideways');
+    await screenshot(page, 'phone-start.png');
+    await page.setInputFiles('#file', audio.song);
+    await page.locator('#result').waitFor({ state: 'visible' });
+    assert.ok(await overflow() <= 0, 'the result scrolls sideways');
+    /* Every bar's label and value are on screen, not clipped. */
+    for (const box of await page.locator('#bars .bar-value').evaluateAll(
+      (vs) => vs.map((v) => v.getBoundingClientRect().right))) assert.ok(box <= 390, `value at ${box}`);
+    await screenshot(page, 'phone-result.png');
+    assert.deepEqual(problems, []);
+  } finally {
+    await context.close();
+  }
+});
+
+test('a busy server\'s 503 is shown, and "Try again" then works', { timeout: TEST_TIMEOUT_MS }, async (t) => {
+  /* One worker, one chunk per pass, one request in the queue: while a
+   * 10-minute upload (200 chunks) is in inference, /readyz says 503 and so
+   * must the page's upload. Bounded: at most five tries to hit that window. */
+  const busy = await startDaemon(['--workers', '1', '--max-batch', '1', '--queue-capacity', '1',
+                                  '--max-duration-s', '900', '--max-upload-bytes', '32M']);
+  const { context, page, problems } = await openPage({ viewport: { width: 1280, height: 900 } }, busy);
+  try {
+    const queueFull = async () => (await fetch(busy.url + '/readyz')).status === 503;
+    let refused = null;
+    for (let attempt = 0; attempt < 5 && !refused; attempt++) {
+      const hog = classify(audio.long, '?trim=0', busy);
+      if (await eventually(queueFull, STEP_TIMEOUT_MS)) {
+        const answer = page.waitForResponse((r) => r.url().includes('/v1/classify'));
+        await page.setInputFiles('#file', audio.song);
+        const resp = await answer;
+        t.diagnostic(`upload ${attempt + 1} while the queue was full: ${resp.status()}`);
+        if (resp.status() === 503) refused = { body: await resp.json(), retry: resp.headers()['retry-after'] };
+        await page.locator('#result:visible, #error:visible').first().waitFor();
+      }
+      assert.equal((await hog).status, 200);
+    }
+    assert.ok(refused, 'five uploads in a row were never refused with 503');
+    const s = parseInt(refused.retry, 10);
+    await expectError(page, 503, refused.body.error.code, refused.body.error.message);
+    assert.equal(await page.locator('#error-hint').innerText(),
+                 `Please try again in ${s} ${s === 1 ? 'second' : 'seconds'}.`);
+    assert.equal(await page.locator('#error-file').innerText(), 'song.mp3');
+    assert.equal(await page.evaluate(() => document.activeElement.id), 'retry');
+    await screenshot(page, 'desktop-error-503.png');
+
+    /* The queue is free again: "Try again" sends the same file. */
+    await page.keyboard.press('Enter');
+    await page.locator('#result').waitFor({ state: 'visible' });
+    assert.equal(await page.locator('#error').isVisible(), false);
+    assert.equal(await page.locator('#timeline .cell').count(), 20);
+    assert.deepEqual(problems, []);
+  } finally {
+    await context.close();
+  }
+});
