@@ -143,10 +143,15 @@ static int cmd_stages(int argc, char **argv) {
     /* GENRED_* variables apply, as in the daemon (GENRED_MAX_BATCH=8 ...). */
     if (config_load_env(&cfg, &err) != 0 || config_set(&cfg, "model", model_path, &err) != 0)
         die("config", &err);
-    engine *e = engine_create(&cfg, NULL, &err);
-    if (!e) die("engine", &err);
+    /* The FFT plan the daemon has on every start after its first (wisdom,
+     * mel.h), before any plan is made. */
     model *m = model_load(model_path, &err);
     if (!m) die("model", &err);
+    if (model_features(m)->kind == FEATURE_LOGMEL &&
+        mel_wisdom_learn(&model_features(m)->mel, &err) < 0)
+        die("wisdom", &err);
+    engine *e = engine_create(&cfg, NULL, &err);
+    if (!e) die("engine", &err);
     featurizer *fz = featurizer_create(model_features(m), &err);
     if (!fz) die("featurizer", &err);
     const int rate = featurizer_sample_rate(fz);

@@ -9,7 +9,8 @@
  * The 30 s limit keeps every run short; a harness failure aborts.
  *
  * What it does not do: trimming or features (they run on decoded samples,
- * which the model-input tests cover). */
+ * which the model-input tests cover), or the indexed range decode
+ * (fuzz_audio_range.c). */
 #include <libavutil/log.h>
 #include <stdint.h>
 #include <stdio.h>

@@ -26,8 +26,11 @@
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
+static int verbose; /* $GENRED_FUZZ_VERBOSE: say what became of each input */
+
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc, (void)argv;
+    verbose = getenv("GENRED_FUZZ_VERBOSE") != NULL;
     return 0;
 }
 
@@ -83,8 +86,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     free(buf); /* the model keeps copies of what it needs */
     if (!m) {
         if (err.msg[0] == '\0') fail("refused without a message");
+        if (verbose) fprintf(stderr, "fuzz_model: refused: %s\n", err.msg);
         return 0;
     }
+    if (verbose)
+        fprintf(stderr, "fuzz_model: loaded, %zu input floats, %.0f MACs\n",
+                model_input_floats(m), model_macs(m));
     run(m);
     model_free(m);
     return 0;

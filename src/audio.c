@@ -3,6 +3,9 @@
  * Pipeline: memory AVIOContext -> our own format probe (whitelist check
  * before any demuxer runs) -> libavformat demuxer -> libavcodec decoder ->
  * libswresample (downmix + resample to mono float) -> growable buffer.
+ * audio_open() also demuxes the stream once without decoding it, into an
+ * index of packets; ranges of an exactly indexed stream are then decoded
+ * as independent segments fed from that index (see "sources" below).
  *
  * The bytes come from strangers, so every libav door to the outside is shut:
  * the only I/O is the caller's buffer (custom AVIOContext), nested opens are
@@ -515,7 +518,26 @@ struct audio_source {
     int64_t skip;           /* samples the decoder drops from the first packet */
     size_t n_native;        /* timeline length at in_rate */
     size_t n_out;           /* timeline length at out_rate; 0 = not exact */
+    int is_mp3;
+    uint32_t mp3_header;    /* the first packet's mp3_frame_header() */
 };
+
+/* An MPEG audio frame header at p (what the mp3 decoder checks before it
+ * decodes a frame): the sync word and no reserved version, layer, bitrate
+ * or sample rate. The mp3 demuxer also hands out junk between frames as
+ * packets, which the decoder then refuses, dropping their samples from a
+ * whole decode: such a stream's timeline is not what its index says. */
+static uint32_t mp3_frame_header(const uint8_t *p, int size) {
+    if (size < 4) return 0;
+    uint32_t h = (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+    if ((h & 0xFFE00000u) != 0xFFE00000u || ((h >> 19) & 3) == 1 || ((h >> 17) & 3) == 0 ||
+        ((h >> 12) & 15) == 15 || ((h >> 10) & 3) == 3)
+        return 0;
+    /* Sync, version, layer, sample rate, and mono or not: the decoder
+     * refuses a frame whose channel count changed. (Stereo and joint stereo
+     * alternate in ordinary files.) */
+    return (h & 0xFFFE0C00u) | (((h >> 6) & 3) == 3 ? 0x40u : 0);
+}
 
 static int64_t gcd64(int64_t a, int64_t b) {
     while (b) {
@@ -581,6 +603,9 @@ static int index_packet(audio_source *s, const AVPacket *pkt, int64_t *next_pts,
         (size_t)pkt->size > in->len - (size_t)pkt->pos ||
         memcmp(in->data + pkt->pos, pkt->data, (size_t)pkt->size) != 0)
         return 0;
+    uint32_t mp3 = s->is_mp3 ? mp3_frame_header(pkt->data, pkt->size) : 0;
+    if (s->is_mp3 && (mp3 == 0 || (s->n_pkts > 0 && mp3 != s->mp3_header))) return 0;
+    if (s->n_pkts == 0) s->mp3_header = mp3;
     if (pkt->pts == AV_NOPTS_VALUE || pkt->duration <= 0 || *end_discard != 0 ||
         av_packet_get_side_data(pkt, AV_PKT_DATA_PARAM_CHANGE, NULL) ||
         av_packet_get_side_data(pkt, AV_PKT_DATA_NEW_EXTRADATA, NULL))
@@ -623,6 +648,7 @@ static int index_stream(audio_source *s, gr_err *err) {
     AVPacket *pkt = av_packet_alloc();
     if (!pkt) return gr_fail(err, GR_EINTERNAL, "out of memory");
     s->job_used = 1;
+    s->is_mp3 = strcmp(job->fmt->iformat->name, "mp3") == 0;
     int64_t next_pts = 0, end_discard = 0;
     int exact = 1, ret;
     while (exact == 1 && (ret = av_read_frame(job->fmt, pkt)) >= 0) {
@@ -678,12 +704,16 @@ typedef struct segment {
 
 /* Moves the resampler's output in job->samples to where it belongs. */
 static void collect(segment *g, decode_job *job) {
-    for (size_t i = 0; i < job->n; i++) {
-        size_t at = g->out_pos + i;
-        if (at >= g->first && at < g->end) g->dst[at - g->first] = job->samples[i];
-        else if (at >= g->end && at - g->end < g->n_seam) g->seam[at - g->end] = job->samples[i];
-    }
-    g->out_pos += job->n;
+    /* job->samples are positions [out_pos, out_pos + n): copy what falls in
+     * [first, end) to dst and what falls in [end, end + n_seam) to seam. */
+    size_t lo = g->out_pos, hi = g->out_pos + job->n;
+    size_t a = lo > g->first ? lo : g->first, b = hi < g->end ? hi : g->end;
+    if (a < b) memcpy(g->dst + (a - g->first), job->samples + (a - lo), (b - a) * sizeof(float));
+    size_t seam_end = g->end + g->n_seam;
+    a = lo > g->end ? lo : g->end;
+    b = hi < seam_end ? hi : seam_end;
+    if (a < b) memcpy(g->seam + (a - g->end), job->samples + (a - lo), (b - a) * sizeof(float));
+    g->out_pos = hi;
     job->n = 0;
 }
 

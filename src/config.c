@@ -89,7 +89,7 @@ void config_defaults(config *c) {
     c->port = 8080;
     memcpy(c->model, GENRED_DEFAULT_MODEL, sizeof GENRED_DEFAULT_MODEL);
     c->workers = 0;
-    c->max_batch = 32;
+    c->max_batch = 8;
     c->queue_capacity = 64;
     c->max_upload_bytes = (size_t)64 << 20;
     c->max_duration_s = 1200;

@@ -15,8 +15,10 @@
  *
  * Deadlines and shutdown: a request's deadline (request_timeout_s) reaches
  * the decoder (interrupt callback) and the batcher (withdrawal of queued
- * chunks), and is checked between the stages; engine_cancel() makes every
- * request give up at the next of those points.
+ * chunks), and is checked between the stages. engine_cancel() (a shutdown
+ * out of time) makes every request give up at its next check between stages
+ * or at once if it waits for inference; a decode in progress runs on to its
+ * end or its deadline.
  *
  * What it does not do: HTTP, parsing uploads, logging. */
 #include "genred/engine.h"

@@ -123,7 +123,8 @@ typedef struct stream_job {
     size_t start, win;        /* the window in the stream, in samples */
     size_t n_chunks, n_blocks;
     float *chunks;            /* the result, n_chunks chunks */
-    float *seams;             /* per block: its first and its last SEAM samples */
+    float *seams;             /* per block: its first SEAM samples, then its own
+                               * decode of the next block's first SEAM */
     pthread_mutex_t mu;
     size_t next;              /* next block to take (mu) */
     int failed;               /* -1 error (err), 1 departs from the index (mu) */

@@ -102,6 +102,7 @@ typedef struct request {
     gr_err err;                  /* first failure while receiving the body */
     int status;                  /* HTTP status queued */
     size_t bytes_out;            /* response body bytes queued */
+    int close;                   /* answer with Connection: close */
     apikeys_verdict auth;        /* why a 401 was sent (WWW-Authenticate) */
     const struct web_file *web;  /* a file of the web page, or NULL */
     char top[64];                /* top genre, for the log line */
@@ -115,12 +116,13 @@ static double now_seconds(void) {
 
 /* ---- responses ---------------------------------------------------------- */
 
-/* Headers every answer carries: the request id, and while stopping the
- * request to close the connection (a keep-alive client would otherwise send
- * its next request to a server that is going away). */
+/* Headers every answer carries: the request id, and, while stopping or when
+ * refused for too many connections, the request to close the connection (a
+ * keep-alive client would otherwise send its next request to a server that
+ * is going away, or keep holding a slot it was refused). */
 static void add_common_headers(struct MHD_Response *resp, const request *r) {
     MHD_add_response_header(resp, "X-Request-Id", r->id);
-    if (atomic_load(&r->srv->stopping))
+    if (r->close || atomic_load(&r->srv->stopping))
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
 }
 
@@ -452,6 +454,7 @@ static int request_begin(server *s, struct MHD_Connection *c, request *r, const 
     }
     if (!is_health_route(r->route) &&
         atomic_load(&s->connections) > s->cfg.max_connections) {
+        r->close = 1;
         *ret = fail(c, r, GR_EBUSY, "too many connections, retry later");
         return 1;
     }
@@ -505,6 +508,12 @@ static int request_begin(server *s, struct MHD_Connection *c, request *r, const 
         *ret = fail(c, r, GR_EBUSY, "too many classifications in flight, retry later");
         return 1;
     }
+    /* The wait was not idleness: restart MHD's idle clock, which it does
+     * when the timeout is set while 0, so that a wait longer than
+     * idle_timeout_s does not close the connection under the upload. */
+    MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT, 0u);
+    MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT,
+                              (unsigned int)s->cfg.idle_timeout_s);
     return 0;
 }
 

@@ -75,7 +75,7 @@ static void test_defaults(void **state) {
     assert_true(strlen(c.model) > strlen(tail));
     assert_string_equal(c.model + strlen(c.model) - strlen(tail), tail);
     assert_int_equal(c.workers, 0);
-    assert_int_equal(c.max_batch, 32);
+    assert_int_equal(c.max_batch, 8);
     assert_int_equal(c.queue_capacity, 64);
     assert_int_equal(c.max_upload_bytes, 64u << 20);
     assert_true(c.max_duration_s == 1200);

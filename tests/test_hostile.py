@@ -4,14 +4,15 @@ Each case sends one kind of bad (or merely odd) input and asserts the status
 the contract documents for it, with the JSON error body where genred writes
 the answer; then a good upload must still be classified, so no case leaves the
 daemon broken. Finally every case is repeated ROUNDS times and the daemon's
-resident memory (VmRSS) after the repeats is compared with after a warm-up
-round: input must not leak memory, whatever it is.
+idle resident memory (VmRSS) after the repeats is compared with after a
+warm-up round: input must not leak memory, whatever it is.
 
 The statuses, case by case (what openapi.yaml and README.md promise):
 
   empty body ........................................... 400 bad_request
   random bytes, PNG or ZIP named .mp3, m3u/HLS/concat .. 415 unsupported_media
-  MP3 or WAV cut to a few bytes/the header only ........ 415 / 422
+  WAV cut inside its 44-byte header ..................... 415
+  WAV header only, MP3 cut to 2 KB (0.05 s) ............ 422
   MP3 or WAV cut mid-stream, > 3 s left ................ 200 on what decodes
   WAV header claiming 4 GB of samples .................. 200 on what is there
   WAV LIST/INFO chunk claiming 4 GB .................... 422 unprocessable_audio
@@ -23,6 +24,7 @@ The statuses, case by case (what openapi.yaml and README.md promise):
   5 MB cover-art ID3 tag before a real MP3 ............. 200
   multipart: no boundary, foreign boundary, two boundary
     parameters, two file parts, no closing boundary .... 400 bad_request
+    (the last one was a 200 on the bytes that came)
   multipart: extra empty delimiters before the part .... 200
   a header line or header block over MHD's 32 KiB ...... 431 (libmicrohttpd's
     own HTML answer: genred never sees the request); a URL over it: 414
@@ -38,6 +40,7 @@ import http.client
 import io
 import json
 import math
+import pathlib
 import random
 import socket
 import struct
@@ -53,7 +56,7 @@ import conftest
 CLASSIFY = "/v1/classify"
 UPLOAD_LIMIT = 32 * 1024 * 1024   # this module's daemon: room for the 8-channel case
 ROUNDS = 4                        # repeats of every case for the memory check
-RSS_GROWTH_LIMIT_KB = 24 * 1024   # see test_memory_does_not_grow_across_repeats
+RSS_GROWTH_LIMIT_KB = 8 * 1024    # see test_memory_does_not_grow_across_repeats
 MHD_HEADER_MEMORY = 32 * 1024     # libmicrohttpd's default per-connection memory
 
 
@@ -92,8 +95,11 @@ def check_error(api, status, headers, body, want_status, want_code, phrase=None)
     return err
 
 
-def check_answer(api, check_classify, status, body, chunks=None):
+def check_answer(api, check_classify, status, headers, body, chunks=None):
+    """A classify answer: 200, the ClassifyResult schema, the invariants
+    every answer keeps, and (when given) the chunk count."""
     assert status == 200, f"expected 200, got {status}: {body[:300]!r}"
+    assert (headers.get("content-type") or "").split(";")[0].strip() == "application/json"
     ans = json.loads(body)
     api.validate(ans, "ClassifyResult")
     check_classify(ans)
@@ -332,7 +338,7 @@ def zip_named_mp3(d, api, cc, inp):
 @case
 def mp3_truncated_midstream(d, api, cc, inp):
     # 40 % of the bytes, cut inside a frame: ~12 s decode, 4 whole chunks.
-    ans = check_answer(api, cc, *post(d, inp.mp3[:len(inp.mp3) * 4 // 10 + 17], "audio/mpeg")[::2])
+    ans = check_answer(api, cc, *post(d, inp.mp3[:len(inp.mp3) * 4 // 10 + 17], "audio/mpeg"))
     assert 11.0 < ans["duration_s"] < 13.0 and ans["chunks"] == int(ans["duration_s"] // 3), ans
 
 
@@ -346,7 +352,7 @@ def mp3_truncated_to_2k(d, api, cc, inp):
 def wav_truncated_midstream(d, api, cc, inp):
     # The header still says 30 s; 10 s of samples (and half a frame) follow.
     body = inp.wav[:44 + 44100 * 4 * 10 + 3]
-    ans = check_answer(api, cc, *post(d, body, "audio/wav")[::2], chunks=3)
+    ans = check_answer(api, cc, *post(d, body, "audio/wav"), chunks=3)
     assert abs(ans["duration_s"] - 10.0) < 0.01, ans
 
 
@@ -363,7 +369,7 @@ def wav_header_only(d, api, cc, inp):
 @case
 def wav_claiming_4gb_of_samples(d, api, cc, inp):
     body = wav_bytes(1, 16000, 16, 16000 * 10, riff_size=0xFFFFFFFF, data_size=0xFFFFFFF0)
-    ans = check_answer(api, cc, *post(d, body, "audio/wav")[::2], chunks=3)
+    ans = check_answer(api, cc, *post(d, body, "audio/wav"), chunks=3)
     assert abs(ans["duration_s"] - 10.0) < 0.01, ans
 
 
@@ -400,7 +406,7 @@ def wav_zero_sample_rate(d, api, cc, inp):
 
 @case
 def wav_8ch_192khz_float(d, api, cc, inp):
-    ans = check_answer(api, cc, *post(d, inp.float8, "audio/wav")[::2], chunks=1)
+    ans = check_answer(api, cc, *post(d, inp.float8, "audio/wav"), chunks=1)
     assert abs(ans["duration_s"] - 3.2) < 0.01, ans
 
 
@@ -418,7 +424,7 @@ def id3_tag_without_audio(d, api, cc, inp):
 
 @case
 def id3_5mb_cover_art(d, api, cc, inp):
-    check_answer(api, cc, *post(d, inp.cover, "audio/mpeg")[::2], chunks=10)
+    check_answer(api, cc, *post(d, inp.cover, "audio/mpeg"), chunks=10)
 
 
 @case
@@ -486,7 +492,7 @@ def multipart_with_repeated_delimiters(d, api, cc, inp):
     # Empty parts without headers before the real one are skipped.
     body = multipart(b"XyZ", [(b"file", b"a.wav", inp.tone)], preamble=b"--XyZ\r\n--XyZ\r\n")
     (r,) = multipart_case(d, body, "multipart/form-data; boundary=XyZ")
-    check_answer(api, cc, r[0], r[2], chunks=1)
+    check_answer(api, cc, *r, chunks=1)
 
 
 def check_mhd_refusal(answers, status):
@@ -519,7 +525,7 @@ def chunked_transfer_encoding(d, api, cc, inp):
     req = request_bytes(d.port, chunked(inp.mp3), "audio/mpeg",
                         b"Transfer-Encoding: chunked\r\n", length=False)
     (r,) = exchange(d.port, req)
-    check_answer(api, cc, r[0], r[2], chunks=10)
+    check_answer(api, cc, *r, chunks=10)
 
 
 @case
@@ -527,7 +533,7 @@ def expect_100_continue(d, api, cc, inp):
     req = request_bytes(d.port, inp.mp3, "audio/mpeg", b"Expect: 100-continue\r\n")
     cont, r = exchange(d.port, req)
     assert cont[0] == 100, cont
-    check_answer(api, cc, r[0], r[2], chunks=10)
+    check_answer(api, cc, *r, chunks=10)
 
 
 @case
@@ -552,7 +558,7 @@ def expect_100_continue_too_large(d, api, cc, inp):
 @case
 def http_1_0(d, api, cc, inp):
     (r,) = exchange(d.port, request_bytes(d.port, inp.tone, "audio/wav", version="1.0"))
-    check_answer(api, cc, r[0], r[2], chunks=1)
+    check_answer(api, cc, *r, chunks=1)
 
 
 @case
@@ -579,7 +585,7 @@ def keep_alive_many_requests(d, api, cc, inp):
             if kind == 0:
                 assert resp.status == 200 and json.loads(body) == {"status": "ok"}, (i, body)
             elif kind == 1:
-                check_answer(api, cc, resp.status, body, chunks=1)
+                check_answer(api, cc, resp.status, headers, body, chunks=1)
             elif kind == 2:
                 check_error(api, resp.status, headers, body, 415, "unsupported_media")
             else:
@@ -614,7 +620,7 @@ def client_gone_before_the_answer(d, api, cc, inp):
 
 
 def good_upload_works(d, api, cc, inp):
-    check_answer(api, cc, *post(d, inp.tone, "audio/wav")[::2], chunks=1)
+    check_answer(api, cc, *post(d, inp.tone, "audio/wav"), chunks=1)
 
 
 # --- the tests --------------------------------------------------------------------
@@ -626,28 +632,42 @@ def test_hostile_case_then_good_upload(hd, api, check_classify, inputs, name):
     good_upload_works(hd, api, check_classify, inputs)
 
 
-def test_memory_does_not_grow_across_repeats(hd, api, check_classify, inputs):
+def test_memory_does_not_grow_across_repeats(hd, api, check_classify, inputs, genred_bin):
     """VmRSS after ROUNDS more rounds of every case stays within
-    RSS_GROWTH_LIMIT_KB of VmRSS after a warm-up round. The warm-up lets
-    glibc's arenas (one per connection thread, up to 8 per core) and its
-    mmap threshold settle; what is left is what a leak would add. Each round
-    uploads ~60 MB (the 8-channel file alone is 20 MB), so a leak of even a
-    small part of one upload per round would cross the bound."""
+    RSS_GROWTH_LIMIT_KB of VmRSS after a warm-up round, both measured idle.
+    The warm-up touches what stays (model workspaces, thread stacks, pages
+    of the libraries); what is left is what a leak would add: each round
+    uploads ~35 MB (the 8-channel file alone is 20 MB) in ~70 requests, so
+    losing any upload-sized buffer fails. Measured on a correct build: 0 to
+    1 MB of growth; with the upload buffers of refused multipart requests
+    leaked on purpose (~0.5 MB a round), 2 to 7.5 MB: leaks that small are
+    left to test_valgrind.py and LeakSanitizer, which see every block.
+
+    Under AddressSanitizer (the ASan+UBSan run of .ci/run) RSS says nothing
+    (the allocator quarantines freed memory): the rounds still run and every
+    status is still checked, and LeakSanitizer judges leaks when the daemon
+    exits (the fixture requires exit status 0)."""
+    sanitized = b"__asan_init" in pathlib.Path(genred_bin).read_bytes()
+
     def one_round():
-        for name, fn in CASES.items():
+        for fn in CASES.values():
             fn(hd, api, check_classify, inputs)
         good_upload_works(hd, api, check_classify, inputs)
 
+    def idle_rss():
+        time.sleep(1.0)  # connection threads of hung-up clients finish
+        return rss_kb(hd)
+
     one_round()
-    time.sleep(0.5)  # connection threads of hung-up clients finish
-    warm = rss_kb(hd)
-    samples = [warm]
+    samples = [idle_rss()]
     for _ in range(ROUNDS):
         one_round()
-        time.sleep(0.5)
-        samples.append(rss_kb(hd))
-    growth = samples[-1] - warm
-    print(f"\nVmRSS kB after warm-up and each of {ROUNDS} rounds: {samples}; "
-          f"growth {growth} kB (limit {RSS_GROWTH_LIMIT_KB})")
+        samples.append(idle_rss())
+    growth = samples[-1] - samples[0]
+    print(f"\nidle VmRSS kB after warm-up and each of {ROUNDS} rounds: {samples}; "
+          f"growth {growth} kB (limit {RSS_GROWTH_LIMIT_KB}"
+          f"{'; not judged under ASan' if sanitized else ''})")
     assert hd.alive()
-    assert growth <= RSS_GROWTH_LIMIT_KB, f"VmRSS grew {growth} kB over {ROUNDS} rounds: {samples}"
+    if not sanitized:
+        assert growth <= RSS_GROWTH_LIMIT_KB, \
+            f"VmRSS grew {growth} kB over {ROUNDS} rounds: {samples}"

@@ -275,3 +275,36 @@ def test_train_export_parity(arch, genred, data, tmp_path):
     first = want[:2].mean(0)
     probs = {g["genre"]: g["probability"] for g in answer["genres"]}
     assert max(abs(probs[g] - first[i]) for i, g in enumerate(genres)) <= 1e-4
+
+
+def test_pipeline_smoke(genred, data, tmp_path):
+    """train/pipeline.py end to end on the generated genres with a tiny
+    budget: both models written and loadable, the card and its PNG made
+    from the results, every section filled."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(TRAIN_DIR / "pipeline.py"), "--data", str(data),
+           "--genred", genred, "--cache", str(tmp_path / "cache"),
+           "--model", str(out / "m.gmodel"), "--dsae-model", str(out / "d.gmodel"),
+           "--card", str(out / "card.md"), "--png", str(out / "card.png"),
+           "--results", str(out / "results.json"), "--designs", str(out / "none.json"),
+           "--cv", "2", "--epochs", "1", "--epoch-chunks", "32", "--batch", "16",
+           "--dsae-epochs", "2", "--name", "tiny-cnn", "--command", "pytest"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    assert res["genres"] == GENRES
+    assert res["cv"]["k"] == 2 and len(res["cv"]["folds"]) == 2
+    assert res["cv"]["out_of_fold_votes"]["items"] == 12          # every track once
+    assert 0 <= res["agreement"]["daemon"]["top_agreement"] <= 1
+    # The daemon and PyTorch agree on every WAV: same features, same model.
+    assert res["agreement"]["daemon"]["matches_pytorch"] == 1.0
+    for name, kind in (("m.gmodel", "logmel"), ("d.gmodel", "waveform")):
+        _, header = gmodel.load(out / name)
+        assert header["features"]["kind"] == kind and header["genres"] == GENRES
+    assert res["shipped"]["parameters"] > 0 and res["shipped"]["mflops_per_chunk"] > 0
+    text = (out / "card.md").read_text()
+    for section in ("## Accuracy on held-out tracks", "### Confusion matrices",
+                    "## WAV versus MP3", "## Inference cost", "design d",
+                    "## Training and reproduction", "## Limitations"):
+        assert section in text, section
+    assert "card.png" in text and (out / "card.png").read_bytes()[:4] == b"\x89PNG"

@@ -101,16 +101,16 @@ def render(r, designs, png_name):
         "",
         "## Accuracy on held-out tracks",
         "",
-        f"Two independent estimates. **valid.txt**: the same recipe trained on `train.txt` "
-        f"only ({v['train_tracks']} tracks) and scored on the {vv['items']} tracks of "
-        "`valid.txt`, which share no artist with `train.txt` (the artist-filtered split). "
+        f"Two independent estimates. **valid.txt**: the same recipe trained on the training "
+        f"tracks only ({v['train_tracks']} tracks) and scored on the {vv['items']} validation "
+        f"tracks; {r['split_words']} "
         f"**{cv['k']}-fold cross-validation**: train + valid ({cv['tracks']} tracks) in "
         f"{cv['k']} folds stratified by genre, each fold scored by a model trained on the "
-        "other four. GTZAN's artists are not in the lists, so folds are *not* artist-aware: "
-        "a fold's test tracks can share an artist with its training tracks, which "
-        "flatters CV. Neither estimate picked a checkpoint: epochs are fixed.",
+        f"other {cv['k'] - 1}. Artists are not in the data's lists, so folds are *not* "
+        "artist-aware: a fold's test tracks can share an artist with its training tracks, "
+        "which flatters CV. Neither estimate picked a checkpoint: epochs are fixed.",
         "",
-        "| | valid.txt (held out) | 5-fold CV, mean ± std over folds |",
+        f"| | valid.txt (held out) | {cv['k']}-fold CV, mean ± std over folds |",
         "|---|---|---|",
         f"| track accuracy, chunk votes (the daemon's `top`) | **{pct(vv['accuracy'])}** | "
         f"**{spread(cv['track_accuracy_votes'])}** |",
@@ -125,9 +125,7 @@ def render(r, designs, png_name):
         "Per fold (track accuracy, votes): " + ", ".join(
             f"{100 * f['track_accuracy_votes']:.1f} %" for f in cv["folds"]) + ".",
         "",
-        f"valid.txt is lopsided: {r['valid_words']} A genre with one or two training tracks "
-        "is close to unlearnable, which caps the valid.txt figure; the CV folds give every "
-        "genre about 80 % of its tracks for training.",
+        f"Tracks per genre: {r['valid_words']}",
         "",
         "### Per genre, valid.txt (votes)",
         "",

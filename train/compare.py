@@ -7,9 +7,9 @@ writes train/results/designs.json, which the model card shows.
 
 Every design is trained on train.txt and scored on valid.txt (held out, no
 checkpoint picked). Parameters and MFLOPs per chunk are what the daemon
-reports for the exported file (GET /v1/model). Design (d) reads the waveform,
-so the spectrogram augmentations do not apply to it; everything else is the
-same. One run at a time: on a shared 2-core CPU this takes a while (design
+reports for the exported file (GET /v1/model). Design (d) reads the waveform
+and gets its own recipe (train.dsae_recipe: no spectrogram masks, no mixup,
+half-balanced sampling, 200 short epochs); the CNNs share one. One run at a time: on a shared 2-core CPU this takes a while (design
 (a) alone is ~7x the cost of (e) per chunk).
 
 What it does not do: pick the winner for you; the conclusion line is written
@@ -49,10 +49,7 @@ def main():
             old = {r["arch"]: r for r in json.load(f).get("runs", [])}
     runs = []
     for arch in args.archs.split(","):
-        recipe = dataclasses.replace(base, arch=arch)
-        if recipe.kind() == "waveform":
-            recipe.time_masks = recipe.freq_masks = 0
-            recipe.variants = tuple(v for v in recipe.variants if v in ("orig", "mp3"))
+        recipe = train.dsae_recipe(base) if arch == "d" else dataclasses.replace(base, arch=arch)
         model, mean, std, ev, secs = train.train_and_evaluate(ctx, recipe, genres, train_t,
                                                               valid_t, lambda s: print(s, flush=True))
         with tempfile.TemporaryDirectory() as tmp:

@@ -161,31 +161,42 @@ def extract(genred, params_path, tracks, cache_dir, jobs=2, variant="orig", chun
     audio or on a VARIANTS re-recording of it, with chunks every chunk_hop
     seconds (None: back to back). Returns {track.id: path of its .npy}
     ([chunks, n_mels, frames], or [chunks, values] for waveform features)."""
+    return extract_many(genred, [(params_path, chunk_hop)], tracks, cache_dir, jobs,
+                        variant)[0]
+
+
+def extract_many(genred, targets, tracks, cache_dir, jobs=2, variant="orig"):
+    """extract() for several (params_path, chunk_hop) targets of one variant
+    at once, re-recording each track only once. Returns one {track.id: path}
+    per target."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown audio variant {variant!r}; known: {sorted(VARIANTS)}")
-    out_dir = cache_dir_for(cache_dir, params_path, variant, chunk_hop)
-    os.makedirs(out_dir, exist_ok=True)
-    paths = {t.id: os.path.join(out_dir, f"{t.genre}__{t.id}.npy") for t in tracks}
+    maps = []
+    for params_path, chunk_hop in targets:
+        out_dir = cache_dir_for(cache_dir, params_path, variant, chunk_hop)
+        os.makedirs(out_dir, exist_ok=True)
+        maps.append({t.id: os.path.join(out_dir, f"{t.genre}__{t.id}.npy") for t in tracks})
 
     def run(t):
-        dst = paths[t.id]
-        if os.path.exists(dst):
+        todo = [(target, m[t.id]) for target, m in zip(targets, maps) if not os.path.exists(m[t.id])]
+        if not todo:
             return
         with tempfile.TemporaryDirectory(prefix="genred-train-") as tmp:
             src = t.path if VARIANTS[variant] is None else _render_variant(t.path, variant, tmp)
-            out = os.path.join(tmp, "features.npy")
-            cmd = [genred, "features", "--params", params_path, "--trim", "0", src, "-o", out]
-            if chunk_hop:
-                cmd[2:2] = ["--chunk-hop", f"{chunk_hop:g}"]
-            r = subprocess.run(cmd, capture_output=True, text=True)
-            if r.returncode != 0:
-                raise RuntimeError(f"genred features failed on {src} ({t.path}): "
-                                   f"{r.stderr.strip()}")
-            os.replace(out, dst)
+            for (params_path, chunk_hop), dst in todo:
+                out = os.path.join(tmp, "features.npy")
+                cmd = [genred, "features", "--params", params_path, "--trim", "0", src, "-o", out]
+                if chunk_hop:
+                    cmd[2:2] = ["--chunk-hop", f"{chunk_hop:g}"]
+                r = subprocess.run(cmd, capture_output=True, text=True)
+                if r.returncode != 0:
+                    raise RuntimeError(f"genred features failed on {src} ({t.path}): "
+                                       f"{r.stderr.strip()}")
+                os.replace(out, dst)
 
     with ThreadPoolExecutor(max_workers=jobs) as ex:
         list(ex.map(run, tracks))
-    return paths
+    return maps
 
 
 def load_chunks(tracks, paths):

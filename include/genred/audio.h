@@ -20,10 +20,12 @@
  * neighbouring segment decoded past it, and anything unexpected inside the
  * range (decoder errors, parameters changing mid-stream, a seam that does
  * not match, a length other than the index promised) falls back to one
- * sequential decode. One difference remains, for damaged files only: frames
- * that fail to decode BEFORE the range are dropped by a sequential decode,
- * which moves everything after them earlier, while a range keeps the
- * positions the timestamps give.
+ * sequential decode. The index itself refuses MP3 packets that are not
+ * MPEG audio frames (junk the demuxer hands out, which a decoder drops).
+ * One difference remains, for damaged files only: frames that still fail
+ * to decode OUTSIDE the range are dropped by a sequential decode, which
+ * moves everything after them earlier and shortens it, while a range keeps
+ * the positions the timestamps give and reports the index's length.
  *
  * What it does not do: trimming, feature extraction. */
 #ifndef GENRED_AUDIO_H
@@ -37,7 +39,8 @@ typedef struct audio {
     float *samples;     /* mono, [-1, 1] nominal; owned, free with audio_free() */
     size_t n_samples;   /* samples held */
     size_t first;       /* position of samples[0] in the whole decoded stream */
-    size_t total;       /* samples of the whole decoded stream */
+    size_t total;       /* samples of the whole decoded stream (for a range
+                         * of a damaged stream: as the index counts them) */
     int sample_rate;    /* = the rate asked for */
     double duration_s;  /* total / sample_rate: the whole stream's duration */
     char format[32];    /* demuxer that recognised the input, e.g. "mp3" */

@@ -5,7 +5,8 @@
  * An engine owns the loaded model, the mel plans built from the model's own
  * feature parameters, and the batcher. It is shared by every HTTP connection
  * thread and by the offline `genred classify` command, so both give the same
- * answer for the same bytes.
+ * answer for the same bytes. engine_reload() swaps in a freshly loaded
+ * model (SIGHUP) without disturbing the requests in flight.
  *
  * Which part of a song is analysed (the trim rule) is features.h's business.
  *
