@@ -288,7 +288,8 @@ def test_pipeline_smoke(genred, data, tmp_path):
            "--card", str(out / "card.md"), "--png", str(out / "card.png"),
            "--results", str(out / "results.json"), "--designs", str(out / "none.json"),
            "--cv", "2", "--epochs", "1", "--epoch-chunks", "32", "--batch", "16",
-           "--dsae-epochs", "2", "--name", "tiny-cnn", "--command", "pytest"]
+           "--valid-seeds", "2", "--dsae-epochs", "2", "--name", "tiny-cnn",
+           "--command", "pytest"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())
@@ -302,8 +303,10 @@ def test_pipeline_smoke(genred, data, tmp_path):
         _, header = gmodel.load(out / name)
         assert header["features"]["kind"] == kind and header["genres"] == GENRES
     assert res["shipped"]["parameters"] > 0 and res["shipped"]["mflops_per_chunk"] > 0
+    assert res["valid"]["seeds"] == [1234, 1235]
+    assert len(res["valid"]["by_seed"]["track_accuracy_votes"]) == 2
     text = (out / "card.md").read_text()
-    for section in ("## Accuracy on held-out tracks", "### Confusion matrices",
+    for section in ("## Accuracy on held-out tracks", "seeds 1234, 1235", "### Confusion matrices",
                     "## WAV versus MP3", "## Inference cost", "design d",
                     "## Training and reproduction", "## Limitations"):
         assert section in text, section

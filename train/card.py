@@ -22,6 +22,11 @@ def pct(v):
     return "n/a" if v is None else f"{100 * v:.1f} %"
 
 
+def seed_spread(xs):
+    xs = np.asarray(xs, dtype=float)
+    return f"{100 * xs.mean():.1f} % ± {100 * xs.std(ddof=1):.1f}"
+
+
 def confusion_text(c, genres):
     w = max(len(g) for g in genres)
     cw = max(4, max(len(str(v)) for row in c for v in row) + 1)
@@ -124,6 +129,15 @@ def render(r, designs, png_name):
         "",
         "Per fold (track accuracy, votes): " + ", ".join(
             f"{100 * f['track_accuracy_votes']:.1f} %" for f in cv["folds"]) + ".",
+    ] + ([
+        "",
+        f"valid.txt with other seeds (the same recipe, seeds {', '.join(map(str, v['seeds']))}; "
+        "the tables show the first): track accuracy (votes) "
+        + ", ".join(pct(x) for x in v["by_seed"]["track_accuracy_votes"])
+        + f", mean {seed_spread(v['by_seed']['track_accuracy_votes'])}; balanced accuracy "
+        + ", ".join(pct(x) for x in v["by_seed"]["balanced_accuracy_votes"])
+        + f", mean {seed_spread(v['by_seed']['balanced_accuracy_votes'])}.",
+    ] if len(v.get("seeds", [])) > 1 else []) + [
         "",
         f"Tracks per genre: {r['valid_words']}",
         "",

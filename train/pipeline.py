@@ -181,6 +181,9 @@ def main():
     ap.add_argument("--results", default=os.path.join(train.HERE, "results", "model-card.json"))
     ap.add_argument("--designs", default=os.path.join(train.HERE, "results", "designs.json"))
     ap.add_argument("--cv", type=int, default=5)
+    ap.add_argument("--valid-seeds", type=int, default=3,
+                    help="train the valid.txt model with this many seeds (seed, seed+1, ...); "
+                         "the first one's details are shown, all of their spread")
     ap.add_argument("--name", default="gtzan-cnn")
     ap.add_argument("--version", default="2.0.0")
     ap.add_argument("--dsae-epochs", type=int, default=0,
@@ -224,10 +227,14 @@ def main():
     log(f"features ready ({timing['features_s']:.0f} s)")
 
     with tempfile.TemporaryDirectory(prefix="genred-pipeline-") as tmp:
-        # 2. valid.txt
+        # 2. valid.txt, with more seeds to show how much of it is luck
         t = time.time()
         model, mean, std, valid_ev, secs = train.train_and_evaluate(ctx, recipe, genres, train_t,
                                                                     valid_t, log)
+        seed_runs = [valid_ev]
+        for k in range(1, args.valid_seeds):
+            other = dataclasses.replace(recipe, seed=recipe.seed + k)
+            seed_runs.append(train.train_and_evaluate(ctx, other, genres, train_t, valid_t, log)[3])
         valid_model = os.path.join(tmp, "valid.gmodel")
         train.export(valid_model, model, genres, recipe, mean, std, {"trained_on": "train.txt"},
                      args.name + "-valid", args.version)
@@ -317,7 +324,14 @@ def main():
         "command": args.command,
         "recipe": dataclasses.asdict(recipe), "recipe_words": recipe_words(recipe),
         "valid": {**{k: valid_ev[k] for k in ("votes", "mean_prob", "chunk")},
-                  "train_tracks": len(train_t)},
+                  "train_tracks": len(train_t),
+                  "seeds": [recipe.seed + k for k in range(len(seed_runs))],
+                  "by_seed": {key: [e[m]["accuracy" if key != "balanced_accuracy_votes"
+                                         else "balanced_accuracy"] for e in seed_runs]
+                              for key, m in (("track_accuracy_votes", "votes"),
+                                             ("track_accuracy_mean_prob", "mean_prob"),
+                                             ("balanced_accuracy_votes", "votes"),
+                                             ("chunk_accuracy", "chunk"))}},
         "cv": {k: v for k, v in cv.items() if k != "track_ids"},
         "shipped": shipped,
         "agreement": {"daemon": agree, "cv": mp3_cv},
