@@ -581,8 +581,13 @@ int main(int argc, char **argv) {
          * the largest such buffer freed (up to 32 MB), after which they come
          * from the arenas, and each arena keeps what was freed: under load
          * VmRSS grew from 120 to 190 MB with nothing in use (tests/soak.py).
-         * A fixed threshold keeps big buffers mmap'd, so free() returns them. */
+         * A fixed threshold keeps big buffers mmap'd, so free() returns them.
+         * Fixing it also freezes the trim threshold at 128 KB, and then every
+         * request gave its heap top back and faulted it in again: 5.4-5.7 ms
+         * of CPU per 3.5 s clip against 4.7-4.9 with 2 MB, for an idle RSS
+         * ~10 MB higher and no drift in the soak (docs/performance.md). */
         mallopt(M_MMAP_THRESHOLD, 256 * 1024);
+        mallopt(M_TRIM_THRESHOLD, 2 * 1024 * 1024);
     }
     metrics *met = is_serve ? metrics_create() : NULL;
     if (is_serve && !met) {
