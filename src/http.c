@@ -12,10 +12,12 @@
  * The last callback runs the engine and queues the answer. The completion
  * callback logs the request and counts it in the metrics.
  *
- * Access: with api_keys_file set, every route but /healthz and /readyz needs
- * `Authorization: Bearer <key>`; the check is the first thing done after
- * routing, before any body is read, and its failure is a 401 with
- * WWW-Authenticate. Headers are never logged, so keys never reach the logs.
+ * Access: with api_keys_file set, every route needs `Authorization: Bearer
+ * <key>` but the probes (/healthz, /readyz) and the public documents (the
+ * web page's three files and /openapi.yaml). The check is the first thing
+ * done after routing, before any body is read, and its failure is a 401
+ * with WWW-Authenticate. Headers are never logged, so keys never reach the
+ * logs.
  *
  * Connections: beyond max_connections open at once, requests get 503 busy
  * (Retry-After, Connection: close) at once, except /healthz and /readyz,
@@ -405,6 +407,13 @@ static int is_health_route(const char *route) {
     return strcmp(route, "/healthz") == 0 || strcmp(route, "/readyz") == 0;
 }
 
+/* Routes that answer without a key: the probes, and the documents that hold
+ * no data (the web page, which a browser must load before it can ask its
+ * user for a key, and the API contract). */
+static int is_public_route(const request *r) {
+    return is_health_route(r->route) || r->web || strcmp(r->route, "/openapi.yaml") == 0;
+}
+
 /* 1 when API keys are off or the request carries a valid one; else records
  * why in r->auth. The key set is checked under the lock so that
  * server_reload_keys() can swap it. */
@@ -458,7 +467,7 @@ static int request_begin(server *s, struct MHD_Connection *c, request *r, const 
         *ret = fail(c, r, GR_EBUSY, "too many connections, retry later");
         return 1;
     }
-    if (!is_health_route(r->route) && !authorized(s, c, r)) {
+    if (!is_public_route(r) && !authorized(s, c, r)) {
         *ret = fail(c, r, GR_EUNAUTHORIZED,
                     r->auth == APIKEYS_INVALID
                         ? "the API key is not valid"

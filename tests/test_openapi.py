@@ -124,9 +124,10 @@ def test_json_responses_carry_request_id_and_503_retry_after(api):
 
 
 def test_access_and_overload_are_documented(api):
-    """API keys: every route answers 401 except the health probes, which
-    need no credentials; 401 carries WWW-Authenticate. Overload: every route
-    but /healthz may answer 503 (connection limit)."""
+    """API keys: every route answers 401 except the health probes and the
+    public documents (web page, API contract), which need no credentials;
+    401 carries WWW-Authenticate. Overload: every route but /healthz may
+    answer 503 (connection limit)."""
     scheme = api.doc["components"]["securitySchemes"]["bearerKey"]
     assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
     assert {} in api.doc["security"] and {"bearerKey": []} in api.doc["security"]
@@ -134,7 +135,7 @@ def test_access_and_overload_are_documented(api):
     assert "WWW-Authenticate" in unauthorized["headers"]
     for route, method, op in operations(api):
         statuses = set(op["responses"])
-        if route in ("/healthz", "/readyz"):
+        if route in ("/healthz", "/readyz", "/openapi.yaml", "/", "/app.js", "/style.css"):
             assert op.get("security") == [], f"{route} must not need a key"
             assert "401" not in statuses, route
         else:

@@ -10,6 +10,11 @@
  * names and server messages cannot inject markup; the page's
  * Content-Security-Policy would refuse inline script anyway.
  *
+ * API keys: when the server has them, the page itself loads without one,
+ * but /v1/model and /v1/classify answer 401. The page then shows a key field;
+ * the key goes out as `Authorization: Bearer <key>` and is kept in
+ * sessionStorage, so it lasts as long as this tab and no longer.
+ *
  * What it does not do: judge files itself (the server decides what it
  * accepts), talk to any other origin, or keep anything between visits. */
 'use strict';
@@ -32,6 +37,7 @@
    * under a heading is the server's own message. */
   const ERROR_TITLES = {
     400: 'The request was rejected',
+    401: 'An API key is needed',
     413: 'This file is too large',
     415: 'This is not a supported audio file',
     422: 'This audio cannot be classified',
@@ -51,7 +57,9 @@
     timelineStart: $('timeline-start'), timelineEnd: $('timeline-end'),
     mel: $('mel'), melStart: $('mel-start'), melEnd: $('mel-end'), melCaption: $('mel-caption'),
     again: $('again'), modelInfo: $('model-info'), genreList: $('genre-list'), origin: $('origin'),
+    keyForm: $('key-form'), key: $('api-key'),
   };
+  const KEY_STORAGE = 'genred.apiKey';
 
   let pending = null;  /* the XMLHttpRequest in flight, if any */
   let lastFile = null; /* for "Try again" after a 503 */
@@ -94,6 +102,52 @@
     el.status.textContent = text;
     el.status.classList.toggle('visually-hidden', !!quiet);
   }
+
+  /* ---- the API key ------------------------------------------------------ */
+
+  /* Storage can be refused (privacy settings); the key then lives in this
+   * page only. */
+  let keyInPage = '';
+
+  function apiKey() {
+    try {
+      return sessionStorage.getItem(KEY_STORAGE) || keyInPage;
+    } catch (e) {
+      return keyInPage;
+    }
+  }
+
+  function setApiKey(key) {
+    keyInPage = key;
+    try {
+      sessionStorage.setItem(KEY_STORAGE, key);
+    } catch (e) {
+      /* kept in keyInPage */
+    }
+  }
+
+  function authorize(xhr) {
+    const key = apiKey();
+    if (key) xhr.setRequestHeader('Authorization', 'Bearer ' + key);
+  }
+
+  /* After a 401: the key field, focused unless an error box takes focus. */
+  function askForKey(focus) {
+    el.keyForm.hidden = false;
+    if (focus) el.key.focus();
+  }
+
+  el.keyForm.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    const key = el.key.value.trim();
+    if (!key) return;
+    setApiKey(key);
+    el.key.value = '';
+    el.keyForm.hidden = true;
+    loadModelInfo();
+    if (lastFile && !busy()) upload(lastFile);
+    else el.drop.focus();
+  });
 
   /* ---- choosing a file -------------------------------------------------- */
 
@@ -171,6 +225,7 @@
     const xhr = new XMLHttpRequest();
     pending = xhr;
     xhr.open('POST', CLASSIFY_URL);
+    authorize(xhr);
     xhr.timeout = UPLOAD_TIMEOUT_MS;
     xhr.upload.addEventListener('progress', (ev) => {
       if (!ev.lengthComputable || ev.total === 0) return;
@@ -195,6 +250,7 @@
         showResult(body, file.name);
       } else {
         showApiError(file.name, xhr.status, body, xhr.getResponseHeader('Retry-After'));
+        if (xhr.status === 401) askForKey(true);
       }
     });
     xhr.addEventListener('error', () => {
@@ -377,21 +433,30 @@
 
   /* ---- what the server knows -------------------------------------------- */
 
+  function loadModelInfo() {
+    const model = new XMLHttpRequest();
+    model.open('GET', '/v1/model');
+    authorize(model);
+    model.timeout = 10000;
+    model.addEventListener('load', () => {
+      if (model.status === 401) {
+        askForKey(false);
+        return;
+      }
+      let m = null;
+      try {
+        m = JSON.parse(model.responseText);
+      } catch (e) {
+        return;
+      }
+      if (model.status !== 200 || !m || !Array.isArray(m.genres)) return;
+      el.modelInfo.textContent = 'model ' + m.name + ' ' + m.version;
+      el.genreList.textContent = 'It knows ' + m.genres.length + ' genres: ' +
+        m.genres.join(', ') + '.';
+    });
+    model.send();
+  }
+
   el.origin.textContent = window.location.origin;
-  const model = new XMLHttpRequest();
-  model.open('GET', '/v1/model');
-  model.timeout = 10000;
-  model.addEventListener('load', () => {
-    let m = null;
-    try {
-      m = JSON.parse(model.responseText);
-    } catch (e) {
-      return;
-    }
-    if (model.status !== 200 || !m || !Array.isArray(m.genres)) return;
-    el.modelInfo.textContent = 'model ' + m.name + ' ' + m.version;
-    el.genreList.textContent = 'It knows ' + m.genres.length + ' genres: ' +
-      m.genres.join(', ') + '.';
-  });
-  model.send();
+  loadModelInfo();
 })();

@@ -8,8 +8,10 @@
  * the same bytes; random bytes named .mp3 must show the API's 415 message, a
  * 2-second WAV dropped on the page its 422 message, an upload over the limit
  * its 413 message, an upload to a daemon whose one-request queue is held by a
- * 10-minute file its 503 message (and "Try again" must then succeed); the
- * page must fit a phone's width. Screenshots (desktop and phone) go to
+ * 10-minute file its 503 message (and "Try again" must then succeed); with
+ * API keys on, the page must load without one, ask for one, refuse a wrong
+ * one with the API's message, and work once given the right one; the page
+ * must fit a phone's width. Screenshots (desktop and phone) go to
  * $GENRED_ARTIFACTS, else tests/artifacts/web/.
  *
  * Environment (set by `meson test`, see tests/meson.build): GENRED_BIN,
@@ -180,7 +182,9 @@ async function eventually(pred, ms) {
 
 /* ---- the browser ------------------------------------------------------------ */
 
-async function openPage(options = {}, d = daemon) {
+/* Opens the page on daemon d; resolves once `ready` is visible, by default
+ * the model line that /v1/model fills in. */
+async function openPage(options = {}, d = daemon, ready = null) {
   const context = await browser.newContext(options);
   context.setDefaultTimeout(STEP_TIMEOUT_MS);
   const page = await context.newPage();
@@ -201,7 +205,8 @@ async function openPage(options = {}, d = daemon) {
    * can miss a chooser that opens at once. */
   page.on('filechooser', () => {});
   await page.goto(d.url + '/', { waitUntil: 'load' });
-  await page.locator('#model-info').filter({ hasText: 'model ' }).waitFor();
+  if (ready) await page.locator(ready).waitFor({ state: 'visible' });
+  else await page.locator('#model-info').filter({ hasText: 'model ' }).waitFor();
   return { context, page, problems };
 }
 
@@ -457,6 +462,58 @@ test('a busy server\'s 503 is shown, and "Try again" then works', { timeout: TES
     await page.locator('#result').waitFor({ state: 'visible' });
     assert.equal(await page.locator('#error').isVisible(), false);
     assert.equal(await page.locator('#timeline .cell').count(), 20);
+    assert.deepEqual(problems, []);
+  } finally {
+    await context.close();
+  }
+});
+
+test('with API keys on, the page asks for a key, then works', { timeout: TEST_TIMEOUT_MS }, async () => {
+  const KEY = 'web-test-key-0123456789abcdef';
+  const keys = path.join(work, 'keys');
+  fs.writeFileSync(keys, `${KEY}\n`);
+  const keyed = await startDaemon(['--api-keys-file', keys, '--workers', '1']);
+  /* The page loads without a key; /v1/model answers 401, so the key field
+   * shows and the model line stays empty. */
+  const { context, page, problems } = await openPage({ viewport: { width: 1280, height: 900 } }, keyed,
+                                                     '#key-form');
+  try {
+    assert.equal(await page.locator('#model-info').innerText(), '');
+
+    /* A wrong key: /v1/model refuses it (the field comes back), and so does
+     * an upload, with the API's own message; focus goes to the field. */
+    await page.locator('#api-key').fill('wrong-key-0123456789abcdef');
+    await page.locator('#key-form').getByRole('button', { name: 'Use key' }).click();
+    await page.locator('#key-form').waitFor({ state: 'visible' });
+    await page.setInputFiles('#file', audio.song);
+    await expectError(page, 401, 'unauthorized', 'the API key is not valid');
+    assert.equal(await page.locator('#error-title').innerText(), 'An API key is needed (401 unauthorized)');
+    assert.equal(await page.evaluate(() => document.activeElement.id), 'api-key');
+    await screenshot(page, 'desktop-api-key.png');
+
+    /* The right key, typed and sent with Enter: the same file goes again,
+     * and the page shows what the API answers to a keyed request. */
+    await page.keyboard.type(KEY);
+    await page.keyboard.press('Enter');
+    await page.locator('#result').waitFor({ state: 'visible' });
+    assert.equal(await page.locator('#key-form').isVisible(), false);
+    assert.equal(await page.locator('#error').isVisible(), false);
+    await page.locator('#model-info').filter({ hasText: 'model ' }).waitFor();
+    const form = new FormData();
+    form.append('file', new Blob([fs.readFileSync(audio.song)]), 'song.mp3');
+    const r = await fetch(keyed.url + '/v1/classify?segments=1&mel=1', {
+      method: 'POST', body: form, headers: { Authorization: `Bearer ${KEY}` },
+      signal: AbortSignal.timeout(STEP_TIMEOUT_MS) });
+    assert.equal(r.status, 200);
+    const ans = await r.json();
+    assert.equal(await page.locator('#top-genre').innerText(), ans.top);
+    assert.deepEqual(await page.locator('#bars .bar-value').allInnerTexts(),
+                     ans.genres.map((g) => formatPercent(g.percent)));
+
+    /* The key lasts as long as the tab: a reload needs none typed. */
+    await page.reload({ waitUntil: 'load' });
+    await page.locator('#model-info').filter({ hasText: 'model ' }).waitFor();
+    assert.equal(await page.locator('#key-form').isVisible(), false);
     assert.deepEqual(problems, []);
   } finally {
     await context.close();
