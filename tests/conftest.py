@@ -460,3 +460,20 @@ class Audio:
 @pytest.fixture(scope="session")
 def audio(gtzan_dir, tmp_path_factory):
     return Audio(gtzan_dir, tmp_path_factory.mktemp("audio"))
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory):
+    """(cert, key): a self-signed certificate for 127.0.0.1, made with openssl."""
+    if shutil.which("openssl") is None:
+        pytest.fail("openssl is needed to make a test certificate (Debian package openssl)",
+                    pytrace=False)
+    out = tmp_path_factory.mktemp("tls")
+    cert, key = out / "cert.pem", out / "key.pem"
+    run = subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                          "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
+                          "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                          "-keyout", str(key), "-out", str(cert)],
+                         capture_output=True, timeout=60)
+    assert run.returncode == 0, run.stderr.decode()
+    return cert, key

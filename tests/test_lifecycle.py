@@ -399,22 +399,6 @@ def test_api_keys_file_that_does_not_load_refuses_the_start(genred_bin, model_pa
 
 # --- TLS -------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory):
-    if shutil.which("openssl") is None:
-        pytest.fail("openssl is needed to make a test certificate (Debian package openssl)",
-                    pytrace=False)
-    out = tmp_path_factory.mktemp("tls")
-    cert, key = out / "cert.pem", out / "key.pem"
-    run = subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                          "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
-                          "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                          "-keyout", str(key), "-out", str(cert)],
-                         capture_output=True, timeout=60)
-    assert run.returncode == 0, run.stderr.decode()
-    return cert, key
-
-
 def test_tls(start_daemon, tls_files, excerpt):
     cert, key = tls_files
     d = start_daemon({"tls-cert-file": cert, "tls-key-file": key})

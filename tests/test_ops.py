@@ -415,6 +415,35 @@ def runtime_packages(dockerfile):
     return [w for w in m.group(1).split() if not w.startswith("-")]
 
 
+def healthcheck_command(dockerfile):
+    """The shell command of the runtime stage's one HEALTHCHECK."""
+    health = [i for i in stages(dockerfile)[-1] if i.op == "HEALTHCHECK"]
+    assert len(health) == 1, "exactly one HEALTHCHECK expected"
+    m = re.search(r"CMD (curl .*)", health[0].args)
+    assert m and "/healthz" in m.group(1), health[0].args
+    return m.group(1)
+
+
+def test_dockerfile_healthcheck_answers_over_http_and_https(dockerfile, start_daemon, tls_files,
+                                                            tmp_path):
+    """The HEALTHCHECK's own command, run by sh as Docker runs it, against a
+    plain daemon and one with a certificate (0), and a port where nothing
+    listens (not 0)."""
+    cmd = healthcheck_command(dockerfile)
+
+    def check(port):
+        env = {"PATH": os.environ["PATH"], "GENRED_PORT": str(port)}
+        return subprocess.run(["sh", "-c", cmd], env=env, capture_output=True, timeout=30)
+
+    cert, key = tls_files
+    for d in (start_daemon({}), start_daemon({"tls-cert-file": cert, "tls-key-file": key})):
+        r = check(d.port)
+        assert r.returncode == 0, (d.url, r.stderr.decode())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        assert check(s.getsockname()[1]).returncode != 0
+
+
 def test_dockerfile_runtime_runs_unprivileged_with_a_healthcheck(dockerfile, source_dir):
     final = stages(dockerfile)[-1]
     ops = [i.op for i in final]
@@ -428,17 +457,14 @@ def test_dockerfile_runtime_runs_unprivileged_with_a_healthcheck(dockerfile, sou
     runs = " ".join(i.args for i in final if i.op == "RUN")
     assert re.search(rf"useradd .*--uid {uid}\b", runs), f"USER {uid} is not created"
 
-    health = [i for i in final if i.op == "HEALTHCHECK"]
-    assert len(health) == 1, "exactly one HEALTHCHECK expected"
-    m = re.search(r"CMD (curl .*)", health[0].args)
-    assert m and "/healthz" in m.group(1), health[0].args
+    health = healthcheck_command(dockerfile)
     assert "curl" in runtime_packages(dockerfile), "HEALTHCHECK uses curl but it is not installed"
 
     exposed = [i.args for i in final if i.op == "EXPOSE"]
     conf_port = re.search(r"^port = (\d+)$", (source_dir / "conf" / "genred.conf").read_text(),
                           flags=re.M).group(1)
     assert exposed == [conf_port], (exposed, conf_port)
-    assert f"${{GENRED_PORT:-{conf_port}}}" in m.group(1), "health check port differs from default"
+    assert f"${{GENRED_PORT:-{conf_port}}}" in health, "health check port differs from default"
     entry = [i.args for i in final if i.op == "ENTRYPOINT"]
     assert entry == ['["/usr/bin/genred"]'], entry  # --prefix=/usr
     cmd = [i.args for i in final if i.op == "CMD"]
