@@ -57,7 +57,7 @@
     timelineStart: $('timeline-start'), timelineEnd: $('timeline-end'),
     mel: $('mel'), melStart: $('mel-start'), melEnd: $('mel-end'), melCaption: $('mel-caption'),
     again: $('again'), modelInfo: $('model-info'), genreList: $('genre-list'), origin: $('origin'),
-    keyForm: $('key-form'), key: $('api-key'),
+    keyForm: $('key-form'), key: $('api-key'), authFlag: $('auth-flag'),
   };
   const KEY_STORAGE = 'genred.apiKey';
 
@@ -134,6 +134,7 @@
   /* After a 401: the key field, focused unless an error box takes focus. */
   function askForKey(focus) {
     el.keyForm.hidden = false;
+    el.authFlag.hidden = false; /* the footer's curl example needs a key too */
     if (focus) el.key.focus();
   }
 

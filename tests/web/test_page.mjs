@@ -295,6 +295,8 @@ test('a song uploaded from the keyboard shows what the API answers', { timeout: 
         .observe(label, { childList: true, characterData: true, subtree: true });
     });
     await screenshot(page, 'desktop-start.png');
+    assert.equal(await page.locator('footer code').innerText(),
+                 `curl -F file=@song.mp3 ${daemon.url}/v1/classify`);
 
     /* Keyboard only: the first Tab reaches the drop zone, a button by role
      * and name; Enter opens the file chooser. */
@@ -479,6 +481,8 @@ test('with API keys on, the page asks for a key, then works', { timeout: TEST_TI
                                                      '#key-form');
   try {
     assert.equal(await page.locator('#model-info').innerText(), '');
+    assert.match(await page.locator('footer code').innerText(),
+                 /^curl -H 'Authorization: Bearer <key>' -F file=@song\.mp3 http:\/\/127\.0\.0\.1:\d+\/v1\/classify$/);
 
     /* A wrong key: /v1/model refuses it (the field comes back), and so does
      * an upload, with the API's own message; focus goes to the field. */
