@@ -477,3 +477,13 @@ def tls_files(tmp_path_factory):
                          capture_output=True, timeout=60)
     assert run.returncode == 0, run.stderr.decode()
     return cert, key
+
+
+@pytest.fixture(scope="session")
+def build_root():
+    """The meson build tree the tests run from (GENRED_TEST_BUILD_ROOT)."""
+    value = os.environ.get("GENRED_TEST_BUILD_ROOT")
+    if not value or not (pathlib.Path(value) / "build.ninja").is_file():
+        pytest.fail(f"GENRED_TEST_BUILD_ROOT={value!r} is not a meson build tree "
+                    f"(`meson test` sets it)", pytrace=False)
+    return pathlib.Path(value)

@@ -14,11 +14,9 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <limits.h>
 #include <math.h>
 #include <pthread.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,8 +30,7 @@
 #include <libavutil/log.h>
 
 #include "genred/audio.h"
-
-extern char **environ;
+#include "tool.h"
 
 #define RATE 16000
 #define GTZAN_TRACK "blues/blues.00000.flac"
@@ -50,21 +47,6 @@ typedef struct fixture {
 static void path_in(const fixture *fx, const char *name, char out[PATH_MAX]) {
     int n = snprintf(out, PATH_MAX, "%s/%s", fx->dir, name);
     assert_true(n > 0 && n < PATH_MAX);
-}
-
-/* Runs argv[0] from PATH with stdin from /dev/null; returns its exit code. */
-static int run_tool(char *const argv[]) {
-    posix_spawn_file_actions_t fa;
-    if (posix_spawn_file_actions_init(&fa) != 0) return -1;
-    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-    pid_t pid;
-    int rc = posix_spawnp(&pid, argv[0], &fa, NULL, argv, environ);
-    posix_spawn_file_actions_destroy(&fa);
-    if (rc != 0) return -1;
-    int status;
-    while (waitpid(pid, &status, 0) < 0)
-        if (errno != EINTR) return -1;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
 /* ffmpeg -nostdin -v error -y ARGS... ; fails the test if ffmpeg does. */
@@ -224,12 +206,6 @@ static comparison compare(const float *ref, size_t n_ref, const float *y,
 
 /* ---- fixture ----------------------------------------------------------- */
 
-static int remove_entry(const char *path, const struct stat *sb, int flag,
-                        struct FTW *ftw) {
-    (void)sb; (void)flag; (void)ftw;
-    return remove(path);
-}
-
 static int group_setup(void **state) {
     const char *shared = getenv("GENRED_SHARED");
     if (!shared || !*shared) {
@@ -260,7 +236,7 @@ static int group_setup(void **state) {
 static int group_teardown(void **state) {
     fixture *fx = *state;
     if (!fx) return 0; /* setup failed and said why */
-    nftw(fx->dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    remove_tree(fx->dir);
     free(fx->ref);
     free(fx);
     return 0;

@@ -30,15 +30,6 @@ def run(argv, **kw):
 
 
 @pytest.fixture(scope="module")
-def build_root():
-    value = os.environ.get("GENRED_TEST_BUILD_ROOT")
-    if not value or not (pathlib.Path(value) / "build.ninja").is_file():
-        pytest.fail(f"GENRED_TEST_BUILD_ROOT={value!r} is not a meson build tree "
-                    f"(`meson test` sets it)", pytrace=False)
-    return pathlib.Path(value)
-
-
-@pytest.fixture(scope="module")
 def dirs(build_root):
     """The install directories the tree was configured with, absolute."""
     r = run(["meson", "introspect", "--buildoptions", build_root])

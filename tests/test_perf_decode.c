@@ -26,10 +26,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <limits.h>
 #include <math.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,8 +40,7 @@
 #include "genred/audio.h"
 #include "genred/features.h"
 #include "genred/mel.h"
-
-extern char **environ;
+#include "tool.h"
 
 #define RATE 16000
 
@@ -56,20 +53,6 @@ static const char *const TRACKS[4] = {"rock/rock.00003.flac", "jazz/jazz.00002.f
                                       "metal/metal.00004.flac", "blues/blues.00005.flac"};
 
 /* ---- helpers ------------------------------------------------------------ */
-
-static int run_tool(char *const argv[]) {
-    posix_spawn_file_actions_t fa;
-    if (posix_spawn_file_actions_init(&fa) != 0) return -1;
-    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-    pid_t pid;
-    int rc = posix_spawnp(&pid, argv[0], &fa, NULL, argv, environ);
-    posix_spawn_file_actions_destroy(&fa);
-    if (rc != 0) return -1;
-    int status;
-    while (waitpid(pid, &status, 0) < 0)
-        if (errno != EINTR) return -1;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
 
 static void path_in(const fixture *fx, const char *name, char out[PATH_MAX]) {
     int n = snprintf(out, PATH_MAX, "%s/%s", fx->dir, name);
@@ -215,12 +198,6 @@ static void check_file(const fixture *fx, const char *name, int exact) {
 
 /* ---- fixture ------------------------------------------------------------ */
 
-static int remove_entry(const char *path, const struct stat *sb, int flag,
-                        struct FTW *ftw) {
-    (void)sb, (void)flag, (void)ftw;
-    return remove(path);
-}
-
 static int group_setup(void **state) {
     const char *shared = getenv("GENRED_SHARED");
     if (!shared || !*shared) {
@@ -253,7 +230,7 @@ static int group_setup(void **state) {
 static int group_teardown(void **state) {
     fixture *fx = *state;
     if (!fx) return 0;
-    nftw(fx->dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    remove_tree(fx->dir);
     free(fx);
     return 0;
 }
