@@ -156,14 +156,14 @@ static void mel_all_cores(const mel *m, const float *signal, size_t n, float *ou
 
 /* Stage ids: one array of samples each. */
 enum {
-    S_FLOOR, S_DECODE, S_INDEX, S_WIN1, S_WINN, S_FEATURES, S_MEL, S_MELN, S_INFER_B1, S_INFER1, S_INFER,
-    S_CLASSIFY, S_JSON, S_ANSWER, S_SGEMM1, S_SGEMM, S_COUNT
+    S_FLOOR, S_DECODE, S_INDEX, S_WIN1, S_WINN, S_FEATURES, S_MEL, S_MELN, S_INFER_B1,
+    S_INFER1, S_INFER, S_CLASSIFY, S_JSON, S_ANSWER, S_SGEMM1, S_SGEMM, S_COUNT
 };
 static const char *const NAMES[S_COUNT] = {
     "decode_native_ms", "decode_ms", "index_ms", "window_decode_1t_ms",
-    "window_decode_ms", "features_ms", "mel_ms", "mel_all_cores_ms", "inference_batch1_ms", "inference_1t_ms",
-    "inference_ms",
-    "classify_ms", "json_ms", "answer_ms", "sgemm_1t_gflops", "sgemm_gflops"};
+    "window_decode_ms", "features_ms", "mel_ms", "mel_all_cores_ms",
+    "inference_batch1_ms", "inference_1t_ms", "inference_ms", "classify_ms",
+    "json_ms", "answer_ms", "sgemm_1t_gflops", "sgemm_gflops"};
 
 static int cmd_stages(int argc, char **argv) {
     if (argc != 6) {

@@ -67,15 +67,6 @@ def clean_env(**extra):
     return env
 
 
-@pytest.fixture(scope="module")
-def build_root():
-    value = os.environ.get("GENRED_TEST_BUILD_ROOT")
-    if not value or not (pathlib.Path(value) / "build.ninja").is_file():
-        pytest.fail(f"GENRED_TEST_BUILD_ROOT={value!r} is not a meson build tree "
-                    f"(`meson test` sets it)", pytrace=False)
-    return pathlib.Path(value)
-
-
 # --- systemd -----------------------------------------------------------------
 
 def parse_unit(text):
@@ -424,8 +415,7 @@ def healthcheck_command(dockerfile):
     return m.group(1)
 
 
-def test_dockerfile_healthcheck_answers_over_http_and_https(dockerfile, start_daemon, tls_files,
-                                                            tmp_path):
+def test_dockerfile_healthcheck_answers_over_http_and_https(dockerfile, start_daemon, tls_files):
     """The HEALTHCHECK's own command, run by sh as Docker runs it, against a
     plain daemon and one with a certificate (0), and a port where nothing
     listens (not 0)."""

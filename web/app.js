@@ -105,30 +105,27 @@
 
   /* ---- the API key ------------------------------------------------------ */
 
-  /* Storage can be refused (privacy settings); the key then lives in this
-   * page only. */
-  let keyInPage = '';
-
-  function apiKey() {
-    try {
-      return sessionStorage.getItem(KEY_STORAGE) || keyInPage;
-    } catch (e) {
-      return keyInPage;
-    }
+  /* The key in use ('' for none): the tab's stored one at load, the one
+   * typed since. Storage can be refused (privacy settings); the key then
+   * lasts as long as this page. */
+  let apiKey = '';
+  try {
+    apiKey = sessionStorage.getItem(KEY_STORAGE) || '';
+  } catch (e) {
+    /* no storage: no key yet */
   }
 
   function setApiKey(key) {
-    keyInPage = key;
+    apiKey = key;
     try {
       sessionStorage.setItem(KEY_STORAGE, key);
     } catch (e) {
-      /* kept in keyInPage */
+      /* kept for this page only */
     }
   }
 
   function authorize(xhr) {
-    const key = apiKey();
-    if (key) xhr.setRequestHeader('Authorization', 'Bearer ' + key);
+    if (apiKey) xhr.setRequestHeader('Authorization', 'Bearer ' + apiKey);
   }
 
   /* After a 401: the key field, focused unless an error box takes focus. */
