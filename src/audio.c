@@ -483,7 +483,9 @@ static int decode_stream(decode_job *job, int stream, gr_err *err) {
  * are discarded), and it starts the decoder PREROLL_PACKETS packets before
  * the one holding `a`, whose output is discarded too. Measured on MP3, WAV
  * and FLAC, the stitched samples are bit-identical to a whole decode (see
- * tests/test_perf_decode.c); each seam is checked at run time anyway. */
+ * tests/test_perf_decode.c); each seam is checked at run time anyway, and so
+ * is each segment's start (check_segment_start()): a damaged stream can
+ * keep a decoder from converging within the pre-roll. */
 
 enum {
     /* MP3's bit reservoir reaches back up to 511 bytes: 5 frames at
@@ -695,6 +697,8 @@ typedef struct segment {
     float *dst;              /* end - first floats */
     size_t n_seam;           /* samples wanted after end, for the seam check */
     float seam[SEAM_CHECK];
+    size_t preroll;          /* packets decoded and discarded before `a`'s */
+    size_t k0;               /* out: the packet the decoder started at */
     size_t out_pos;          /* timeline position of the resampler's next output */
     pthread_t thread;
     int joinable;            /* set by the starting thread only */
@@ -784,7 +788,8 @@ static int decode_segment_job(segment *g, decode_job *job) {
         if (s->pkts[mid].start <= a) lo = mid;
         else hi = mid;
     }
-    size_t k = lo, k0 = k > PREROLL_PACKETS ? k - PREROLL_PACKETS : 0;
+    size_t k = lo, k0 = k > g->preroll ? k - g->preroll : 0;
+    g->k0 = k0;
     size_t want = g->end + g->n_seam;
 
     if (open_codec(job, s->codec, s->par, s->tb, err) < 0) return -1;
@@ -826,8 +831,8 @@ static int decode_segment_job(segment *g, decode_job *job) {
     return g->out_pos >= want ? 0 : 1;
 }
 
-static void *decode_segment(void *arg) {
-    segment *g = arg;
+/* Decodes segment g with a decode_job of its own; returns g's rc. */
+static int run_segment(segment *g) {
     const decode_job *parent = &g->src->job;
     decode_job job = {
         .out_rate = parent->out_rate,
@@ -835,8 +840,34 @@ static void *decode_segment(void *arg) {
         .swr_format = -1,
         .deadline = parent->deadline,
     };
-    g->rc = decode_segment_job(g, &job);
+    int rc = decode_segment_job(g, &job);
     release_job(&job);
+    return rc;
+}
+
+/* A segment whose decoder started mid-stream is trusted only if a second
+ * decoder, started PREROLL_PACKETS packets earlier still, gives the same
+ * first samples: both have then reached the whole decode's state. The seam
+ * check does the same between neighbours; this also covers a range's first
+ * segment, which has none before it (a damaged MP3 whose decoder needed 11
+ * frames: fuzz/corpus/audio/regress-range-first-segment-preroll.mp3).
+ * Returns 0, 1 (they differ) or -1 (g->err). */
+static int check_segment_start(segment *g) {
+    if (g->k0 == 0) return 0; /* started with the stream, as the whole decode does */
+    float head[SEAM_CHECK];
+    size_t n = g->end - g->first < SEAM_CHECK ? g->end - g->first : SEAM_CHECK;
+    segment probe = {.src = g->src, .first = g->first, .end = g->first + n, .dst = head,
+                     .preroll = g->preroll + PREROLL_PACKETS};
+    int rc = run_segment(&probe);
+    if (rc < 0) g->err = probe.err;
+    if (rc != 0) return rc;
+    return memcmp(head, g->dst, n * sizeof(float)) != 0;
+}
+
+static void *decode_segment(void *arg) {
+    segment *g = arg;
+    g->rc = run_segment(g);
+    if (g->rc == 0) g->rc = check_segment_start(g);
     return NULL;
 }
 
@@ -934,6 +965,7 @@ int audio_source_decode(audio_source *s, size_t first, size_t count, int threads
         g[i].end = i + 1 < n ? first + count / n * (i + 1) : first + count;
         g[i].dst = dst + (g[i].first - first);
         g[i].n_seam = i + 1 < n ? SEAM_CHECK : 0;
+        g[i].preroll = PREROLL_PACKETS;
     }
     /* Segment 0 runs here; a thread that cannot start runs here too. */
     for (size_t i = 1; i < n; i++)
@@ -978,7 +1010,8 @@ int audio_source_decode_into(const audio_source *s, size_t first, size_t count, 
         count > s->n_out - first)
         return gr_fail(err, GR_EINTERNAL, "audio: range [%zu, +%zu) outside the index",
                        first, count);
-    segment g = {.src = s, .first = first, .end = first + count, .dst = dst};
+    segment g = {.src = s, .first = first, .end = first + count, .dst = dst,
+                 .preroll = PREROLL_PACKETS};
     decode_segment(&g);
     if (g.rc < 0 && err) *err = g.err;
     return g.rc;
