@@ -23,6 +23,7 @@
  * What it does not do: trimming, feature extraction, logging policy (libav's
  * log level is the caller's business). */
 #include "genred/audio.h"
+#include "genred/mp3frame.h"
 
 #include <errno.h>
 #include <math.h>
@@ -81,6 +82,7 @@ typedef struct decode_job {
     int swr_format;
     int swr_rate;
     AVPacket *pkt;
+    AVPacket *view;        /* pkt's bytes without its buffer: send_copy() */
     AVFrame *frame;
     float *samples;        /* malloc'ed, handed to the caller on success */
     size_t n;
@@ -140,6 +142,7 @@ static int refuse_nested_open(AVFormatContext *s, AVIOContext **pb,
 static void release_job(decode_job *job) {
     av_frame_free(&job->frame);
     av_packet_free(&job->pkt);
+    av_packet_free(&job->view);
     swr_free(&job->swr);
     av_channel_layout_uninit(&job->swr_layout);
     avcodec_free_context(&job->dec);
@@ -426,11 +429,30 @@ static int drain_decoder(decode_job *job, int *corrupt, gr_err *err) {
     }
 }
 
+/* Sends the demuxer's packet as a copy whose padding is zeros. A damaged
+ * frame can make a decoder read past its end (mp3's "invalid new
+ * backstep"). Past a demuxer packet's end lies whatever shares its read
+ * buffer: the file's next bytes or zeros, as lavf's reads happen to fall.
+ * Past a copy's end lie zeros only, as past the copies the indexed segments
+ * send, so both decodes depend on the packet's bytes alone
+ * (fuzz/corpus/audio/regress-range-overread-*.mp3). */
+static int send_copy(decode_job *job) {
+    int ret = av_packet_copy_props(job->view, job->pkt);
+    if (ret < 0) return ret;
+    job->view->data = job->pkt->data;
+    job->view->size = job->pkt->size;
+    ret = avcodec_send_packet(job->dec, job->view); /* not refcounted: copied */
+    av_packet_unref(job->view);
+    return ret;
+}
+
 static int decode_stream(decode_job *job, int stream, gr_err *err) {
     int corrupt = 0, ret;
     job->pkt = av_packet_alloc();
+    job->view = av_packet_alloc();
     job->frame = av_frame_alloc();
-    if (!job->pkt || !job->frame) return gr_fail(err, GR_EINTERNAL, "out of memory");
+    if (!job->pkt || !job->view || !job->frame)
+        return gr_fail(err, GR_EINTERNAL, "out of memory");
 
     while ((ret = av_read_frame(job->fmt, job->pkt)) >= 0) {
         if (interrupted(job)) {
@@ -438,7 +460,7 @@ static int decode_stream(decode_job *job, int stream, gr_err *err) {
             return fail_av(err, AVERROR_EXIT, "decoding");
         }
         if (job->pkt->stream_index == stream) {
-            ret = avcodec_send_packet(job->dec, job->pkt);
+            ret = send_copy(job);
             if (ret == AVERROR(ENOMEM)) {
                 av_packet_unref(job->pkt);
                 return fail_av(err, ret, "decoding");
@@ -473,7 +495,9 @@ static int decode_stream(decode_job *job, int stream, gr_err *err) {
  * previous one ended, its bytes are a plain slice of the upload, and the
  * only sample skipping is the encoder delay on the first packet and the
  * padding on the last (LAME/Xing gapless info), which the timeline leaves
- * out exactly as the decoder does. Anything else is decoded sequentially.
+ * out exactly as the decoder does; and an MP3's frames read only the
+ * stream's bytes (mp3frame.h), so that its decoder's state depends on the
+ * last few frames only. Anything else is decoded sequentially.
  *
  * A segment decodes output samples [first, end): it feeds the resampler from
  * a native sample `a` a little before `first`, rounded down to a multiple of
@@ -522,6 +546,7 @@ struct audio_source {
     size_t n_out;           /* timeline length at out_rate; 0 = not exact */
     int is_mp3;
     uint32_t mp3_header;    /* the first packet's mp3_frame_header() */
+    mp3_reservoir reservoir; /* the decoder's, frame by frame (mp3frame.h) */
 };
 
 /* An MPEG audio frame header at p (what the mp3 decoder checks before it
@@ -606,7 +631,9 @@ static int index_packet(audio_source *s, const AVPacket *pkt, int64_t *next_pts,
         memcmp(in->data + pkt->pos, pkt->data, (size_t)pkt->size) != 0)
         return 0;
     uint32_t mp3 = s->is_mp3 ? mp3_frame_header(pkt->data, pkt->size) : 0;
-    if (s->is_mp3 && (mp3 == 0 || (s->n_pkts > 0 && mp3 != s->mp3_header))) return 0;
+    if (s->is_mp3 && (mp3 == 0 || (s->n_pkts > 0 && mp3 != s->mp3_header) ||
+                      !mp3_reservoir_add(&s->reservoir, pkt->data, pkt->size)))
+        return 0;
     if (s->n_pkts == 0) s->mp3_header = mp3;
     if (pkt->pts == AV_NOPTS_VALUE || pkt->duration <= 0 || *end_discard != 0 ||
         av_packet_get_side_data(pkt, AV_PKT_DATA_PARAM_CHANGE, NULL) ||

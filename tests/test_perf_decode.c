@@ -257,6 +257,14 @@ static void test_mp3_low_bitrate_22k_mono(void **state) {
     check_file(*state, "low.mp3", 1);
 }
 
+/* MPEG-2.5 at 8 kbit/s: the other side info layout, and frames of 72 bytes
+ * whose reservoir spans the most frames of all. */
+static void test_mp3_mpeg25_8k_mono(void **state) {
+    char *codec[] = {"-c:a", "libmp3lame", "-b:a", "8k", NULL};
+    make_song(*state, "mpeg25.mp3", "8000", "1", codec);
+    check_file(*state, "mpeg25.mp3", 1);
+}
+
 static void test_wav_and_flac(void **state) {
     char *wav[] = {"-c:a", "pcm_s16le", NULL};
     make_song(*state, "song.wav", "44100", "2", wav);
@@ -377,6 +385,7 @@ int main(void) {
         cmocka_unit_test(test_mp3_cbr_44k_stereo),
         cmocka_unit_test(test_mp3_vbr_48k_with_id3),
         cmocka_unit_test(test_mp3_low_bitrate_22k_mono),
+        cmocka_unit_test(test_mp3_mpeg25_8k_mono),
         cmocka_unit_test(test_wav_and_flac),
         cmocka_unit_test(test_ogg_falls_back),
         cmocka_unit_test(test_damaged_mp3s_give_the_reference),
