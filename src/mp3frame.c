@@ -19,11 +19,14 @@
  * 2.4.3.2 (MPEG-2 and 2.5 scale factors). */
 #include "genred/mp3frame.h"
 
+#include <string.h>
+
 enum {
     HEADER_BYTES = 4,
     /* The decoder keeps at most this many of a frame's own bytes, whatever
      * is left of them: a reservoir never reaches back further (511). */
     BACKSTEP = 512,
+    MAX_SIDE_BYTES = 32, /* MPEG-1 stereo */
 };
 
 /* Layer III bit rates (kbit/s) by index: MPEG-1, then MPEG-2 and 2.5. */
@@ -49,16 +52,18 @@ static const uint8_t NR_OF_SFB[6][3][4] = {
     {{8, 8, 5, 0}, {15, 12, 9, 0}, {6, 18, 9, 0}},
 };
 
-/* A big-endian bit reader over side info the caller has bounds-checked. */
+/* A big-endian bit reader over a copy of the side info with 2 bytes of
+ * zeros after it: reads of up to 16 bits look at 3 bytes. */
 typedef struct bit_reader {
-    const uint8_t *p;
+    uint8_t bytes[MAX_SIDE_BYTES + 2];
     int pos;
 } bit_reader;
 
 static int take(bit_reader *b, int n) {
-    int v = 0;
-    for (int i = 0; i < n; i++, b->pos++)
-        v = v << 1 | (b->p[b->pos >> 3] >> (7 - (b->pos & 7)) & 1);
+    const uint8_t *q = b->bytes + (b->pos >> 3);
+    uint32_t window = (uint32_t)q[0] << 16 | (uint32_t)q[1] << 8 | q[2];
+    int v = (int)(window >> (24 - (b->pos & 7) - n) & ((1u << n) - 1));
+    b->pos += n;
     return v;
 }
 
@@ -130,7 +135,8 @@ int mp3_reservoir_add(mp3_reservoir *r, const uint8_t *frame, int size) {
     int own = bytes - HEADER_BYTES - crc - side;
     if (own < 0) return 0;
 
-    bit_reader b = {frame + HEADER_BYTES + crc, 0};
+    bit_reader b = {.pos = 0};
+    memcpy(b.bytes, frame + HEADER_BYTES + crc, (size_t)side);
     int granules = lsf ? 1 : 2, begin, scfsi[2] = {0, 0};
     if (lsf) {
         begin = take(&b, 8);
