@@ -545,26 +545,9 @@ struct audio_source {
     size_t n_native;        /* timeline length at in_rate */
     size_t n_out;           /* timeline length at out_rate; 0 = not exact */
     int is_mp3;
-    uint32_t mp3_header;    /* the first packet's mp3_frame_header() */
+    uint32_t mp3_header;    /* the first packet's mp3_frame_header() (mp3frame.h) */
     mp3_reservoir reservoir; /* the decoder's, frame by frame (mp3frame.h) */
 };
-
-/* An MPEG audio frame header at p (what the mp3 decoder checks before it
- * decodes a frame): the sync word and no reserved version, layer, bitrate
- * or sample rate. The mp3 demuxer also hands out junk between frames as
- * packets, which the decoder then refuses, dropping their samples from a
- * whole decode: such a stream's timeline is not what its index says. */
-static uint32_t mp3_frame_header(const uint8_t *p, int size) {
-    if (size < 4) return 0;
-    uint32_t h = (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-    if ((h & 0xFFE00000u) != 0xFFE00000u || ((h >> 19) & 3) == 1 || ((h >> 17) & 3) == 0 ||
-        ((h >> 12) & 15) == 15 || ((h >> 10) & 3) == 3)
-        return 0;
-    /* Sync, version, layer, sample rate, and mono or not: the decoder
-     * refuses a frame whose channel count changed. (Stereo and joint stereo
-     * alternate in ordinary files.) */
-    return (h & 0xFFFE0C00u) | (((h >> 6) & 3) == 3 ? 0x40u : 0);
-}
 
 static int64_t gcd64(int64_t a, int64_t b) {
     while (b) {
@@ -630,6 +613,9 @@ static int index_packet(audio_source *s, const AVPacket *pkt, int64_t *next_pts,
         (size_t)pkt->size > in->len - (size_t)pkt->pos ||
         memcmp(in->data + pkt->pos, pkt->data, (size_t)pkt->size) != 0)
         return 0;
+    /* The mp3 demuxer also hands out junk between frames as packets, which
+     * the decoder refuses, dropping their samples from a whole decode: such
+     * a stream's timeline is not what its index says. */
     uint32_t mp3 = s->is_mp3 ? mp3_frame_header(pkt->data, pkt->size) : 0;
     if (s->is_mp3 && (mp3 == 0 || (s->n_pkts > 0 && mp3 != s->mp3_header) ||
                       !mp3_reservoir_add(&s->reservoir, pkt->data, pkt->size)))

@@ -109,15 +109,21 @@ static int mpeg1_part2_bits(int sfc, int block_type, int switch_point, int scfsi
     return bits;
 }
 
-int mp3_reservoir_add(mp3_reservoir *r, const uint8_t *frame, int size) {
+uint32_t mp3_frame_header(const uint8_t *p, int size) {
     if (size < HEADER_BYTES) return 0;
+    uint32_t h = (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+    if ((h & 0xFFE00000u) != 0xFFE00000u || ((h >> 19) & 3) == 1 || ((h >> 17) & 3) == 0 ||
+        ((h >> 12) & 15) == 15 || ((h >> 10) & 3) == 3)
+        return 0;
+    return (h & 0xFFFE0C00u) | (((h >> 6) & 3) == 3 ? 0x40u : 0);
+}
+
+int mp3_reservoir_add(mp3_reservoir *r, const uint8_t *frame, int size) {
+    if (mp3_frame_header(frame, size) == 0) return 0;
     uint32_t h = (uint32_t)frame[0] << 24 | (uint32_t)frame[1] << 16 |
                  (uint32_t)frame[2] << 8 | frame[3];
     int version = h >> 19 & 3, layer = h >> 17 & 3, rate = h >> 10 & 3;
     int kbps_index = h >> 12 & 15;
-    if ((h & 0xFFE00000u) != 0xFFE00000u || version == 1 || layer == 0 || rate == 3 ||
-        kbps_index == 15)
-        return 0;
     r->frames++;
     if (layer != 1) return 1; /* layers I and II: no reservoir */
     /* Free format (index 0) has no frame size in its header; lavc's decoder

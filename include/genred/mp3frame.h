@@ -15,13 +15,23 @@
  *
  * mp3_reservoir_add() follows the decoder's bookkeeping frame by frame from
  * headers and side info alone and tells when a frame leaves those bounds.
- * It does not decode, check CRCs, or look into layers I and II (they have
- * no reservoir: each frame reads only its own bytes).
+ * mp3_frame_header() is the decoder's own first check of a frame.
+ * Neither decodes, checks CRCs, or looks into layers I and II past the
+ * header (they have no reservoir: each frame reads only its own bytes).
  */
 #ifndef GENRED_MP3FRAME_H
 #define GENRED_MP3FRAME_H
 
 #include <stdint.h>
+
+/* The header of the frame at p (size bytes, borrowed) as the mp3 decoder
+ * checks it before decoding: 0 if there is none (no sync word, or a
+ * reserved version, layer, bit rate or sample rate), else the fields a
+ * stream keeps from frame to frame, so that two frames of one stream give
+ * the same value: sync, version, layer, sample rate, and mono or not (the
+ * decoder refuses a frame whose channel count changed; stereo and joint
+ * stereo alternate in ordinary files). */
+uint32_t mp3_frame_header(const uint8_t *p, int size);
 
 /* The decoder's reservoir as it stands before the next frame. Zero it
  * (= {0}) before the stream's first frame. */
