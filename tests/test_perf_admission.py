@@ -54,18 +54,26 @@ def trickle_upload(port, body, pieces, pause_s):
         s.close()
 
 
+def hold_the_slot(port, body, pieces, pause_s):
+    """Starts trickle_upload() on a thread and gives it 0.3 s to be admitted
+    and start uploading. Returns the thread and a dict that gets the
+    upload's "status" and "sent" once it is done."""
+    first = {}
+
+    def holder():
+        first["status"], first["sent"] = trickle_upload(port, body, pieces, pause_s)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    time.sleep(0.3)
+    return t, first
+
+
 def test_waiting_request_is_admitted_after_the_slot_frees(start_daemon, audio):
     body = audio.excerpt_mp3.read_bytes()
     d = start_daemon({"max-active-requests": 1, "idle-timeout-s": 1,
                       "request-timeout-s": 30})
-    first = {}
-
-    def holder():
-        first["status"], first["sent"] = trickle_upload(d.port, body, pieces=8, pause_s=0.3)
-
-    t = threading.Thread(target=holder)
-    t.start()
-    time.sleep(0.3)  # the holder has been admitted and is uploading
+    t, first = hold_the_slot(d.port, body, pieces=8, pause_s=0.3)
     r = requests.post(d.url + CLASSIFY, data=body, headers={"Content-Type": "audio/mpeg"},
                       timeout=60)
     answered = time.monotonic()
@@ -81,14 +89,7 @@ def test_waiting_is_bounded_and_health_checks_never_wait(start_daemon, audio):
     body = audio.excerpt_mp3.read_bytes()
     d = start_daemon({"max-active-requests": 1, "idle-timeout-s": 5,
                       "request-timeout-s": 1})
-    first = {}
-
-    def holder():
-        first["status"], first["sent"] = trickle_upload(d.port, body, pieces=6, pause_s=0.5)
-
-    t = threading.Thread(target=holder)
-    t.start()
-    time.sleep(0.3)
+    t, first = hold_the_slot(d.port, body, pieces=6, pause_s=0.5)
     assert requests.get(d.url + "/healthz", timeout=10).status_code == 200
     assert requests.get(d.url + "/v1/model", timeout=10).status_code == 200
     r = requests.post(d.url + CLASSIFY, data=body, headers={"Content-Type": "audio/mpeg"},
