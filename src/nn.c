@@ -63,6 +63,13 @@ static void finish_plane(float *dst, const float *src, size_t n, float bias,
     case NN_ACT_SIGMOID:
         for (i = 0; i < n; i++) dst[i] = 1.0f / (1.0f + expf(-(src[i] + bias)));
         break;
+    case NN_ACT_HARDSWISH:
+        for (i = 0; i < n; i++) {
+            float v = src[i] + bias, r = v + 3.0f;
+            r = r < 0.0f ? 0.0f : r > 6.0f ? 6.0f : r;
+            dst[i] = v * r * (1.0f / 6.0f);
+        }
+        break;
     }
 }
 
@@ -189,6 +196,49 @@ void nn_conv2d_forward(const nn_conv2d *c, int batch, const float *in,
     }
 }
 
+/* Per output row, the kernel's taps are added one at a time over the whole
+ * row (a plain, or strided, vector loop), the row staying in L1 while its
+ * kh*kw passes run; then bias and activation. Taps that fall into the
+ * padding only shorten a pass's range of columns. */
+void nn_depthwise_forward(const nn_conv2d *c, int batch, const float *in, float *out) {
+    const size_t in_plane = (size_t)c->in_h * c->in_w, out_plane = (size_t)c->out_h * c->out_w;
+    const int ow = c->out_w, sw = c->sw;
+    for (int b = 0; b < batch; b++) {
+        for (int ch = 0; ch < c->out_c; ch++) {
+            const float *src = in + ((size_t)b * c->in_c + ch) * in_plane;
+            float *dst = out + ((size_t)b * c->out_c + ch) * out_plane;
+            const float *k = c->weight + (size_t)ch * c->kh * c->kw;
+            for (int y = 0; y < c->out_h; y++) {
+                float *d = dst + (size_t)y * ow;
+                for (int x = 0; x < ow; x++) d[x] = 0.0f;
+                for (int i = 0; i < c->kh; i++) {
+                    int iy = y * c->sh - c->ph + i;
+                    if (iy < 0 || iy >= c->in_h) continue;
+                    const float *row = src + (size_t)iy * c->in_w;
+                    for (int j = 0; j < c->kw; j++) {
+                        const float w = k[i * c->kw + j];
+                        /* Columns x whose source pixel lies inside the row:
+                         * 0 <= x*sw - pw + j <= in_w - 1. */
+                        int lo = c->pw - j, hi = c->in_w - 1 + c->pw - j;
+                        int x0 = lo <= 0 ? 0 : (lo + sw - 1) / sw;
+                        int x1 = hi < 0 ? 0 : hi / sw + 1;
+                        if (x1 > ow) x1 = ow;
+                        /* Index from the row start: row + (j - pw) could
+                         * point before the array, which C does not allow. */
+                        const int off = j - c->pw;
+                        if (sw == 1)
+                            for (int x = x0; x < x1; x++) d[x] += w * row[x + off];
+                        else
+                            for (int x = x0; x < x1; x++) d[x] += w * row[x * sw + off];
+                    }
+                }
+                finish_plane(d, d, (size_t)ow, c->bias ? c->bias[ch] : 0.0f, c->act,
+                             c->alpha);
+            }
+        }
+    }
+}
+
 void nn_dense_forward(const nn_dense *d, int batch, const float *in,
                       float *out) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, batch, d->out, d->in,
@@ -294,4 +344,29 @@ void nn_softmax(float *x, int rows, int cols) {
         float inv = (float)(1.0 / sum);
         for (int j = 0; j < cols; j++) row[j] *= inv;
     }
+}
+
+size_t nn_squeeze_excite_scratch_floats(const nn_squeeze_excite *s, int batch) {
+    return (size_t)batch * (2 * (size_t)s->channels + (size_t)s->squeeze);
+}
+
+void nn_squeeze_excite_forward(const nn_squeeze_excite *s, int batch, const float *in,
+                               float *out, float *scratch) {
+    const int c = s->channels;
+    float *mean = scratch, *hidden = mean + (size_t)batch * c;
+    float *gate = hidden + (size_t)batch * s->squeeze;
+    nn_global_avgpool(in, batch * c, s->plane, mean);
+    nn_dense fc1 = {c, s->squeeze, s->w1, s->b1, NN_ACT_RELU, 0.0f};
+    nn_dense fc2 = {s->squeeze, c, s->w2, s->b2, NN_ACT_SIGMOID, 0.0f};
+    nn_dense_forward(&fc1, batch, mean, hidden);
+    nn_dense_forward(&fc2, batch, hidden, gate);
+    for (size_t p = 0; p < (size_t)batch * c; p++) {
+        const float g = gate[p], *x = in + p * s->plane;
+        float *y = out + p * s->plane;
+        for (size_t i = 0; i < s->plane; i++) y[i] = x[i] * g;
+    }
+}
+
+void nn_add(const float *a, const float *b, size_t n, float *out) {
+    for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
 }
