@@ -211,8 +211,8 @@ static int cmd_stages(int argc, char **argv) {
     features f;
     if (features_compute(fz, &fo, data, len, &f, &err) != 0) die("features", &err);
     const size_t n_chunks = f.n_chunks, in_floats = model_input_floats(m);
-    float *probs = malloc(n_chunks * (size_t)model_genre_count(m) * sizeof *probs);
-    float *one_out = malloc((size_t)max_batch * (size_t)model_genre_count(m) * sizeof *one_out);
+    float *probs = malloc(n_chunks * model_output_floats(m) * sizeof *probs);
+    float *one_out = malloc((size_t)max_batch * model_output_floats(m) * sizeof *one_out);
     if (!probs || !one_out) die("out of memory", NULL);
 
     /* The window the trim rule keeps, as features_compute() computes it. */

@@ -286,13 +286,14 @@ static json_t *build_answer(const generation *gen, const float *probs, size_t n_
     double start_s = an->start_s;
     const model *m = gen->model;
     int g = model_genre_count(m);
+    size_t row = model_output_floats(m);
     double chunk_s =
         (double)featurizer_chunk_samples(gen->fz) / featurizer_sample_rate(gen->fz);
     genre_score *sc = calloc((size_t)g, sizeof *sc);
     if (!sc) return NULL;
     for (int i = 0; i < g; i++) sc[i].index = i;
     for (size_t c = 0; c < n_chunks; c++) {
-        const float *p = probs + c * (size_t)g;
+        const float *p = probs + c * row;
         sc[argmax(p, g)].votes++;
         for (int i = 0; i < g; i++) sc[i].mean_prob += p[i];
     }
@@ -332,7 +333,7 @@ static json_t *build_answer(const generation *gen, const float *probs, size_t n_
         json_t *segs = json_array();
         ok = segs && json_object_set_new(ans, "segments", segs) == 0;
         for (size_t c = 0; ok && c < n_chunks; c++) {
-            const float *p = probs + c * (size_t)g;
+            const float *p = probs + c * row;
             json_t *seg = json_object(), *pr = json_object();
             ok = seg && pr;
             for (int i = 0; ok && i < g; i++) SET(pr, model_genre(m, i), json_real(p[i]));
@@ -464,7 +465,7 @@ static json_t *classify_on(engine *e, const generation *g, const void *data, siz
         return NULL;
     }
     size_t n = an.n_chunks;
-    float *probs = malloc(n * (size_t)model_genre_count(g->model) * sizeof(float));
+    float *probs = malloc(n * model_output_floats(g->model) * sizeof(float));
     if (!probs) {
         features_free(&an);
         gr_fail(err, GR_EINTERNAL, "out of memory for %zu chunk results", n);

@@ -133,7 +133,7 @@ typedef struct stream_job {
 } stream_job;
 
 /* Samples [*lo, *hi) of the window that block b needs: from n_fft/2 before
- * its first frame's centre to n_fft/2 after its last, then SEAM more for the
+ * its first frame's centre to mel_frame_reach() after its last, then SEAM more for the
  * check against the next block's start. */
 static void block_range(const stream_job *j, size_t b, size_t *lo, size_t *hi) {
     const mel_params *p = &j->fz->p.mel;
@@ -141,7 +141,7 @@ static void block_range(const stream_job *j, size_t b, size_t *lo, size_t *hi) {
     size_t c0 = b * BLOCK_CHUNKS;
     size_t c1 = c0 + BLOCK_CHUNKS < j->n_chunks ? c0 + BLOCK_CHUNKS : j->n_chunks;
     size_t last_centre = (c1 - 1) * L + (size_t)(p->chunk_frames - 1) * (size_t)p->hop_length;
-    size_t reach = last_centre + ((size_t)p->n_fft - pad), next_lo = c1 * L - pad;
+    size_t reach = last_centre + mel_frame_reach(j->fz->mel), next_lo = c1 * L - pad;
     *lo = c0 * L > pad ? c0 * L - pad : 0;
     *hi = (reach > next_lo ? reach : next_lo) + SEAM;
     if (*hi > j->win) *hi = j->win;

@@ -1,4 +1,4 @@
-/* model.h - the CNN: load a .gmodel file, run batches of chunks through it.
+/* model.h - the network: load a .gmodel file, run batches of chunks through it.
  *
  * A model file is self-describing (docs/model-format.md): genre labels,
  * feature parameters, layer list, float32 weights, training metadata, with a
@@ -7,6 +7,12 @@
  * per genre) and refuses a bad file with a message naming the problem.
  * Batch-norm layers that follow a conv2d or dense layer are folded into its
  * weights at load time; dropout is dropped.
+ *
+ * The layers form a graph in file order: a layer reads the previous layer's
+ * output or a named earlier one, and add/concat join several. Besides the
+ * genre probabilities, a model may export an embedding (the song's "sounds
+ * like" vector), curated tag probabilities and the classes of a music
+ * verdict; model_forward() writes them all in one row per item.
  *
  * A loaded model is immutable and may be shared by any number of threads.
  * Everything that changes during inference lives in a model_workspace, one per
@@ -45,6 +51,34 @@ const feature_params *model_features(const model *m);
 /* Floats per input item (C*H*W, e.g. 1*128*128 for log-mel, 1*1*500 for a
  * waveform envelope). */
 size_t model_input_floats(const model *m);
+
+/* Floats per item that model_forward() writes: the model_genre_count()
+ * genre probabilities first, then the exported values, which the accessors
+ * below locate in the row. */
+size_t model_output_floats(const model *m);
+
+/* The embedding's width, with *offset its place in the row; 0 when the
+ * model exports none. */
+size_t model_embedding(const model *m, size_t *offset);
+
+typedef struct model_tag {
+    const char *label;   /* e.g. "Electric guitar" */
+    const char *group;   /* e.g. "instrument", "vocal", "mood" */
+    size_t offset;       /* of its probability in the row */
+} model_tag;
+
+/* The curated tags (*tags points into m, which owns them); 0 when none. */
+int model_tags(const model *m, const model_tag **tags);
+
+/* A chunk is music when the largest probability among `music` is at least
+ * the largest among `other` (e.g. Speech, Silence). Offsets in the row. */
+typedef struct model_music {
+    const size_t *music, *other;
+    int n_music, n_other;
+} model_music;
+
+/* NULL when the model gives no music verdict; else a view into m. */
+const model_music *model_music_classes(const model *m);
 /* Multiply-accumulates per input item, and the parameter count. */
 double model_macs(const model *m);
 size_t model_param_count(const model *m);
@@ -61,9 +95,10 @@ model_workspace *model_workspace_create(const model *m, int max_batch,
 void model_workspace_free(model_workspace *ws);
 
 /* Runs batch (<= ws's max_batch) items: in holds batch * model_input_floats()
- * floats, out receives batch * model_genre_count() probabilities (the model's
- * final activation, softmax or sigmoid). Never allocates. Returns 0, or -1
- * if batch is out of range. */
+ * floats, out receives batch rows of model_output_floats(): the genre
+ * probabilities (the last layer's output, softmax or sigmoid) and the
+ * exported values. Never allocates. Returns 0, or -1 if batch is out of
+ * range. */
 int model_forward(const model *m, model_workspace *ws, const float *in,
                   int batch, float *out);
 
