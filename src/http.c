@@ -336,7 +336,8 @@ static enum MHD_Result handle_classify(server *s, struct MHD_Connection *c, requ
     gr_err err = {0};
     if (query_flag(c, "trim", 1, &o.trim, &err) != 0 ||
         query_flag(c, "segments", 0, &o.segments, &err) != 0 ||
-        query_flag(c, "mel", 0, &o.mel, &err) != 0)
+        query_flag(c, "mel", 0, &o.mel, &err) != 0 ||
+        query_flag(c, "embedding", 0, &o.embedding, &err) != 0)
         return respond_error(c, r, &err);
 
     json_t *ans = engine_classify(s->engine, r->buf, r->len, &o, &err);

@@ -1,7 +1,8 @@
 /* main.c - the genred binary: serve, classify, features.
  *
  *   genred serve [--config FILE] [--KEY VALUE ...]
- *   genred classify [--config FILE] [--trim 0|1] [--segments 0|1] FILE...
+ *   genred classify [--config FILE] [--trim 0|1] [--segments 0|1]
+ *                   [--embedding 0|1] FILE...
  *   genred features [--config FILE] [--trim 0|1] [--params FILE]
  *                   [--chunk-hop SECONDS] FILE -o OUT.npy
  *   genred --check-config FILE
@@ -59,6 +60,8 @@ static void usage(FILE *f) {
             "  --config FILE      conf file (default: $GENRED_CONFIG, else built-in defaults)\n"
             "  --trim 0|1         classify/features: apply the trim rule (default 1)\n"
             "  --segments 0|1     classify: add the per-chunk timeline (default 0)\n"
+            "  --embedding 0|1    classify: add the song's embedding, with a model that has\n"
+            "                     one (default 0)\n"
             "  --params FILE      features: feature parameters (JSON) instead of the model's\n"
             "  --chunk-hop S      features: start a chunk every S seconds (default: one\n"
             "                     chunk length, as the daemon does); for training data\n"
@@ -72,7 +75,7 @@ typedef struct cli {
     const char *out_path;
     const char *params_path;
     double chunk_hop_s;   /* features only; 0 = back-to-back chunks */
-    int trim, segments;
+    int trim, segments, embedding;
     int nfiles;
     char **files;
 } cli;
@@ -157,6 +160,8 @@ static int load_settings(int argc, char **argv, config *cfg, cli *o) {
             if (parse_flag01("--trim", value, &o->trim) != 0) return -1;
         } else if (strcmp(key, "segments") == 0) {
             if (parse_flag01("--segments", value, &o->segments) != 0) return -1;
+        } else if (strcmp(key, "embedding") == 0) {
+            if (parse_flag01("--embedding", value, &o->embedding) != 0) return -1;
         } else if (config_set(cfg, key, value, &err) != 0) {
             goto bad;
         }
@@ -236,7 +241,8 @@ static int cmd_classify(engine *e, const config *cfg, const cli *o) {
         unsigned char *data = load_input(o->files[i], cfg, &len, &err);
         json_t *ans = NULL;
         if (data) {
-            classify_opts co = {.trim = o->trim, .segments = o->segments};
+            classify_opts co = {.trim = o->trim, .segments = o->segments,
+                                .embedding = o->embedding};
             ans = engine_classify(e, data, len, &co, &err);
             free(data);
         }

@@ -112,6 +112,7 @@ struct model {
     model_tag *tags;            /* owned, n_tags; labels in tag_text */
     char *tag_text;             /* owned */
     int n_tags;
+    double tags_floor;
     model_music music;          /* n_music == 0: no verdict */
     size_t *music_offsets;      /* owned: music then other */
     double macs;
@@ -787,7 +788,7 @@ static int layer_join(walker *W, json_t *L, const char *type, const char *ctx) {
         return FAIL("%s: 'inputs' must be an array of 2 to %d value names", ctx,
                     MAX_OP_INPUTS);
     int add = strcmp(type, "add") == 0, n = (int)json_array_size(in);
-    const named *v[MAX_OP_INPUTS];
+    const named *v[MAX_OP_INPUTS] = {NULL};
     unsigned long long total = 0;
     for (int i = 0; i < n; i++) {
         if (field_name(W, json_array_get(in, (size_t)i), &v[i], ctx) < 0) return -1;
@@ -1017,7 +1018,7 @@ static int parse_music(walker *W, const json_t *o) {
 
 /* "tags": {"value": V, "classes": [{"index", "label", "group"}, ...]}. */
 static int parse_tags(walker *W, const json_t *o) {
-    static const char *const keys[] = {"value", "classes", NULL};
+    static const char *const keys[] = {"value", "classes", "min_probability", NULL};
     static const char *const ckeys[] = {"index", "label", "group", NULL};
     gr_err *err = W->err;
     model *m = W->m;
@@ -1028,6 +1029,10 @@ static int parse_tags(walker *W, const json_t *o) {
     if (check_keys(o, keys, ctx, err) < 0 ||
         output_value(W, json_object_get(o, "value"), ctx, &off, &width) < 0)
         return -1;
+    if (json_object_get(o, "min_probability") &&
+        (field_number(o, "min_probability", &m->tags_floor, ctx, err) < 0 ||
+         !(m->tags_floor >= 0 && m->tags_floor <= 1)))
+        return FAIL("%s: 'min_probability' must be a number in [0, 1]", ctx);
     const json_t *classes = json_object_get(o, "classes");
     if (!json_is_array(classes) || json_array_size(classes) < 1 ||
         json_array_size(classes) > MAX_TAGS)
@@ -1403,6 +1408,8 @@ int model_tags(const model *m, const model_tag **tags) {
     *tags = m->tags;
     return m->n_tags;
 }
+
+double model_tags_floor(const model *m) { return m->tags_floor; }
 
 const model_music *model_music_classes(const model *m) {
     return m->music.n_music > 0 ? &m->music : NULL;

@@ -207,7 +207,7 @@ static const char *graph_header =
     " {\"type\": \"dense\", \"out_features\": 3, \"weight\": " T(10, 3, 6) ", \"bias\": " T(430, 3) "},"
     " {\"type\": \"softmax\"}],"
     " \"outputs\": {\"embedding\": \"embedding\","
-    "  \"tags\": {\"value\": \"tags\", \"classes\": [{\"index\": 1, \"label\": \"Guitar\","
+    "  \"tags\": {\"value\": \"tags\", \"min_probability\": 0.25, \"classes\": [{\"index\": 1, \"label\": \"Guitar\","
     "   \"group\": \"instrument\"}, {\"index\": 0, \"label\": \"Happy music\", \"group\": \"mood\"}]},"
     "  \"music\": {\"value\": \"tags\", \"music\": [0], \"not_music\": [1]}},"
     " \"data\": {\"floats\": 437}, \"training\": {}}";
@@ -647,6 +647,7 @@ static void test_graph(void **state) {
     assert_string_equal(tags[1].group, "mood");
     assert_int_equal(tags[0].offset, 3 + 4 + 1);
     assert_int_equal(tags[1].offset, 3 + 4 + 0);
+    assert_true(model_tags_floor(m) == 0.25);
     const model_music *mu = model_music_classes(m);
     assert_non_null(mu);
     assert_int_equal(mu->n_music, 1);
@@ -718,6 +719,8 @@ static void test_bad_graphs(void **state) {
         {"outputs/tags/classes/0/group", NULL, "missing 'group'"},
         {"outputs/tags/classes", "[]", "1 to 1024 tags"},
         {"outputs/tags/colour", "1", "unknown field 'colour'"},
+        {"outputs/tags/min_probability", "1.5", "'min_probability' must be a number in [0, 1]"},
+        {"outputs/tags/min_probability", "\"high\"", "'min_probability' must be a"},
         {"outputs/music/music", "[2]", "class indices must be integers in [0, 2)"},
         {"outputs/music/not_music", "[]", "'not_music' must be an array"},
         {"outputs/extra", "1", "outputs: unknown field 'extra'"},

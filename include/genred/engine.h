@@ -32,6 +32,8 @@ typedef struct classify_opts {
                     * (at most 64 bands x 600 columns, uint8, base64), for
                     * drawing; see openapi.yaml MelPicture. Absent when the
                     * model's input is not log-mel (a waveform model). */
+    int embedding; /* 1: add "embedding", the mean of the chunks' embeddings,
+                    * when the model exports one */
 } classify_opts;
 
 /* Loads cfg->model, builds mel plans and starts the batcher. cfg is copied.
@@ -63,7 +65,10 @@ json_t *engine_describe_model(engine *e);
 char *engine_render_metrics(engine *e);
 
 /* Classifies data[0..len) (borrowed). Returns the API's answer as a new JSON
- * object owned by the caller, or NULL with err set. Fails with GR_EDEADLINE
+ * object owned by the caller, or NULL with err set. A model that gives a
+ * music verdict (model_music_classes()) also gets "music" in the answer;
+ * its genre shares then count only the chunks that are music, and "top" is
+ * null for audio that is not music. A model with tags gets "tags". Fails with GR_EDEADLINE
  * when cfg->request_timeout_s (counted from the call) passes first, and
  * GR_EBUSY when the queue is full or the engine is cancelled. Thread-safe. */
 json_t *engine_classify(engine *e, const void *data, size_t len,

@@ -69,6 +69,9 @@ typedef struct model_tag {
 
 /* The curated tags (*tags points into m, which owns them); 0 when none. */
 int model_tags(const model *m, const model_tag **tags);
+/* The probability below which a song's tag means nothing, for this model's
+ * calibration (the file's tags.min_probability; 0 when not given). */
+double model_tags_floor(const model *m);
 
 /* A chunk is music when the largest probability among `music` is at least
  * the largest among `other` (e.g. Speech, Silence). Offsets in the row. */
