@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "genred/nn.h"
 
@@ -125,6 +126,7 @@ struct model_workspace {
     int max_batch;
     float **buf;                /* owned, n_buffers activations of max_batch items */
     float *scratch;             /* owned; NULL if no op needs it */
+    double *profile;            /* borrowed, per op; NULL: not profiling */
 };
 
 /* ---- container ---------------------------------------------------------- */
@@ -558,6 +560,11 @@ static int layer_conv2d(walker *W, json_t *L, const char *ctx) {
     if (cols > MAX_COLUMN_FLOATS)
         return FAIL("%s: im2col needs %llu floats per item (limit %llu)", ctx,
                     cols, MAX_COLUMN_FLOATS);
+    nn_conv2d geometry = {in.c, in.h, in.w, oc, oh, ow, k[0], k[1], s[0], s[1], p[0], p[1],
+                          NULL, NULL, NN_ACT_NONE, 0.0f};
+    if (depthwise && !nn_depthwise_supported(&geometry))
+        return FAIL("%s: a depthwise kernel must be at most %dx%d with equal strides of 1 or 2",
+                    ctx, NN_DW_MAX_KERNEL, NN_DW_MAX_KERNEL);
     W->cur = (shape){oc, oh, ow, 0};
     if (check_item_size(W, ctx) < 0) return -1;
     long long wdims[4] = {oc, in.c / groups, k[0], k[1]}, bdims[1] = {oc};
@@ -572,8 +579,9 @@ static int layer_conv2d(walker *W, json_t *L, const char *ctx) {
     o->b = calloc((size_t)oc, sizeof *o->b);   /* zeros when absent: BN folds here */
     if (!o->w || !o->b) return FAIL("out of memory");
     if (bias) memcpy(o->b, bias, (size_t)oc * sizeof *o->b);
-    o->conv = (nn_conv2d){in.c, in.h, in.w, oc, oh, ow, k[0], k[1], s[0], s[1],
-                          p[0], p[1], o->w, o->b, NN_ACT_NONE, 0.0f};
+    o->conv = geometry;
+    o->conv.weight = o->w;
+    o->conv.bias = o->b;
     W->merge = W->m->n_ops - 1;
     double macs = (double)nw * oh * ow;
     return describe_layer(W, "conv2d", nw + (bias ? (size_t)oc : 0), macs,
@@ -1432,6 +1440,8 @@ model_workspace *model_workspace_create(const model *m, int max_batch,
             size_t one = nn_conv2d_scratch_floats(&o->conv, 1);
             size_t all = nn_conv2d_scratch_floats(&o->conv, max_batch);
             need = one > all ? one : all;
+        } else if (o->kind == OP_DEPTHWISE) {
+            need = nn_depthwise_scratch_floats(&o->conv);
         } else if (o->kind == OP_SQUEEZE_EXCITE) {
             need = nn_squeeze_excite_scratch_floats(&o->se, max_batch);
         }
@@ -1476,6 +1486,37 @@ void model_workspace_free(model_workspace *ws) {
     free(ws);
 }
 
+static double thread_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+int model_op_count(const model *m) { return m->n_ops; }
+
+void model_workspace_profile(model_workspace *ws, double *seconds) { ws->profile = seconds; }
+
+void model_op_label(const model *m, int i, char *buf, size_t size) {
+    static const char *const kinds[] = {
+        [OP_CONV2D] = "conv2d", [OP_DEPTHWISE] = "depthwise", [OP_DENSE] = "dense",
+        [OP_AFFINE] = "affine", [OP_ACTIVATION] = "activation", [OP_MAXPOOL] = "maxpool",
+        [OP_AVGPOOL] = "avgpool", [OP_GLOBAL_AVGPOOL] = "global_avgpool",
+        [OP_GLOBAL_MAXPOOL] = "global_maxpool", [OP_SOFTMAX] = "softmax",
+        [OP_SQUEEZE_EXCITE] = "squeeze_excite", [OP_ADD] = "add", [OP_CONCAT] = "concat"};
+    if (i < 0 || i >= m->n_ops) {
+        snprintf(buf, size, "?");
+        return;
+    }
+    const op *o = &m->ops[i];
+    if (o->kind == OP_CONV2D || o->kind == OP_DEPTHWISE)
+        snprintf(buf, size, "%s %dx%d/%d %d->%d ch %dx%d -> %dx%d", kinds[o->kind], o->conv.kh,
+                 o->conv.kw, o->conv.sh, o->conv.in_c, o->conv.out_c, o->conv.in_h,
+                 o->conv.in_w, o->conv.out_h, o->conv.out_w);
+    else
+        snprintf(buf, size, "%s %dx%dx%d -> %dx%dx%d", kinds[o->kind], o->in.c, o->in.h,
+                 o->in.w, o->out.c, o->out.h, o->out.w);
+}
+
 /* Where value v lives for this call. */
 static float *value_at(const model_workspace *ws, const float *in, int v) {
     int b = ws->m->values[v].buffer;
@@ -1490,6 +1531,7 @@ int model_forward(const model *m, model_workspace *ws, const float *in,
         const op *o = &m->ops[i];
         const float *src = value_at(ws, in, o->src[0]);
         float *dst = value_at(ws, in, i + 1);
+        double t0 = ws->profile ? thread_seconds() : 0.0;
         int planes = batch * o->in.c;
         size_t out_n = (size_t)batch * (size_t)shape_floats(o->out);
         switch (o->kind) {
@@ -1497,7 +1539,7 @@ int model_forward(const model *m, model_workspace *ws, const float *in,
             nn_conv2d_forward(&o->conv, batch, src, dst, ws->scratch);
             break;
         case OP_DEPTHWISE:
-            nn_depthwise_forward(&o->conv, batch, src, dst);
+            nn_depthwise_forward(&o->conv, batch, src, dst, ws->scratch);
             break;
         case OP_DENSE:
             nn_dense_forward(&o->dense, batch, src, dst);
@@ -1546,6 +1588,7 @@ int model_forward(const model *m, model_workspace *ws, const float *in,
                 nn_softmax(dst, batch, o->out.c);
             break;
         }
+        if (ws->profile) ws->profile[i] += thread_seconds() - t0;
     }
     /* Each item's row: the genres, then every exported value. */
     const float *result = value_at(ws, in, m->result);

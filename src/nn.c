@@ -30,6 +30,16 @@
 #define NN_BATCHED_MAX_PLANE 64
 #endif
 
+
+/* The hot loops of layers that OpenBLAS does not run, compiled for each x86-64
+ * level and chosen by the CPU when the program loads (an ifunc): a portable
+ * binary that still uses AVX-512 or AVX2 + FMA where they exist. */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define NN_HOT __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define NN_HOT
+#endif
+
 int nn_window_out(int in, int kernel, int stride, int pad) {
     if (in < 1 || kernel < 1 || stride < 1 || pad < 0) return 0;
     long long span = (long long)in + 2LL * pad - kernel;
@@ -38,7 +48,7 @@ int nn_window_out(int in, int kernel, int stride, int pad) {
 }
 
 /* dst[i] = act(src[i] + bias) for one output plane; dst may equal src. */
-static void finish_plane(float *dst, const float *src, size_t n, float bias,
+NN_HOT static void finish_plane(float *dst, const float *src, size_t n, float bias,
                          nn_activation act, float alpha) {
     size_t i;
     switch (act) {
@@ -196,45 +206,115 @@ void nn_conv2d_forward(const nn_conv2d *c, int batch, const float *in,
     }
 }
 
-/* Per output row, the kernel's taps are added one at a time over the whole
- * row (a plain, or strided, vector loop), the row staying in L1 while its
- * kh*kw passes run; then bias and activation. Taps that fall into the
- * padding only shorten a pass's range of columns. */
-void nn_depthwise_forward(const nn_conv2d *c, int batch, const float *in, float *out) {
+/* Depthwise convolution, one channel plane at a time, as one long 1-D loop:
+ *
+ * 1. The plane is copied into scratch with its zero padding around it, so
+ *    that no tap needs a bounds check. For stride 2 it is split by the parity
+ *    of rows and columns into four phase planes; output (y, x) of tap (i, j)
+ *    then reads phase (i & 1, j & 1) at row y + i/2, column x + j/2.
+ * 2. Flattened, with phase rows W floats apart, output y*W + x of tap (i, j)
+ *    reads its phase plane at y*W + x + (i/s)*W + j/s: every tap is a fixed
+ *    offset, and the whole plane is one loop over y*W + x, NN_DW_BLOCK
+ *    outputs at a time with their sums in registers (W - out_w columns per
+ *    row are computed for nothing and dropped), instead of a short loop per
+ *    output row (10 to 150 columns here) with its set-up each time.
+ * 3. The valid columns are copied out with bias and activation.
+ *
+ * docs/performance.md has the measurements. NN_HOT compiles it for
+ * AVX-512, AVX2 + FMA and baseline x86-64, picked when the program loads. */
+#define NN_DW_BLOCK 16
+#define NN_DW_MAX_TAPS (NN_DW_MAX_KERNEL * NN_DW_MAX_KERNEL)
+
+typedef float nn_vec __attribute__((vector_size(NN_DW_BLOCK * sizeof(float))));
+
+typedef struct dw_layout {
+    int phases;        /* 1 (stride 1) or 4 (stride 2) */
+    int w, h;          /* of one phase plane */
+    size_t plane;      /* floats of one phase plane, with slack for the last block */
+    size_t sums;       /* floats of the flattened output, with slack */
+} dw_layout;
+
+static dw_layout dw_layout_of(const nn_conv2d *c) {
+    dw_layout l;
+    int s = c->sw, wp = c->in_w + 2 * c->pw, hp = c->in_h + 2 * c->ph;
+    l.phases = s * s;
+    l.w = (wp + s - 1) / s;
+    l.h = (hp + s - 1) / s;
+    /* The last block of the loop reads up to NN_DW_BLOCK floats past the
+     * last output of a plane at the largest tap offset: keep them inside. */
+    l.plane = (size_t)l.h * l.w + NN_DW_BLOCK;
+    l.sums = (size_t)c->out_h * l.w + NN_DW_BLOCK;
+    return l;
+}
+
+int nn_depthwise_supported(const nn_conv2d *c) {
+    return c->kh <= NN_DW_MAX_KERNEL && c->kw <= NN_DW_MAX_KERNEL && c->sh == c->sw &&
+           (c->sw == 1 || c->sw == 2) && c->in_c == c->out_c;
+}
+
+size_t nn_depthwise_scratch_floats(const nn_conv2d *c) {
+    dw_layout l = dw_layout_of(c);
+    return (size_t)l.phases * l.plane + l.sums;
+}
+
+/* The padded plane, split into phases (zeros where the padding is). */
+static void dw_phases(const nn_conv2d *c, const dw_layout *l, const float *plane, float *ph) {
+    const int s = c->sw;
+    memset(ph, 0, sizeof *ph * (size_t)l->phases * l->plane);
+    for (int y = 0; y < c->in_h; y++) {
+        const float *src = plane + (size_t)y * c->in_w;
+        int py = y + c->ph;
+        if (s == 1) {
+            memcpy(ph + (size_t)py * l->w + c->pw, src, sizeof *ph * (size_t)c->in_w);
+            continue;
+        }
+        /* Source column x lands in phase column (x + pw) & 1, at (x + pw) / 2:
+         * two strided copies, which compilers vectorise. */
+        for (int px = 0; px < 2; px++) {
+            float *row = ph + (size_t)((py & 1) * 2 + px) * l->plane + (size_t)(py >> 1) * l->w;
+            int x0 = ((px - c->pw) % 2 + 2) % 2;   /* first x with (x + pw) & 1 == px */
+            float *d = row + (x0 + c->pw) / 2;
+            for (int k = 0; x0 + 2 * k < c->in_w; k++) d[k] = src[x0 + 2 * k];
+        }
+    }
+}
+
+/* sums[q] = sum over taps t of w[t] * src[t][q], q in [0, n) rounded up to
+ * whole blocks. */
+NN_HOT static void dw_sums(float *sums, size_t n, const float *const *src, const float *w,
+                           int taps) {
+    for (size_t q = 0; q < n; q += NN_DW_BLOCK) {
+        nn_vec acc = {0};
+        for (int t = 0; t < taps; t++) {
+            nn_vec v;
+            memcpy(&v, src[t] + q, sizeof v);
+            acc += w[t] * v;
+        }
+        memcpy(sums + q, &acc, sizeof acc);
+    }
+}
+
+void nn_depthwise_forward(const nn_conv2d *c, int batch, const float *in, float *out,
+                          float *scratch) {
+    const dw_layout l = dw_layout_of(c);
     const size_t in_plane = (size_t)c->in_h * c->in_w, out_plane = (size_t)c->out_h * c->out_w;
-    const int ow = c->out_w, sw = c->sw;
+    const int s = c->sw, taps = c->kh * c->kw;
+    float *ph = scratch, *sums = scratch + (size_t)l.phases * l.plane;
+    const float *src[NN_DW_MAX_TAPS];
+    for (int i = 0; i < c->kh; i++)
+        for (int j = 0; j < c->kw; j++)
+            src[i * c->kw + j] = ph + (size_t)((i % s) * s + j % s) * l.plane +
+                                 (size_t)(i / s) * l.w + (size_t)(j / s);
+    const size_t n = (size_t)c->out_h * l.w;
     for (int b = 0; b < batch; b++) {
         for (int ch = 0; ch < c->out_c; ch++) {
-            const float *src = in + ((size_t)b * c->in_c + ch) * in_plane;
             float *dst = out + ((size_t)b * c->out_c + ch) * out_plane;
-            const float *k = c->weight + (size_t)ch * c->kh * c->kw;
-            for (int y = 0; y < c->out_h; y++) {
-                float *d = dst + (size_t)y * ow;
-                for (int x = 0; x < ow; x++) d[x] = 0.0f;
-                for (int i = 0; i < c->kh; i++) {
-                    int iy = y * c->sh - c->ph + i;
-                    if (iy < 0 || iy >= c->in_h) continue;
-                    const float *row = src + (size_t)iy * c->in_w;
-                    for (int j = 0; j < c->kw; j++) {
-                        const float w = k[i * c->kw + j];
-                        /* Columns x whose source pixel lies inside the row:
-                         * 0 <= x*sw - pw + j <= in_w - 1. */
-                        int lo = c->pw - j, hi = c->in_w - 1 + c->pw - j;
-                        int x0 = lo <= 0 ? 0 : (lo + sw - 1) / sw;
-                        int x1 = hi < 0 ? 0 : hi / sw + 1;
-                        if (x1 > ow) x1 = ow;
-                        /* Index from the row start: row + (j - pw) could
-                         * point before the array, which C does not allow. */
-                        const int off = j - c->pw;
-                        if (sw == 1)
-                            for (int x = x0; x < x1; x++) d[x] += w * row[x + off];
-                        else
-                            for (int x = x0; x < x1; x++) d[x] += w * row[x * sw + off];
-                    }
-                }
-                finish_plane(d, d, (size_t)ow, c->bias ? c->bias[ch] : 0.0f, c->act,
-                             c->alpha);
-            }
+            dw_phases(c, &l, in + ((size_t)b * c->in_c + ch) * in_plane, ph);
+            dw_sums(sums, n, src, c->weight + (size_t)ch * taps, taps);
+            float bias = c->bias ? c->bias[ch] : 0.0f;
+            for (int y = 0; y < c->out_h; y++)
+                finish_plane(dst + (size_t)y * c->out_w, sums + (size_t)y * l.w,
+                             (size_t)c->out_w, bias, c->act, c->alpha);
         }
     }
 }

@@ -156,11 +156,18 @@ static void check_depthwise(const conv_case *t) {
     float *bias = t->with_bias ? rand_array((size_t)t->out_c, -1, 1) : NULL;
     nn_conv2d c = {t->in_c, t->in_h, t->in_w, t->out_c, oh, ow, t->kh, t->kw,
                    t->sh, t->sw, t->ph, t->pw, w, bias, t->act, 0.7f};
+    assert_true(nn_depthwise_supported(&c));
+    size_t n_scratch = nn_depthwise_scratch_floats(&c);
     float *out = malloc((n_out + 16) * sizeof *out);
+    float *scratch = malloc((n_scratch + 16) * sizeof *scratch);
     assert_non_null(out);
-    for (int i = 0; i < 16; i++) out[n_out + i] = 12345.0f;
-    nn_depthwise_forward(&c, t->batch, in, out);
-    for (int i = 0; i < 16; i++) assert_true(out[n_out + i] == 12345.0f);
+    assert_non_null(scratch);
+    for (int i = 0; i < 16; i++) out[n_out + i] = scratch[n_scratch + i] = 12345.0f;
+    nn_depthwise_forward(&c, t->batch, in, out, scratch);
+    for (int i = 0; i < 16; i++) {
+        assert_true(out[n_out + i] == 12345.0f);
+        assert_true(scratch[n_scratch + i] == 12345.0f);
+    }
     for (int b = 0; b < t->batch; b++)
         for (int o = 0; o < t->out_c; o++)
             for (int y = 0; y < oh; y++)
@@ -182,6 +189,7 @@ static void check_depthwise(const conv_case *t) {
     free(w);
     free(bias);
     free(out);
+    free(scratch);
 }
 
 static void test_depthwise(void **state) {
@@ -193,10 +201,20 @@ static void test_depthwise(void **state) {
         {1, 2, 6, 5, 2, 3, 3, 2, 2, 1, 1, NN_ACT_NONE, 0},          /* odd sizes /2 */
         {2, 5, 4, 4, 5, 5, 5, 1, 1, 2, 2, NN_ACT_ELU, 1},            /* window > plane */
         {1, 2, 3, 1, 2, 3, 3, 1, 1, 1, 1, NN_ACT_NONE, 1},          /* width 1 */
-        {1, 3, 9, 11, 3, 2, 3, 3, 2, 0, 4, NN_ACT_SIGMOID, 1},      /* pad > kernel */
+        {1, 3, 9, 11, 3, 2, 3, 2, 2, 0, 4, NN_ACT_SIGMOID, 1},      /* pad > kernel */
         {2, 8, 64, 150, 8, 3, 3, 2, 2, 1, 1, NN_ACT_RELU, 1},       /* a backbone plane */
+        {1, 4, 19, 37, 4, 5, 5, 2, 2, 2, 2, NN_ACT_NONE, 1},        /* odd plane, /2 */
+        {1, 2, 33, 40, 2, 7, 7, 1, 1, 3, 3, NN_ACT_TANH, 1},        /* 7x7, 16-wide blocks */
+        {1, 2, 8, 34, 2, 4, 2, 2, 2, 0, 1, NN_ACT_NONE, 1},         /* even kernel, /2 */
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) check_depthwise(&cases[i]);
+    /* Outside what the direct kernel does: the loader refuses these. */
+    nn_conv2d wide = {1, 9, 9, 1, 1, 1, 9, 9, 1, 1, 0, 0, NULL, NULL, NN_ACT_NONE, 0};
+    nn_conv2d s3 = {1, 9, 9, 1, 3, 3, 3, 3, 3, 3, 0, 0, NULL, NULL, NN_ACT_NONE, 0};
+    nn_conv2d mixed = {1, 9, 9, 1, 9, 5, 3, 3, 1, 2, 1, 1, NULL, NULL, NN_ACT_NONE, 0};
+    assert_false(nn_depthwise_supported(&wide));
+    assert_false(nn_depthwise_supported(&s3));
+    assert_false(nn_depthwise_supported(&mixed));
 }
 
 static void test_squeeze_excite(void **state) {

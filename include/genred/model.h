@@ -105,4 +105,12 @@ void model_workspace_free(model_workspace *ws);
 int model_forward(const model *m, model_workspace *ws, const float *in,
                   int batch, float *out);
 
+/* Profiling, for bench/: the ops model_forward() runs (layers after
+ * folding), a label for each ("depthwise 5x5/2 384ch 10x38 -> 5x19"), and a
+ * way to have every model_forward() on ws add each op's thread CPU seconds
+ * to seconds[op] (model_op_count() entries, the caller's; NULL stops). */
+int model_op_count(const model *m);
+void model_op_label(const model *m, int op, char *buf, size_t size);
+void model_workspace_profile(model_workspace *ws, double *seconds);
+
 #endif

@@ -63,8 +63,15 @@ void nn_conv2d_forward(const nn_conv2d *c, int batch, const float *in,
  * channel with its own kernel, computed directly. im2col + sgemm would
  * build kh*kw columns per output to multiply a 1 x (kh*kw) matrix: a
  * matrix product of width one, all memory traffic (nn.c has the numbers).
- * in: [batch][c][in_h][in_w]; out: [batch][c][out_h][out_w]; no overlap. */
-void nn_depthwise_forward(const nn_conv2d *c, int batch, const float *in, float *out);
+ * Kernels up to NN_DW_MAX_KERNEL wide, equal strides of 1 or 2:
+ * nn_depthwise_supported() says (model.c refuses the rest at load).
+ * in: [batch][c][in_h][in_w]; out: [batch][c][out_h][out_w]; no overlap;
+ * scratch: nn_depthwise_scratch_floats(c) floats. */
+enum { NN_DW_MAX_KERNEL = 7 };
+int nn_depthwise_supported(const nn_conv2d *c);
+size_t nn_depthwise_scratch_floats(const nn_conv2d *c);
+void nn_depthwise_forward(const nn_conv2d *c, int batch, const float *in, float *out,
+                          float *scratch);
 
 typedef struct nn_dense {
     int in, out;
