@@ -111,7 +111,7 @@ TAGS = [
     (183, "Steelpan", "instrument"), (184, "Orchestra", "instrument"),
     (185, "Brass", "instrument"), (186, "French horn", "instrument"),
     (187, "Trumpet", "instrument"), (188, "Trombone", "instrument"),
-    (190, "Strings", "instrument"), (191, "Violin", "instrument"),
+    (190, "String section", "instrument"), (191, "Violin", "instrument"),
     (193, "Cello", "instrument"), (194, "Double bass", "instrument"),
     (196, "Flute", "instrument"), (197, "Saxophone", "instrument"),
     (198, "Clarinet", "instrument"), (199, "Harp", "instrument"),
