@@ -40,7 +40,7 @@
 #define MAX_BATCH 4096
 #define MAX_OP_INPUTS 8            /* add, concat */
 #define MAX_NAME_BYTES 64          /* a layer's value name */
-#define MAX_EXPORTS 4              /* values an output row carries besides genres */
+#define MAX_EXPORTS 8              /* values an output row carries besides genres */
 #define MAX_TAGS 1024
 #define MAX_GROUP_BYTES 32
 #define MAX_LICENSE_BYTES (64u << 10)
@@ -104,6 +104,8 @@ struct model {
     size_t *buffer_floats;      /* owned, per item, n_buffers */
     int n_buffers;
     int result;                 /* the value holding the genre probabilities */
+    struct named *names;        /* owned, n_names: the file's value names */
+    int n_names;
     int exported[MAX_EXPORTS];  /* values copied into the output row after the
                                  * genres, in this order */
     size_t export_offset[MAX_EXPORTS];
@@ -962,6 +964,7 @@ void model_free(model *m) {
         }
     free(m->ops);
     free(m->values);
+    free(m->names);
     free(m->buffer_floats);
     free(m->tags);
     free(m->tag_text);
@@ -1149,6 +1152,24 @@ static int plan_buffers(model *m, gr_err *err) {
     return 0;
 }
 
+int model_export(model *m, const char *name, size_t *offset, size_t *width, gr_err *err) {
+    const named *n = NULL;
+    for (int i = 0; i < m->n_names && !n; i++)
+        if (strcmp(m->names[i].name, name) == 0) n = &m->names[i];
+    if (!n) return FAIL("no layer of the model is named '%.64s'", name);
+    int known = 0;
+    for (int i = 0; i < m->n_exported; i++) known |= m->exported[i] == n->value;
+    if (!known && m->n_exported == MAX_EXPORTS)
+        return FAIL("cannot export more than %d values", MAX_EXPORTS);
+    *offset = export_value(m, n->value);
+    *width = m->values[n->value].floats;
+    if (known) return 0;
+    free(m->buffer_floats);
+    m->buffer_floats = NULL;
+    m->n_buffers = 0;
+    return plan_buffers(m, err);   /* it now lives to the end */
+}
+
 /* Validates the header object and builds the model from it and the decoded
  * data section. */
 static int build(model *m, json_t *hdr, const float *data, size_t n_data,
@@ -1215,6 +1236,9 @@ static int build(model *m, json_t *hdr, const float *data, size_t n_data,
     m->result = W.value;
     if (parse_outputs(&W, json_object_get(hdr, "outputs")) < 0 || plan_buffers(m, err) < 0)
         goto done;
+    m->names = names;   /* kept for model_export() */
+    m->n_names = W.n_names;
+    names = NULL;
 
     json_t *outputs = json_object_get(hdr, "outputs");
     json_t *d = json_pack(

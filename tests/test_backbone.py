@@ -222,6 +222,29 @@ def test_c_equals_pytorch_on_real_chunks(genred_bin, backbone_model, checkpoint,
     assert np.abs(np.diff(genres, axis=0)).max() > 0.1
 
 
+def test_features_values_are_the_networks_inner_values(genred_bin, backbone_model, checkpoint,
+                                                       gtzan_dir, tmp_path):
+    # What a head is trained on (train/backbone_head.py): genred's own
+    # front end and network give the embedding and the AudioSet logits.
+    song = sorted((gtzan_dir / "jazz").glob("*.flac"))[0]
+    for name, args in (("x", []), ("v", ["--values", "embedding,audioset_logits"])):
+        r = subprocess.run([str(genred_bin), "features", "--model", str(backbone_model), *args,
+                            str(song), "-o", str(tmp_path / f"{name}.npy")],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+    x, v = np.load(tmp_path / "x.npy"), np.load(tmp_path / "v.npy")
+    assert v.shape == (len(x), mn04.LAST_CHANNELS + mn04.N_CLASSES)
+    net = efficientat.load_checkpoint(checkpoint)
+    with torch.no_grad():
+        logits, emb = net(torch.from_numpy(x)[:, None])
+    assert np.abs(v[:, :mn04.LAST_CHANNELS] - emb.numpy()).max() <= PARITY_ATOL
+    assert np.abs(v[:, mn04.LAST_CHANNELS:] - logits.numpy()).max() <= PARITY_ATOL
+    r = subprocess.run([str(genred_bin), "features", "--model", str(backbone_model), "--values",
+                        "nope", str(song), "-o", str(tmp_path / "n.npy")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "named 'nope'" in r.stderr
+
+
 # ---- the daemon ----------------------------------------------------------------
 
 @pytest.fixture(scope="module")

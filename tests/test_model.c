@@ -664,6 +664,38 @@ static void test_graph(void **state) {
     assert_true(json_is_false(json_object_get(json_array_get(layers, 14), "folded")));
     assert_true(json_is_true(json_object_get(json_array_get(layers, 7), "folded")));
     json_decref(d);
+
+    /* model_export(): a named inner value joins the row, after the others,
+     * and is what the reference computes for it. */
+    size_t eo, ew;
+    gr_err xerr = {GR_OK, ""};
+    assert_int_equal(model_export(m, "down", &eo, &ew, &xerr), 0);
+    assert_int_equal(eo, 9);
+    assert_int_equal(ew, 4 * 4 * 3);
+    assert_int_equal(model_output_floats(m), 9 + 48);
+    assert_int_equal(model_export(m, "embedding", &eo, &ew, &xerr), 0);
+    assert_int_equal(eo, 3);   /* already there: not twice */
+    assert_int_equal(model_output_floats(m), 9 + 48);
+    assert_int_equal(model_export(m, "nope", &eo, &ew, &xerr), -1);
+    assert_non_null(strstr(xerr.msg, "named 'nope'"));
+    {
+        model_workspace *ws = model_workspace_create(m, 2, &xerr);
+        assert_non_null(ws);
+        float x[2 * 48], row[2 * 57];
+        for (int i = 0; i < 96; i++) x[i] = frand(-2, 2);
+        assert_int_equal(model_forward(m, ws, x, 2, row), 0);
+        for (int bi = 0; bi < 2; bi++) {
+            ref_names names;
+            double ref[3];
+            ref_forward_named(hdr, data, x + 48 * bi, ref, &names);
+            act *down = ref_find(&names, "down");
+            for (int k = 0; k < 48; k++)
+                assert_true(fabs(row[57 * bi + 9 + k] - down->v[k]) <= 1e-5);
+            for (int k = 0; k < 3; k++) assert_true(fabs(row[57 * bi + k] - ref[k]) <= 1e-5);
+            ref_names_free(&names);
+        }
+        model_workspace_free(ws);
+    }
     model_free(m);
 
     /* Models without outputs have none. */

@@ -82,6 +82,14 @@ typedef struct model_music {
 
 /* NULL when the model gives no music verdict; else a view into m. */
 const model_music *model_music_classes(const model *m);
+
+/* Adds the layer output named `name` in the file to what model_forward()
+ * writes, after what is there already (once, however often it is asked
+ * for); *offset and *width say where it lies in the row. For tools that
+ * read a network's inner values (`genred features --values`: what training
+ * a head on the backbone reads). Call before any workspace is created for
+ * m. Fails (GR_EFILE... see err) when no layer has that name. */
+int model_export(model *m, const char *name, size_t *offset, size_t *width, gr_err *err);
 /* Multiply-accumulates per input item, and the parameter count. */
 double model_macs(const model *m);
 size_t model_param_count(const model *m);
