@@ -609,6 +609,8 @@ def bench_backbone(args, song):
                            check=True, capture_output=True, text=True)
         c_runs.append(json.loads(r.stdout))
     t1 = med([x["inference_batched_ms"] for x in torch_runs[1]])
+    t1c = med([x["inference_batched_cpu_ms"] for x in torch_runs[1]])
+    c1c = med([x["inference_1t_ms_cpu"] for x in c_runs])
     tn = med([x["inference_batched_ms"] for x in torch_runs[cores]])
     tn_once = med([x["inference_at_once_ms"] for x in torch_runs[cores]])
     c1 = med([x["inference_1t_ms"] for x in c_runs])
@@ -616,11 +618,13 @@ def bench_backbone(args, song):
     tp = med([x["pipeline_ms"] for x in torch_runs[cores]])
     ce = med([x["classify_ms"] for x in c_runs])
     n = c_runs[-1]["chunks"]
-    out["vs_torch"] = {"torch_1t_ms": t1, "torch_all_ms": tn, "torch_all_at_once_ms": tn_once,
+    out["vs_torch"] = {"torch_1t_ms": t1, "torch_1t_cpu_ms": t1c, "c_1t_cpu_ms": c1c,
+                       "torch_all_ms": tn, "torch_all_at_once_ms": tn_once,
                        "c_1t_ms": c1, "c_all_ms": cn, "torch_pipeline_ms": tp,
                        "c_classify_ms": ce, "chunks": n, "cores": cores}
     table([f"{n} chunks of the song, wall ms", "PyTorch", "genred (C)", "genred faster by"], [
         ["inference, 1 thread, batches of 8", f1(t1), f1(c1), f"{t1 / c1:.1f} x"],
+        ["the same, CPU ms", f1(t1c), f1(c1c), f"{t1c / c1c:.1f} x"],
         [f"inference, {cores} threads (torch intra-op; genred's batcher), batches of 8",
          f1(tn), f1(cn), f"{tn / cn:.1f} x"],
         [f"inference, {cores} threads, torch on all chunks at once", f1(tn_once), f1(cn),
