@@ -40,6 +40,13 @@
 #define NN_HOT
 #endif
 
+/* The direct kernels work on blocks of NN_BLOCK floats with GCC/clang vector
+ * types: one AVX-512 register, two AVX2 ones, four SSE ones. The pointwise
+ * kernel keeps NN_PW_OUT output channels' blocks in registers at once. */
+#define NN_BLOCK 16
+#define NN_PW_OUT 8
+typedef float nn_vec __attribute__((vector_size(NN_BLOCK * sizeof(float))));
+
 int nn_window_out(int in, int kernel, int stride, int pad) {
     if (in < 1 || kernel < 1 || stride < 1 || pad < 0) return 0;
     long long span = (long long)in + 2LL * pad - kernel;
@@ -108,11 +115,14 @@ static int conv_is_batched(const nn_conv2d *c, int batch) {
     return batch > 1 && (size_t)c->out_h * (size_t)c->out_w <= NN_BATCHED_MAX_PLANE;
 }
 
+static void pointwise_forward(const nn_conv2d *c, int batch, const float *in, float *out,
+                              float *scratch);
+
 size_t nn_conv2d_scratch_floats(const nn_conv2d *c, int batch) {
+    if (conv_is_pointwise(c)) return (size_t)c->in_c * NN_PW_OUT;
     if (conv_is_batched(c, batch))
         return ((size_t)c->in_c * c->kh * c->kw + (size_t)c->out_c) *
                (size_t)c->out_h * c->out_w * (size_t)batch;
-    if (conv_is_pointwise(c)) return 0;
     return (size_t)c->in_c * (size_t)c->kh * (size_t)c->kw *
            (size_t)conv_band_rows(c) * (size_t)c->out_w;
 }
@@ -162,6 +172,10 @@ static void im2col(const nn_conv2d *c, const float *img, int y0, int y1,
 
 void nn_conv2d_forward(const nn_conv2d *c, int batch, const float *in,
                        float *out, float *scratch) {
+    if (conv_is_pointwise(c)) {
+        pointwise_forward(c, batch, in, out, scratch);
+        return;
+    }
     int k = c->in_c * c->kh * c->kw;
     int band = conv_band_rows(c), pointwise = conv_is_pointwise(c);
     size_t plane = (size_t)c->out_h * (size_t)c->out_w;
@@ -214,7 +228,7 @@ void nn_conv2d_forward(const nn_conv2d *c, int batch, const float *in,
  *    then reads phase (i & 1, j & 1) at row y + i/2, column x + j/2.
  * 2. Flattened, with phase rows W floats apart, output y*W + x of tap (i, j)
  *    reads its phase plane at y*W + x + (i/s)*W + j/s: every tap is a fixed
- *    offset, and the whole plane is one loop over y*W + x, NN_DW_BLOCK
+ *    offset, and the whole plane is one loop over y*W + x, NN_BLOCK
  *    outputs at a time with their sums in registers (W - out_w columns per
  *    row are computed for nothing and dropped), instead of a short loop per
  *    output row (10 to 150 columns here) with its set-up each time.
@@ -222,10 +236,7 @@ void nn_conv2d_forward(const nn_conv2d *c, int batch, const float *in,
  *
  * docs/performance.md has the measurements. NN_HOT compiles it for
  * AVX-512, AVX2 + FMA and baseline x86-64, picked when the program loads. */
-#define NN_DW_BLOCK 16
 #define NN_DW_MAX_TAPS (NN_DW_MAX_KERNEL * NN_DW_MAX_KERNEL)
-
-typedef float nn_vec __attribute__((vector_size(NN_DW_BLOCK * sizeof(float))));
 
 typedef struct dw_layout {
     int phases;        /* 1 (stride 1) or 4 (stride 2) */
@@ -240,10 +251,10 @@ static dw_layout dw_layout_of(const nn_conv2d *c) {
     l.phases = s * s;
     l.w = (wp + s - 1) / s;
     l.h = (hp + s - 1) / s;
-    /* The last block of the loop reads up to NN_DW_BLOCK floats past the
+    /* The last block of the loop reads up to NN_BLOCK floats past the
      * last output of a plane at the largest tap offset: keep them inside. */
-    l.plane = (size_t)l.h * l.w + NN_DW_BLOCK;
-    l.sums = (size_t)c->out_h * l.w + NN_DW_BLOCK;
+    l.plane = (size_t)l.h * l.w + NN_BLOCK;
+    l.sums = (size_t)c->out_h * l.w + NN_BLOCK;
     return l;
 }
 
@@ -283,7 +294,7 @@ static void dw_phases(const nn_conv2d *c, const dw_layout *l, const float *plane
  * whole blocks. */
 NN_HOT static void dw_sums(float *sums, size_t n, const float *const *src, const float *w,
                            int taps) {
-    for (size_t q = 0; q < n; q += NN_DW_BLOCK) {
+    for (size_t q = 0; q < n; q += NN_BLOCK) {
         nn_vec acc = {0};
         for (int t = 0; t < taps; t++) {
             nn_vec v;
@@ -316,6 +327,73 @@ void nn_depthwise_forward(const nn_conv2d *c, int batch, const float *in, float 
                 finish_plane(dst + (size_t)y * c->out_w, sums + (size_t)y * l.w,
                              (size_t)c->out_w, bias, c->act, c->alpha);
         }
+    }
+}
+
+/* A pointwise convolution (1x1, stride 1, no padding) computed directly:
+ * per item, NN_PW_OUT output channels at a time over NN_BLOCK pixels,
+ * their sums in registers; each input vector is loaded once and multiplied
+ * into all of them. No packing and no copies, which for the backbone's
+ * shapes (8 to 384 channels, 40 to 9600 pixels) is most of what sgemm
+ * spends; docs/performance.md has the numbers. */
+
+/* out[j][p..p+n) = bias[j] + sum over k of wt[k][j] * in[k][p..p+n), for
+ * j < no, with V a vector type of n floats: blocks of NN_BLOCK, then one of
+ * NN_BLOCK / 2 for the pixels left (the backbone's planes are all multiples
+ * of 8), then single floats. */
+#define PW_BLOCK(V, in, plane, p, wt, k_in, bias, no, out)                            \
+    do {                                                                              \
+        V acc_[NN_PW_OUT];                                                            \
+        for (int j_ = 0; j_ < NN_PW_OUT; j_++) acc_[j_] = (V){0} + (bias)[j_];        \
+        for (int k_ = 0; k_ < (k_in); k_++) {                                         \
+            V v_;                                                                     \
+            memcpy(&v_, (in) + (size_t)k_ * (plane) + (p), sizeof v_);                \
+            const float *w_ = (wt) + (size_t)k_ * NN_PW_OUT;                          \
+            for (int j_ = 0; j_ < NN_PW_OUT; j_++) acc_[j_] += w_[j_] * v_;           \
+        }                                                                             \
+        for (int j_ = 0; j_ < (no); j_++)                                             \
+            memcpy((out) + (size_t)j_ * (plane) + (p), &acc_[j_], sizeof acc_[j_]);   \
+    } while (0)
+
+typedef float nn_half_vec __attribute__((vector_size(NN_BLOCK / 2 * sizeof(float))));
+
+NN_HOT static void pointwise_item(const nn_conv2d *c, const float *in, float *out, float *wt) {
+    const size_t plane = (size_t)c->in_h * c->in_w;
+    const int k_in = c->in_c;
+    for (int o0 = 0; o0 < c->out_c; o0 += NN_PW_OUT) {
+        const int no = c->out_c - o0 < NN_PW_OUT ? c->out_c - o0 : NN_PW_OUT;
+        float bias[NN_PW_OUT] = {0};
+        /* The group's weights transposed, [k][j], zeros past the last
+         * channel: one row of NN_PW_OUT multipliers per input vector. */
+        for (int k = 0; k < k_in; k++)
+            for (int j = 0; j < NN_PW_OUT; j++)
+                wt[(size_t)k * NN_PW_OUT + j] =
+                    j < no ? c->weight[(size_t)(o0 + j) * k_in + k] : 0.0f;
+        for (int j = 0; j < no && c->bias; j++) bias[j] = c->bias[o0 + j];
+        float *dst = out + (size_t)o0 * plane;
+        size_t p = 0;
+        for (; p + NN_BLOCK <= plane; p += NN_BLOCK)
+            PW_BLOCK(nn_vec, in, plane, p, wt, k_in, bias, no, dst);
+        for (; p + NN_BLOCK / 2 <= plane; p += NN_BLOCK / 2)
+            PW_BLOCK(nn_half_vec, in, plane, p, wt, k_in, bias, no, dst);
+        for (; p < plane; p++)
+            for (int j = 0; j < no; j++) {
+                float acc = bias[j];
+                for (int k = 0; k < k_in; k++)
+                    acc += wt[(size_t)k * NN_PW_OUT + j] * in[(size_t)k * plane + p];
+                dst[(size_t)j * plane + p] = acc;
+            }
+    }
+}
+
+static void pointwise_forward(const nn_conv2d *c, int batch, const float *in, float *out,
+                              float *scratch) {
+    const size_t plane = (size_t)c->in_h * c->in_w;
+    for (int b = 0; b < batch; b++) {
+        float *dst = out + (size_t)b * c->out_c * plane;
+        pointwise_item(c, in + (size_t)b * c->in_c * plane, dst, scratch);
+        if (c->act != NN_ACT_NONE)
+            finish_plane(dst, dst, (size_t)c->out_c * plane, 0.0f, c->act, c->alpha);
     }
 }
 
