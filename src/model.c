@@ -546,11 +546,10 @@ static int layer_conv2d(walker *W, json_t *L, const char *ctx) {
         return -1;
     shape in = W->cur;
     /* Grouped convolution is there for depthwise layers: one group per
-     * channel. Other groupings have no kernel. */
-    int depthwise = groups > 1;
-    if (depthwise && (groups != in.c || oc != in.c))
-        return FAIL("%s: groups = %d: only 1 or depthwise (groups = in = out channels = "
-                    "%d) is supported", ctx, groups, in.c);
+     * input channel. Other groupings have no kernel. */
+    if (groups > 1 && (groups != in.c || oc % in.c != 0))
+        return FAIL("%s: groups = %d: only 1 or depthwise (groups = in channels = %d, "
+                    "out_channels a multiple of it) is supported", ctx, groups, in.c);
     int oh = nn_window_out(in.h, k[0], s[0], p[0]);
     int ow = nn_window_out(in.w, k[1], s[1], p[1]);
     if (oh < 1 || ow < 1)
@@ -564,6 +563,9 @@ static int layer_conv2d(walker *W, json_t *L, const char *ctx) {
                     cols, MAX_COLUMN_FLOATS);
     nn_conv2d geometry = {in.c, in.h, in.w, oc, oh, ow, k[0], k[1], s[0], s[1], p[0], p[1],
                           NULL, NULL, NN_ACT_NONE, 0.0f};
+    /* A convolution of one input channel is a depthwise one too, and the
+     * direct kernel beats im2col + sgemm at it (docs/performance.md). */
+    int depthwise = groups > 1 || (in.c == 1 && nn_depthwise_supported(&geometry));
     if (depthwise && !nn_depthwise_supported(&geometry))
         return FAIL("%s: a depthwise kernel must be at most %dx%d with equal strides of 1 or 2",
                     ctx, NN_DW_MAX_KERNEL, NN_DW_MAX_KERNEL);

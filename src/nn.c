@@ -260,7 +260,7 @@ static dw_layout dw_layout_of(const nn_conv2d *c) {
 
 int nn_depthwise_supported(const nn_conv2d *c) {
     return c->kh <= NN_DW_MAX_KERNEL && c->kw <= NN_DW_MAX_KERNEL && c->sh == c->sw &&
-           (c->sw == 1 || c->sw == 2) && c->in_c == c->out_c;
+           (c->sw == 1 || c->sw == 2) && c->in_c > 0 && c->out_c % c->in_c == 0;
 }
 
 size_t nn_depthwise_scratch_floats(const nn_conv2d *c) {
@@ -317,10 +317,12 @@ void nn_depthwise_forward(const nn_conv2d *c, int batch, const float *in, float 
             src[i * c->kw + j] = ph + (size_t)((i % s) * s + j % s) * l.plane +
                                  (size_t)(i / s) * l.w + (size_t)(j / s);
     const size_t n = (size_t)c->out_h * l.w;
+    const int mult = c->out_c / c->in_c;
     for (int b = 0; b < batch; b++) {
         for (int ch = 0; ch < c->out_c; ch++) {
             float *dst = out + ((size_t)b * c->out_c + ch) * out_plane;
-            dw_phases(c, &l, in + ((size_t)b * c->in_c + ch) * in_plane, ph);
+            if (ch % mult == 0)   /* the next input channel */
+                dw_phases(c, &l, in + ((size_t)b * c->in_c + ch / mult) * in_plane, ph);
             dw_sums(sums, n, src, c->weight + (size_t)ch * taps, taps);
             float bias = c->bias ? c->bias[ch] : 0.0f;
             for (int y = 0; y < c->out_h; y++)

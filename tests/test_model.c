@@ -738,6 +738,7 @@ static void test_bad_graphs(void **state) {
         {"layers/2/name", "\"\"", "1 to 64 characters"},
         {"layers/2/name", "7", "'name' must be a string"},
         {"layers/6/groups", "4", "only 1 or depthwise"},
+        {"layers/6/groups", "3", "only 1 or depthwise"},
         {"layers/6/groups", "0", "'groups' = 0 is out of range"},
         {"layers/6/stride", "[1, 2]", "equal strides of 1 or 2"},
         {"layers/6/weight/shape", "[8, 8, 3, 3]", "expected [8,1,3,3]"},

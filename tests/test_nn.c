@@ -149,7 +149,8 @@ static void test_conv_many_bands(void **state) {
 static void check_depthwise(const conv_case *t) {
     int oh = nn_window_out(t->in_h, t->kh, t->sh, t->ph);
     int ow = nn_window_out(t->in_w, t->kw, t->sw, t->pw);
-    assert_true(oh > 0 && ow > 0 && t->out_c == t->in_c);
+    assert_true(oh > 0 && ow > 0 && t->out_c % t->in_c == 0);
+    const int mult = t->out_c / t->in_c;
     size_t n_in = (size_t)t->batch * t->in_c * t->in_h * t->in_w;
     size_t n_out = (size_t)t->batch * t->out_c * oh * ow;
     float *in = rand_array(n_in, -1, 1), *w = rand_array((size_t)t->out_c * t->kh * t->kw, -1, 1);
@@ -178,7 +179,8 @@ static void check_depthwise(const conv_case *t) {
                             int iy = y * t->sh - t->ph + i, ix = x * t->sw - t->pw + j;
                             if (iy < 0 || iy >= t->in_h || ix < 0 || ix >= t->in_w) continue;
                             double term = (double)w[(o * t->kh + i) * t->kw + j] *
-                                          in[(((size_t)b * t->in_c + o) * t->in_h + iy) * t->in_w + ix];
+                                          in[(((size_t)b * t->in_c + o / mult) * t->in_h + iy) *
+                                                 t->in_w + ix];
                             s += term;
                             mag += fabs(term);
                         }
@@ -206,6 +208,8 @@ static void test_depthwise(void **state) {
         {1, 4, 19, 37, 4, 5, 5, 2, 2, 2, 2, NN_ACT_NONE, 1},        /* odd plane, /2 */
         {1, 2, 33, 40, 2, 7, 7, 1, 1, 3, 3, NN_ACT_TANH, 1},        /* 7x7, 16-wide blocks */
         {1, 2, 8, 34, 2, 4, 2, 2, 2, 0, 1, NN_ACT_NONE, 1},         /* even kernel, /2 */
+        {2, 1, 30, 41, 8, 3, 3, 2, 2, 1, 1, NN_ACT_HARDSWISH, 0},   /* one input, 8 out */
+        {1, 3, 9, 10, 6, 3, 3, 1, 1, 1, 1, NN_ACT_RELU, 1},         /* multiplier 2 */
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) check_depthwise(&cases[i]);
     /* Outside what the direct kernel does: the loader refuses these. */

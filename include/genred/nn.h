@@ -59,14 +59,16 @@ size_t nn_conv2d_scratch_floats(const nn_conv2d *c, int batch);
 void nn_conv2d_forward(const nn_conv2d *c, int batch, const float *in,
                        float *out, float *scratch);
 
-/* Depthwise convolution (groups = in_c = out_c, weight [c][1][kh][kw]): each
- * channel with its own kernel, computed directly. im2col + sgemm would
- * build kh*kw columns per output to multiply a 1 x (kh*kw) matrix: a
- * matrix product of width one, all memory traffic (nn.c has the numbers).
- * Kernels up to NN_DW_MAX_KERNEL wide, equal strides of 1 or 2:
- * nn_depthwise_supported() says (model.c refuses the rest at load).
- * in: [batch][c][in_h][in_w]; out: [batch][c][out_h][out_w]; no overlap;
- * scratch: nn_depthwise_scratch_floats(c) floats. */
+/* Depthwise convolution (groups = in_c, out_c a multiple of in_c, weight
+ * [out_c][1][kh][kw]): output channel o convolves input channel
+ * o / (out_c / in_c) with its own kernel, computed directly. im2col + sgemm
+ * would build kh*kw columns per output to multiply a 1 x (kh*kw) matrix: a
+ * matrix product of width one, all memory traffic (nn.c has the numbers). A
+ * convolution of a single input channel is one too (model.c runs the
+ * backbone's first layer so). Kernels up to NN_DW_MAX_KERNEL wide, equal
+ * strides of 1 or 2: nn_depthwise_supported() says (model.c refuses the rest
+ * at load). in: [batch][in_c][in_h][in_w]; out: [batch][out_c][out_h][out_w];
+ * no overlap; scratch: nn_depthwise_scratch_floats(c) floats. */
 enum { NN_DW_MAX_KERNEL = 7 };
 int nn_depthwise_supported(const nn_conv2d *c);
 size_t nn_depthwise_scratch_floats(const nn_conv2d *c);
