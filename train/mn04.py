@@ -19,7 +19,7 @@ its input and its projection; the mean of features.16's map is named
 "embedding"; the AudioSet head ends in "audioset_logits" and "audioset"
 (sigmoid). A genre head (ours, committed as JSON; or the zero-shot one that
 reads the 10 AudioSet genre logits) reads those names and ends the layer
-list. Batch-norms are kept as written; genred folds them at load.
+list, its last dense layer named "genre_logits", its softmax "genres". Batch-norms are kept as written; genred folds them at load.
 
 What it does not do: download (scripts/get-model), train the genre head
 (train/backbone_head.py), run the network (src/, train/efficientat.py).
@@ -386,6 +386,11 @@ def _genre_head(L, head):
             raise ConvertError(f"head layer {n}: type {t!r} is not supported")
     if not L.list or L.list[-1]["type"] != "softmax":
         raise ConvertError("head: the last layer must be a softmax")
+    # Named, so that `genred features --values genre_logits` gives a teacher's
+    # logits (distillation, issue 13) and `--values genres` its probabilities.
+    if len(L.list) >= 2 and "name" not in L.list[-2] and L.list[-2]["type"] == "dense":
+        L.list[-2]["name"] = "genre_logits"
+    L.list[-1]["name"] = "genres"
     if width != len(head["genres"]):
         raise ConvertError(f"head: outputs {width} values for {len(head['genres'])} genres")
 
