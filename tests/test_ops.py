@@ -113,7 +113,7 @@ def test_unit_has_the_directives_we_rely_on(unit_text, source_dir):
     assert one["Type"] == "notify"
     assert re.fullmatch(r"/\S+/genred serve --config /\S+/genred/genred\.conf", one["ExecStart"]), \
         one["ExecStart"]
-    assert one["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert one["ExecReload"] == """/bin/sh -c 'kill -HUP "$MAINPID"'""", one["ExecReload"]
     for key, value in {"DynamicUser": "yes", "ProtectSystem": "strict", "ProtectHome": "yes",
                        "PrivateTmp": "yes", "PrivateDevices": "yes",
                        "NoNewPrivileges": "yes"}.items():
@@ -154,7 +154,7 @@ def test_unit_passes_systemd_analyze_verify(unit_text, genred_bin, source_dir, t
 
 @pytest.mark.parametrize("damage", [("Type=notify", "Type=notfy"),
                                     ("ProtectHome=yes", "ProtectHomme=yes"),
-                                    ("/bin/kill -HUP", "/bin/no-such-kill -HUP")])
+                                    ("/bin/sh -c 'kill", "/bin/no-such-sh -c 'kill")])
 def test_systemd_analyze_verify_catches_a_broken_unit(unit_text, genred_bin, source_dir,
                                                       tmp_path, damage):
     text = verifiable(unit_text, genred_bin, source_dir)
