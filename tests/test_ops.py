@@ -54,7 +54,7 @@ def need_program(name):
     path = shutil.which(name) or (f"/usr/sbin/{name}" if os.access(f"/usr/sbin/{name}", os.X_OK)
                                   else None)
     if not path:
-        pytest.fail(f"{name} is not installed (.ci/install-deps installs it)", pytrace=False)
+        pytest.fail(f"{name} is not installed (.ci/install-deps test installs it)", pytrace=False)
     return path
 
 
