@@ -36,7 +36,7 @@ VALGRIND_STOP_S = 300    # shutdown plus the leak check
 def valgrind_daemon(genred_bin, source_dir, model_path, tmp_path, monkeypatch):
     valgrind = shutil.which("valgrind")
     if valgrind is None:
-        pytest.fail("valgrind is not installed (.ci/install-deps installs it)", pytrace=False)
+        pytest.fail("valgrind is not installed (.ci/install-deps test installs it)", pytrace=False)
     with open(genred_bin, "rb") as f:
         if b"__asan_init" in f.read():
             pytest.fail(f"{genred_bin} is built with AddressSanitizer, which valgrind cannot "
