@@ -23,6 +23,7 @@
  * What it does not do: trimming, feature extraction, logging policy (libav's
  * log level is the caller's business). */
 #include "genred/audio.h"
+#include "genred/clock.h"
 #include "genred/mp3frame.h"
 
 #include <errno.h>
@@ -32,7 +33,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <libavcodec/avcodec.h>
 #include <libavformat/avformat.h>
@@ -122,10 +122,7 @@ static int64_t seek_memory(void *opaque, int64_t offset, int whence) {
  * packet, so a decode stops within a packet of the deadline. */
 static int interrupted(void *opaque) {
     const decode_job *job = opaque;
-    if (job->deadline <= 0) return 0;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9 > job->deadline;
+    return job->deadline > 0 && monotonic_now() > job->deadline;
 }
 
 /* Playlist-style demuxers open other files or URLs through this; none of the

@@ -27,9 +27,9 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "genred/batcher.h"
+#include "genred/clock.h"
 #include "genred/features.h"
 #include "genred/mel.h"
 
@@ -54,12 +54,6 @@ struct engine {
                                  * /metrics counters never go backwards */
     int cancelled;
 };
-
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
-}
 
 static void generation_destroy(engine *e, generation *g) {
     if (!g) return;
@@ -445,7 +439,7 @@ static int may_go_on(engine *e, double deadline, const char *after, gr_err *err)
     int cancelled = e->cancelled;
     pthread_mutex_unlock(&e->mu);
     if (cancelled) return gr_fail(err, GR_EBUSY, "server is shutting down");
-    if (deadline > 0 && now_ms() * 1e-3 > deadline)
+    if (deadline > 0 && monotonic_now() > deadline)
         return gr_fail(err, GR_EDEADLINE, "request deadline (%g s) passed after %s",
                        e->cfg.request_timeout_s, after);
     return 0;
@@ -453,8 +447,8 @@ static int may_go_on(engine *e, double deadline, const char *after, gr_err *err)
 
 static json_t *classify_on(engine *e, const generation *g, const void *data, size_t len,
                            const classify_opts *o, gr_err *err) {
-    double t0 = now_ms();
-    double deadline = e->cfg.request_timeout_s > 0 ? t0 * 1e-3 + e->cfg.request_timeout_s : 0;
+    double t0 = monotonic_now();
+    double deadline = e->cfg.request_timeout_s > 0 ? t0 + e->cfg.request_timeout_s : 0;
     features_opts fo = features_opts_from_config(&e->cfg, o->trim);
     fo.deadline = deadline;
     features an;
@@ -470,9 +464,9 @@ static json_t *classify_on(engine *e, const generation *g, const void *data, siz
         gr_fail(err, GR_EINTERNAL, "out of memory for %zu chunk results", n);
         return NULL;
     }
-    double t1 = now_ms();
+    double t1 = monotonic_now();
     int rc = batcher_submit(g->batcher, an.chunks, n, probs, deadline, err);
-    double inference_ms = now_ms() - t1;
+    double inference_ms = (monotonic_now() - t1) * 1e3;
     json_t *picture = NULL;
     /* A model that reads the waveform has no log-mel chunks to draw. */
     const mel *pm = featurizer_mel(g->fz);
@@ -483,7 +477,7 @@ static json_t *classify_on(engine *e, const generation *g, const void *data, siz
         free(probs);
         return NULL;
     }
-    double total_ms = now_ms() - t0;
+    double total_ms = (monotonic_now() - t0) * 1e3;
 
     metrics_observe_stage(e->met, STAGE_DECODE, an.decode_ms / 1e3);
     metrics_observe_stage(e->met, STAGE_FEATURES, an.mel_ms / 1e3);

@@ -7,10 +7,10 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "genred/audio.h"
+#include "genred/clock.h"
 
 struct featurizer {
     feature_params p;
@@ -60,12 +60,6 @@ size_t featurizer_chunk_floats(const featurizer *fz) {
 static size_t chunk_count(const featurizer *fz, size_t n, size_t step) {
     return fz->mel ? mel_chunk_count_step(fz->mel, n, step)
                    : waveform_chunk_count(&fz->p.waveform, n, step);
-}
-
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
 }
 
 features_opts features_opts_from_config(const config *c, int trim) {
@@ -169,9 +163,9 @@ static void *stream_worker(void *arg) {
             if (nb) buf = nb, cap = hi - lo;
             else rc = gr_fail(&err, GR_EINTERNAL, "out of memory for decoded audio");
         }
-        double t0 = now_ms();
+        double t0 = monotonic_now();
         if (rc == 0) rc = audio_source_decode_into(j->src, j->start + lo, hi - lo, buf, &err);
-        double t1 = now_ms();
+        double t1 = monotonic_now();
         size_t c0 = b * BLOCK_CHUNKS, nc = j->n_chunks - c0 < BLOCK_CHUNKS ? j->n_chunks - c0
                                                                            : BLOCK_CHUNKS;
         if (rc == 0)
@@ -187,10 +181,10 @@ static void *stream_worker(void *arg) {
                 memcpy(seam + SEAM, buf + (next_lo - lo), SEAM * sizeof *buf);
             }
         }
-        double t2 = now_ms();
+        double t2 = monotonic_now();
         pthread_mutex_lock(&j->mu);
-        j->decode_ms += t1 - t0;
-        j->mel_ms += t2 - t1;
+        j->decode_ms += (t1 - t0) * 1e3;
+        j->mel_ms += (t2 - t1) * 1e3;
         if (rc != 0 && !j->failed) {
             j->failed = rc < 0 ? -1 : 1;
             j->err = err;
@@ -262,7 +256,7 @@ int features_compute(const featurizer *fz, const features_opts *o, const void *d
         step = (size_t)hop;
     }
     audio_limits lim = {.max_duration_s = o->max_duration_s, .deadline = o->deadline};
-    double t0 = now_ms();
+    double t0 = monotonic_now();
     /* When the container tells the length up front, the trim rule runs
      * first and only the analysed window is decoded (in segments, on
      * several threads); otherwise everything is decoded and then trimmed. */
@@ -291,7 +285,7 @@ int features_compute(const featurizer *fz, const features_opts *o, const void *d
                                  o->decode_threads, &a, err);
     audio_source_close(src);
     if (rc != 0) return -1;
-    double t1 = now_ms();
+    double t1 = monotonic_now();
     if (a.total != total) /* the length was unknown: a holds everything */
         trimmed = trim_window(o, a.total, rate, &start, &end);
     const float *signal = a.samples + (start - a.first);
@@ -321,8 +315,8 @@ int features_compute(const featurizer *fz, const features_opts *o, const void *d
     out->start_s = (double)start / rate;
     out->trimmed = trimmed;
     out->segments = a.segments;
-    out->decode_ms = t1 - t0;
-    out->mel_ms = now_ms() - t1;
+    out->decode_ms = (t1 - t0) * 1e3;
+    out->mel_ms = (monotonic_now() - t1) * 1e3;
     audio_free(&a);
     return 0;
 }

@@ -55,6 +55,7 @@
 
 #include "genred/apikeys.h"
 #include "genred/assets.h"
+#include "genred/clock.h"
 
 #define RETRY_AFTER_S "1"
 
@@ -109,12 +110,6 @@ typedef struct request {
     const struct web_file *web;  /* a file of the web page, or NULL */
     char top[64];                /* top genre, for the log line */
 } request;
-
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 /* ---- responses ---------------------------------------------------------- */
 
@@ -435,14 +430,11 @@ static int authorized(server *s, struct MHD_Connection *c, request *r) {
 static int admit(server *s, request *r) {
     double wait = s->cfg.request_timeout_s > 0 ? s->cfg.request_timeout_s
                                                 : (double)s->cfg.idle_timeout_s;
-    double end = now_seconds() + wait;
-    struct timespec until;
-    until.tv_sec = (time_t)end;
-    until.tv_nsec = (long)((end - (double)until.tv_sec) * 1e9);
-    if (until.tv_nsec > 999999999) until.tv_nsec = 999999999;
+    double end = monotonic_now() + wait;
+    struct timespec until = monotonic_timespec(end);
     pthread_mutex_lock(&s->mu);
     while (s->classifying >= s->max_classifying && !atomic_load(&s->stopping) &&
-           now_seconds() < end)
+           monotonic_now() < end)
         pthread_cond_timedwait(&s->admit, &s->mu, &until);
     r->admitted = s->classifying < s->max_classifying && !atomic_load(&s->stopping);
     if (r->admitted) s->classifying++;
@@ -537,7 +529,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
         r = calloc(1, sizeof *r);
         if (!r) return MHD_NO;
         r->srv = s;
-        r->t_start = now_seconds();
+        r->t_start = monotonic_now();
         request_id_init(c, r->id);
         *con_cls = r;
         pthread_mutex_lock(&s->mu);
@@ -591,7 +583,7 @@ static void request_completed(void *cls, struct MHD_Connection *c, void **con_cl
     server *s = cls;
     request *r = *con_cls;
     if (!r) return;
-    double dt = now_seconds() - r->t_start;
+    double dt = monotonic_now() - r->t_start;
     /* status 0: the client went away before an answer was queued. */
     metrics_observe_request(s->met, r->route ? r->route : "other", r->status, dt, r->bytes_in);
     log_request(s, r, dt);
@@ -682,16 +674,10 @@ static void server_free(server *s) {
 static int server_init_sync(server *s, gr_err *err) {
     if (pthread_mutex_init(&s->mu, NULL) != 0)
         return gr_fail(err, GR_EINTERNAL, "server: mutex init failed");
-    pthread_condattr_t ca;
-    int ok = pthread_condattr_init(&ca) == 0;
-    if (ok) {
-        ok = pthread_condattr_setclock(&ca, CLOCK_MONOTONIC) == 0 &&
-             pthread_cond_init(&s->idle, &ca) == 0;
-        if (ok && pthread_cond_init(&s->admit, &ca) != 0) {
-            pthread_cond_destroy(&s->idle);
-            ok = 0;
-        }
-        pthread_condattr_destroy(&ca);
+    int ok = monotonic_cond_init(&s->idle) == 0;
+    if (ok && monotonic_cond_init(&s->admit) != 0) {
+        pthread_cond_destroy(&s->idle);
+        ok = 0;
     }
     if (!ok) {
         pthread_mutex_destroy(&s->mu);
@@ -813,12 +799,9 @@ int server_reload_keys(server *s, gr_err *err) {
 
 /* Waits, with s->mu held, until no request is active or `seconds` pass. */
 static void wait_idle(server *s, double seconds) {
-    double end = now_seconds() + seconds;
-    struct timespec until;
-    until.tv_sec = (time_t)end;
-    until.tv_nsec = (long)((end - (double)until.tv_sec) * 1e9);
-    if (until.tv_nsec > 999999999) until.tv_nsec = 999999999;
-    while (s->active > 0 && now_seconds() < end)
+    double end = monotonic_now() + seconds;
+    struct timespec until = monotonic_timespec(end);
+    while (s->active > 0 && monotonic_now() < end)
         pthread_cond_timedwait(&s->idle, &s->mu, &until);
 }
 

@@ -17,9 +17,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "genred/clock.h"
 #include "genred/config.h"
 #include "genred/engine.h"
 #include "genred/features.h"
@@ -440,23 +440,17 @@ static void log_event(json_t *line) {
 /* SIGHUP: the model file and the API key file, each at its configured path.
  * Each is swapped in only if it loads; otherwise the old one keeps serving
  * and the refusal is logged (its message names the file, never a key). */
-static double monotonic_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
-}
-
 static void reload(engine *e, server *s, const config *cfg) {
     notify_service("RELOADING=1");
     gr_err err = {0};
-    double t0 = monotonic_ms();
+    double t0 = monotonic_now();
     if (engine_reload(e, &err) == 0) {
         json_t *d = engine_describe_model(e);
         log_event(json_pack("{s:s,s:s,s:s,s:s?,s:s?,s:f}", "event", "reload", "what", "model",
                             "status", "ok", "name",
                             json_string_value(json_object_get(d, "name")), "version",
                             json_string_value(json_object_get(d, "version")), "duration_ms",
-                            monotonic_ms() - t0));
+                            (monotonic_now() - t0) * 1e3));
         json_decref(d);
     } else {
         log_event(json_pack("{s:s,s:s,s:s,s:s,s:s}", "event", "reload", "what", "model",

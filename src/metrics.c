@@ -17,9 +17,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "genred/batcher.h"
+#include "genred/clock.h"
 #include "genred/model.h"
 
 #ifndef GENRED_VERSION
@@ -63,7 +63,7 @@ typedef struct histogram {
 
 struct metrics {
     pthread_mutex_t mu;
-    struct timespec started; /* CLOCK_MONOTONIC */
+    double started;          /* monotonic_now() */
     unsigned long long requests[ROUTE_COUNT][STATUS_SLOTS];
     unsigned long long upload_bytes;
     histogram request_seconds[ROUTE_COUNT];
@@ -99,7 +99,7 @@ metrics *metrics_create(void) {
         free(m);
         return NULL;
     }
-    clock_gettime(CLOCK_MONOTONIC, &m->started);
+    m->started = monotonic_now();
     for (size_t r = 0; r < ROUTE_COUNT; r++)
         histogram_init(&m->request_seconds[r], BOUNDS(seconds_bounds));
     for (size_t s = 0; s < STAGE_COUNT_; s++)
@@ -252,12 +252,6 @@ static void sb_histogram(sbuf *b, const char *name, const char *label,
               label[0] ? "}" : "", h->count);
 }
 
-static double seconds_since(const struct timespec *t0) {
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    return (double)(now.tv_sec - t0->tv_sec) + (double)(now.tv_nsec - t0->tv_nsec) / 1e9;
-}
-
 static void render_locked(const metrics *m, sbuf *b) {
     sb_family(b, "genred_build_info", "gauge", "Build of the running daemon; always 1.");
     sb_puts(b, "genred_build_info{version=\"");
@@ -266,7 +260,7 @@ static void render_locked(const metrics *m, sbuf *b) {
 
     sb_family(b, "genred_uptime_seconds", "gauge", "Seconds since the metrics were created.");
     sb_puts(b, "genred_uptime_seconds ");
-    sb_double(b, seconds_since(&m->started));
+    sb_double(b, monotonic_now() - m->started);
     sb_puts(b, "\n");
 
     sb_family(b, "genred_requests_total", "counter", "HTTP requests answered, by route and status.");
