@@ -191,7 +191,7 @@ static int cmd_stages(int argc, char **argv) {
     model *m = model_load(model_path, &err);
     if (!m) die("model", &err);
     if (model_features(m)->kind == FEATURE_LOGMEL &&
-        mel_wisdom_learn(&model_features(m)->mel, &err) < 0)
+        mel_wisdom_learn(&model_features(m)->mel, &err) == MEL_WISDOM_FAILED)
         die("wisdom", &err);
     engine *e = engine_create(&cfg, NULL, &err);
     if (!e) die("engine", &err);
@@ -296,16 +296,16 @@ static int cmd_stages(int argc, char **argv) {
         t0 = now_ms();
         c0 = cpu_ms();
         for (size_t c = 0; c < n_chunks; c++)
-            if (model_forward(m, ws, f.chunks + c * in_floats, 1, one_out) != 0)
-                die("model_forward", NULL);
+            if (model_forward(m, ws, f.chunks + c * in_floats, 1, one_out, &err) != 0)
+                die("model_forward", &err);
         s[S_INFER_B1][r] = now_ms() - t0;
         c[S_INFER_B1][r] = cpu_ms() - c0;
         t0 = now_ms();
         c0 = cpu_ms();
         for (size_t c = 0; c < n_chunks; c += (size_t)max_batch) {
             int nb = n_chunks - c < (size_t)max_batch ? (int)(n_chunks - c) : max_batch;
-            if (model_forward(m, ws, f.chunks + c * in_floats, nb, one_out) != 0)
-                die("model_forward", NULL);
+            if (model_forward(m, ws, f.chunks + c * in_floats, nb, one_out, &err) != 0)
+                die("model_forward", &err);
         }
         s[S_INFER1][r] = now_ms() - t0;
         c[S_INFER1][r] = cpu_ms() - c0;
@@ -426,7 +426,7 @@ static int cmd_fftw(int argc, char **argv) {
     double est_create = now_ms() - t0;
     if (!est || mel_plan_is_measured(est)) die("estimated plan", &err);
     t0 = now_ms();
-    if (mel_wisdom_learn(p, &err) != 1) die("learn", &err);
+    if (mel_wisdom_learn(p, &err) != MEL_WISDOM_LEARNED) die("learn", &err);
     double learn = now_ms() - t0;
     char *wisdom = fftwf_export_wisdom_to_string();
     fftwf_forget_wisdom();

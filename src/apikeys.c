@@ -54,16 +54,16 @@ static int grow(apikeys *k) {
 static int add_key(apikeys *k, const char *path, unsigned lineno, const char *s, size_t n,
                    gr_err *err) {
     if (n < APIKEY_MIN_LEN || n > APIKEY_MAX_LEN)
-        return gr_fail(err, GR_EBADREQ, "%s:%u: a key must be %d to %d characters long",
+        return gr_fail(err, GR_EFILE, "%s:%u: a key must be %d to %d characters long",
                        path, lineno, APIKEY_MIN_LEN, APIKEY_MAX_LEN);
     for (size_t i = 0; i < n; i++) {
         unsigned char ch = (unsigned char)s[i];
         if (ch < 0x21 || ch > 0x7e)
-            return gr_fail(err, GR_EBADREQ, "%s:%u: a key may hold only printable ASCII "
+            return gr_fail(err, GR_EFILE, "%s:%u: a key may hold only printable ASCII "
                            "characters without spaces", path, lineno);
     }
     if (k->n == MAX_KEYS)
-        return gr_fail(err, GR_EBADREQ, "%s: more than %d keys", path, MAX_KEYS);
+        return gr_fail(err, GR_EFILE, "%s: more than %d keys", path, MAX_KEYS);
     if (grow(k) != 0) return gr_fail(err, GR_EINTERNAL, "api keys: out of memory");
     slot *sl = &k->slots[k->n++];
     memcpy(sl->bytes, s, n);
@@ -92,18 +92,18 @@ static int parse(apikeys *k, FILE *f, const char *path, char line[MAX_LINE + 1],
         long got = read_line(f, line);
         if (got == -1) break;
         if (got == -2)
-            return gr_fail(err, GR_EBADREQ, "%s:%u: line longer than %d bytes", path, lineno,
+            return gr_fail(err, GR_EFILE, "%s:%u: line longer than %d bytes", path, lineno,
                            MAX_LINE);
-        if (got == -3) return gr_fail(err, GR_EBADREQ, "%s:%u: NUL byte in line", path, lineno);
+        if (got == -3) return gr_fail(err, GR_EFILE, "%s:%u: NUL byte in line", path, lineno);
         size_t a = 0, n = (size_t)got;
         while (a < n && is_blank(line[a])) a++;
         while (n > a && is_blank(line[n - 1])) n--;
         if (a == n || line[a] == '#') continue;
         if (add_key(k, path, lineno, line + a, n - a, err) != 0) return -1;
     }
-    if (ferror(f)) return gr_fail(err, GR_EBADREQ, "%s: read error: %s", path, strerror(errno));
+    if (ferror(f)) return gr_fail(err, GR_EFILE, "%s: read error: %s", path, strerror(errno));
     if (k->n == 0)
-        return gr_fail(err, GR_EBADREQ, "%s: no keys (one per line; '#' starts a comment)",
+        return gr_fail(err, GR_EFILE, "%s: no keys (one per line; '#' starts a comment)",
                        path);
     return 0;
 }
@@ -116,7 +116,7 @@ apikeys *apikeys_load(const char *path, gr_err *err) {
     }
     FILE *f = fopen(path, "r");
     if (!f) {
-        gr_fail(err, GR_EBADREQ, "%s: cannot open: %s", path, strerror(errno));
+        gr_fail(err, GR_EFILE, "%s: cannot open: %s", path, strerror(errno));
         free(k);
         return NULL;
     }

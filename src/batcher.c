@@ -29,7 +29,7 @@ typedef struct job {
     size_t n;
     size_t handed;       /* chunks given to workers so far */
     size_t remaining;    /* chunks not yet computed */
-    int failed;          /* a batch holding some of its chunks failed */
+    gr_err failed;       /* a batch holding some of its chunks failed: why */
     int withdrawn;       /* given up: the chunks not handed out are dropped */
     pthread_cond_t done;
     struct job *next;
@@ -120,7 +120,8 @@ static void *worker_main(void *arg) {
             in = w->in;
         }
         double t0 = monotonic_now();
-        int rc = model_forward(b->m, w->ws, in, n, w->out);
+        gr_err ferr = {GR_OK, ""};
+        int rc = model_forward(b->m, w->ws, in, n, w->out, &ferr);
         double dt = monotonic_now() - t0;
         metrics_observe_batch(b->met, n);
 
@@ -138,7 +139,7 @@ static void *worker_main(void *arg) {
         b->busy_seconds += dt;
         for (size_t i = 0; i < ns; i++) {
             job *j = w->slices[i].j;
-            if (rc != 0) j->failed = 1;
+            if (rc != 0) j->failed = ferr;
             j->remaining -= w->slices[i].count;
             if (j->remaining == 0) pthread_cond_signal(&j->done);
         }
@@ -281,7 +282,8 @@ int batcher_submit(batcher *b, const float *in, size_t n, float *out, double dea
     }
     pthread_mutex_unlock(&b->mu);
     pthread_cond_destroy(&j.done);
-    if (j.failed) return gr_fail(err, GR_EINTERNAL, "batcher: model_forward failed");
+    if (j.failed.status != GR_OK)
+        return gr_fail(err, j.failed.status, "batcher: %s", j.failed.msg);
     /* Every chunk computed (the give-up came too late to save anything):
      * the answer is worth more than the error. */
     if (dropped == 0) return 0;

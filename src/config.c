@@ -220,14 +220,14 @@ static int set_string(const key *k, char *field, const char *value,
     char show[64];
     size_t n = strlen(value);
     if (n >= k->size)
-        return gr_fail(err, GR_EBADREQ, "%s: value too long (%zu bytes, at most %zu), got '%s'",
+        return gr_fail(err, GR_ECONFIG, "%s: value too long (%zu bytes, at most %zu), got '%s'",
                        k->name, n, k->size - 1, shown(value, show));
     switch (k->kind) {
     case KIND_ADDRESS: {
         unsigned char addr[16];
         if (inet_pton(AF_INET, value, addr) != 1 &&
             inet_pton(AF_INET6, value, addr) != 1)
-            return gr_fail(err, GR_EBADREQ,
+            return gr_fail(err, GR_ECONFIG,
                            "%s: expected a literal IPv4 or IPv6 address, got '%s'",
                            k->name, shown(value, show));
         break;
@@ -235,11 +235,11 @@ static int set_string(const key *k, char *field, const char *value,
     case KIND_PATH:
     case KIND_OPT_PATH:
         if (n == 0 && k->kind == KIND_PATH)
-            return gr_fail(err, GR_EBADREQ, "%s: expected a path, got ''", k->name);
+            return gr_fail(err, GR_ECONFIG, "%s: expected a path, got ''", k->name);
         for (size_t i = 0; i < n; i++) {
             unsigned char ch = (unsigned char)value[i];
             if (ch < 0x20 || ch == 0x7f)
-                return gr_fail(err, GR_EBADREQ,
+                return gr_fail(err, GR_ECONFIG,
                                "%s: control character in path '%s'", k->name,
                                shown(value, show));
         }
@@ -249,7 +249,7 @@ static int set_string(const key *k, char *field, const char *value,
         for (size_t i = 0; i < sizeof log_levels / sizeof log_levels[0]; i++)
             ok |= strcmp(value, log_levels[i]) == 0;
         if (!ok)
-            return gr_fail(err, GR_EBADREQ,
+            return gr_fail(err, GR_ECONFIG,
                            "%s: expected one of error, warn, info, debug, got '%s'",
                            k->name, shown(value, show));
         break;
@@ -265,9 +265,9 @@ static int set_string(const key *k, char *field, const char *value,
 int config_set(config *c, const char *key_name, const char *value, gr_err *err) {
     char show[64];
     if (!key_name || !value)
-        return gr_fail(err, GR_EBADREQ, "config: missing key or value");
+        return gr_fail(err, GR_ECONFIG, "config: missing key or value");
     const key *k = find_key(key_name);
-    if (!k) return gr_fail(err, GR_EBADREQ, "unknown key '%s'", shown(key_name, show));
+    if (!k) return gr_fail(err, GR_ECONFIG, "unknown key '%s'", shown(key_name, show));
     char *field = (char *)c + k->offset;
 
     switch (k->kind) {
@@ -281,7 +281,7 @@ int config_set(config *c, const char *key_name, const char *value, gr_err *err) 
         unsigned long long v;
         if (parse_uint(value, strlen(value), &v) < 0 || (double)v < k->min ||
             (double)v > k->max)
-            return gr_fail(err, GR_EBADREQ, "%s: expected an integer in %.0f..%.0f, got '%s'",
+            return gr_fail(err, GR_ECONFIG, "%s: expected an integer in %.0f..%.0f, got '%s'",
                            k->name, k->min, k->max, shown(value, show));
         if (k->kind == KIND_INT) {
             int iv = (int)v;
@@ -298,7 +298,7 @@ int config_set(config *c, const char *key_name, const char *value, gr_err *err) 
         format_bytes((unsigned long long)k->max, max);
         if (parse_bytes(value, &v) < 0 || (double)v < k->min ||
             (double)v > k->max || v > SIZE_MAX)
-            return gr_fail(err, GR_EBADREQ,
+            return gr_fail(err, GR_ECONFIG,
                            "%s: expected a byte count in %.0f..%s (suffix K, M or G allowed), got '%s'",
                            k->name, k->min, max, shown(value, show));
         size_t sv = (size_t)v;
@@ -308,7 +308,7 @@ int config_set(config *c, const char *key_name, const char *value, gr_err *err) 
     case KIND_SECONDS: {
         double v;
         if (parse_seconds(value, &v) < 0 || v < k->min || v > k->max)
-            return gr_fail(err, GR_EBADREQ, "%s: expected seconds in %g..%g, got '%s'",
+            return gr_fail(err, GR_ECONFIG, "%s: expected seconds in %g..%g, got '%s'",
                            k->name, k->min, k->max, shown(value, show));
         memcpy(field, &v, sizeof v);
         return 0;
@@ -385,7 +385,7 @@ static int split_line(char *s, char **key_out, char **value_out,
 
 int config_load_file(config *c, const char *path, gr_err *err) {
     FILE *f = fopen(path, "r");
-    if (!f) return gr_fail(err, GR_EBADREQ, "%s: cannot open: %s", path, strerror(errno));
+    if (!f) return gr_fail(err, GR_EFILE, "%s: cannot open: %s", path, strerror(errno));
     char *line = malloc(CONFIG_LINE_MAX + 1);
     if (!line) {
         fclose(f);
@@ -396,12 +396,12 @@ int config_load_file(config *c, const char *path, gr_err *err) {
         long n = read_line(f, line, CONFIG_LINE_MAX + 1);
         if (n == -1) break;
         if (n == -2) {
-            rc = gr_fail(err, GR_EBADREQ, "%s:%u: line longer than %d bytes", path,
+            rc = gr_fail(err, GR_ECONFIG, "%s:%u: line longer than %d bytes", path,
                          lineno, CONFIG_LINE_MAX);
             break;
         }
         if (n == -3) {
-            rc = gr_fail(err, GR_EBADREQ, "%s:%u: NUL byte in line", path, lineno);
+            rc = gr_fail(err, GR_ECONFIG, "%s:%u: NUL byte in line", path, lineno);
             break;
         }
         char *s = line;
@@ -411,7 +411,7 @@ int config_load_file(config *c, const char *path, gr_err *err) {
         const char *why = NULL;
         int kind = split_line(s, &k, &v, &why);
         if (kind < 0) {
-            rc = gr_fail(err, GR_EBADREQ, "%s:%u: %s", path, lineno, why);
+            rc = gr_fail(err, GR_ECONFIG, "%s:%u: %s", path, lineno, why);
             break;
         }
         if (kind == 0) continue;
@@ -422,7 +422,7 @@ int config_load_file(config *c, const char *path, gr_err *err) {
         }
     }
     if (rc == 0 && ferror(f))
-        rc = gr_fail(err, GR_EBADREQ, "%s: read error: %s", path, strerror(errno));
+        rc = gr_fail(err, GR_EFILE, "%s: read error: %s", path, strerror(errno));
     free(line);
     fclose(f);
     return rc;
@@ -468,7 +468,7 @@ int config_load_env(config *c, gr_err *err) {
             known = find_key(key_name) != NULL;
         }
         if (!known)
-            return gr_fail(err, GR_EBADREQ, "environment: unknown setting %s",
+            return gr_fail(err, GR_ECONFIG, "environment: unknown setting %s",
                            shown(full, show));
         gr_err ve;
         if (config_set(c, key_name, eq + 1, &ve) < 0)
@@ -547,7 +547,7 @@ void config_print(const config *c, FILE *f) {
 
 int config_validate(const config *c, gr_err *err) {
     if ((c->tls_cert_file[0] == '\0') != (c->tls_key_file[0] == '\0'))
-        return gr_fail(err, GR_EBADREQ, "tls_cert_file and tls_key_file must be set "
+        return gr_fail(err, GR_ECONFIG, "tls_cert_file and tls_key_file must be set "
                        "together (both for HTTPS, neither for HTTP)");
     return 0;
 }

@@ -81,7 +81,7 @@ static generation *generation_create(engine *e, gr_err *err) {
     pthread_mutex_unlock(&e->plan_mu);
     if (!g->fz) goto fail;
     if (featurizer_chunk_floats(g->fz) != model_input_floats(g->model)) {
-        gr_fail(err, GR_EINTERNAL, "%s: model input (%zu floats) does not match its own "
+        gr_fail(err, GR_EFILE, "%s: model input (%zu floats) does not match its own "
                 "feature parameters (%zu floats per chunk)", cfg->model,
                 model_input_floats(g->model), featurizer_chunk_floats(g->fz));
         goto fail;

@@ -251,7 +251,7 @@ int features_compute(const featurizer *fz, const features_opts *o, const void *d
     if (o->chunk_hop_s != 0) {
         double hop = round(o->chunk_hop_s * rate);
         if (!(hop >= 1 && hop <= (double)step))
-            return gr_fail(err, GR_EBADREQ, "chunk hop %g s is not between one sample "
+            return gr_fail(err, GR_ECONFIG, "chunk hop %g s is not between one sample "
                            "and one chunk (%.1f s)", o->chunk_hop_s, (double)step / rate);
         step = (size_t)hop;
     }

@@ -165,11 +165,38 @@ static enum MHD_Result respond_json(struct MHD_Connection *c, request *r, int st
     return respond(c, r, status, "application/json", text, strlen(text));
 }
 
+/* The HTTP edge of err.h: the status a client gets for each kind of error.
+ * A deadline overrun is a 503 like a full queue, not a 4xx: inputs too big
+ * are refused earlier by the size and duration limits, so a request within
+ * them that misses its deadline met a server too busy for it, and a retry
+ * later or on another replica may succeed. The server's own kinds (a
+ * setting, a file) are never a client's doing: one that reaches a client is
+ * a bug, answered as one (500, code "internal"). */
+static int http_status(gr_status status) {
+    switch (status) {
+    case GR_OK: return 200;
+    case GR_EBADREQ: return 400;
+    case GR_EUNAUTHORIZED: return 401;
+    case GR_ENOTFOUND: return 404;
+    case GR_EMETHOD: return 405;
+    case GR_ETOOBIG: return 413;
+    case GR_EUNSUPPORTED: return 415;
+    case GR_EUNPROCESSABLE: return 422;
+    case GR_EBUSY: return 503;
+    case GR_EDEADLINE: return 503;
+    case GR_EINTERNAL: return 500;
+    case GR_ECONFIG: return 500;
+    case GR_EFILE: return 500;
+    }
+    return 500;
+}
+
 static enum MHD_Result respond_error(struct MHD_Connection *c, request *r,
                                      const gr_err *err) {
-    json_t *body = json_pack("{s:{s:s,s:s}}", "error", "code", gr_status_code(err->status),
-                             "message", err->msg);
-    return respond_json(c, r, gr_status_http(err->status), body);
+    int status = http_status(err->status);
+    const char *code = gr_status_code(status == 500 ? GR_EINTERNAL : err->status);
+    json_t *body = json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", err->msg);
+    return respond_json(c, r, status, body);
 }
 
 static enum MHD_Result fail(struct MHD_Connection *c, request *r, gr_status st,
@@ -626,7 +653,7 @@ static void connection_notice(void *cls, struct MHD_Connection *c, void **socket
 static char *read_pem(const char *key, const char *path, const char *want, gr_err *err) {
     FILE *f = fopen(path, "rb");
     if (!f) {
-        gr_fail(err, GR_EBADREQ, "%s %s: cannot open: %s", key, path, strerror(errno));
+        gr_fail(err, GR_EFILE, "%s %s: cannot open: %s", key, path, strerror(errno));
         return NULL;
     }
     char *text = malloc(TLS_FILE_MAX + 1);
@@ -649,7 +676,7 @@ static char *read_pem(const char *key, const char *path, const char *want, gr_er
     if (why) {
         explicit_bzero(text, n < TLS_FILE_MAX ? n + 1 : TLS_FILE_MAX + 1);
         free(text);
-        gr_fail(err, GR_EBADREQ, "%s %s: %s", key, path, why);
+        gr_fail(err, GR_EFILE, "%s %s: %s", key, path, why);
         return NULL;
     }
     return text;
@@ -692,7 +719,7 @@ static int server_load_files(server *s, gr_err *err) {
     if (cfg->tls_cert_file[0] || cfg->tls_key_file[0]) {
         if (config_validate(cfg, err) != 0) return -1;
         if (MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES)
-            return gr_fail(err, GR_EBADREQ, "tls_cert_file is set, but this libmicrohttpd "
+            return gr_fail(err, GR_ECONFIG, "tls_cert_file is set, but this libmicrohttpd "
                            "was built without TLS support");
         s->tls_cert = read_pem("tls_cert_file", cfg->tls_cert_file, "-----BEGIN CERTIFICATE-----",
                                err);
@@ -747,7 +774,7 @@ server *server_start(const config *cfg, engine *e, metrics *met, gr_err *err) {
         flags |= MHD_USE_IPv6;
     } else {
         server_free(s);
-        gr_fail(err, GR_EINTERNAL, "listen: '%s' is not an IP address", cfg->listen);
+        gr_fail(err, GR_ECONFIG, "listen: '%s' is not an IP address", cfg->listen);
         return NULL;
     }
 

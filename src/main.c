@@ -206,7 +206,7 @@ static unsigned char *load_input(const char *path, const config *cfg, size_t *le
                                  gr_err *err) {
     unsigned char *data = read_whole_file(path, cfg->max_upload_bytes, len);
     if (!data) {
-        gr_fail(err, GR_EBADREQ, "%s: cannot read", path);
+        gr_fail(err, GR_EFILE, "%s: cannot read", path);
         return NULL;
     }
     if (*len > cfg->max_upload_bytes) {
@@ -298,7 +298,8 @@ static void wisdom_log(const config *cfg, const char *status, const char *path,
 static void wisdom_load(const config *cfg) {
     char path[4200];
     gr_err err = {0};
-    if (wisdom_path(cfg, path, sizeof path) == 0 && mel_wisdom_load(path, &err) < 0)
+    if (wisdom_path(cfg, path, sizeof path) == 0 &&
+        mel_wisdom_load(path, &err) == MEL_WISDOM_FAILED)
         wisdom_log(cfg, "ignored", path, err.msg);
 }
 
@@ -311,10 +312,11 @@ static void wisdom_learn(const config *cfg, const feature_params *fp) {
     if (fp->kind != FEATURE_LOGMEL || wisdom_path(cfg, path, sizeof path) != 0 ||
         mel_wisdom_has(&fp->mel))
         return;
-    int rc = mel_wisdom_save(path, &err); /* can it be kept at all? 0: /dev/null */
-    if (rc == 1 && mel_wisdom_learn(&fp->mel, &err) == 1 && mel_wisdom_save(path, &err) == 1)
+    mel_wisdom_result kept = mel_wisdom_save(path, &err); /* can it be kept at all? */
+    if (kept == MEL_WISDOM_SAVED && mel_wisdom_learn(&fp->mel, &err) == MEL_WISDOM_LEARNED &&
+        mel_wisdom_save(path, &err) == MEL_WISDOM_SAVED)
         wisdom_log(cfg, "saved", path, NULL);
-    else if (rc != 0)
+    else if (kept != MEL_WISDOM_NOT_KEPT)
         wisdom_log(cfg, "not saved", path, err.msg);
 }
 
@@ -335,7 +337,7 @@ static featurizer *features_featurizer(const config *cfg, const cli *o, gr_err *
         json_error_t jerr;
         json_t *j = json_load_file(o->params_path, 0, &jerr);
         if (!j) {
-            gr_fail(err, GR_EBADREQ, "%s:%d: %s", o->params_path, jerr.line, jerr.text);
+            gr_fail(err, GR_EFILE, "%s:%d: %s", o->params_path, jerr.line, jerr.text);
             return NULL;
         }
         int rc = model_parse_features(j, &p, err);
@@ -583,13 +585,13 @@ int main(int argc, char **argv) {
         mallopt(M_MMAP_THRESHOLD, 256 * 1024);
         mallopt(M_TRIM_THRESHOLD, 2 * 1024 * 1024);
     }
-    metrics *met = is_serve ? metrics_create() : NULL;
+    gr_err err = {0};
+    metrics *met = is_serve ? metrics_create(&err) : NULL;
     if (is_serve && !met) {
-        fprintf(stderr, "genred: out of memory\n");
+        fprintf(stderr, "genred: %s\n", err.msg);
         free(o.files);
         return 1;
     }
-    gr_err err = {0};
     engine *e = engine_create(&cfg, met, &err);
     if (!e) {
         fprintf(stderr, "genred: %s\n", err.msg);

@@ -92,11 +92,15 @@ static void histogram_observe(histogram *h, double v) {
     h->sum += v;
 }
 
-metrics *metrics_create(void) {
+metrics *metrics_create(gr_err *err) {
     metrics *m = calloc(1, sizeof *m);
-    if (!m) return NULL;
+    if (!m) {
+        gr_fail(err, GR_EINTERNAL, "metrics: out of memory");
+        return NULL;
+    }
     if (pthread_mutex_init(&m->mu, NULL) != 0) {
         free(m);
+        gr_fail(err, GR_EINTERNAL, "metrics: mutex init failed");
         return NULL;
     }
     m->started = monotonic_now();

@@ -221,7 +221,7 @@ static void test_bad_values_refused(void **state) {
         gr_err err = {0};
         if (config_set(&c, bad[i].key, bad[i].value, &err) != -1)
             fail_msg("config_set(%s, '%s') accepted", bad[i].key, bad[i].value);
-        assert_int_equal(err.status, GR_EBADREQ);
+        assert_int_equal(err.status, GR_ECONFIG);
         /* The message names the key; the value stays untouched. */
         assert_memory_equal(err.msg, bad[i].key, strlen(bad[i].key));
         assert_config_equal(&c, &before);
@@ -251,7 +251,7 @@ static void test_error_messages(void **state) {
     assert_string_equal(err.msg, "log_level: expected one of error, warn, info, debug, got 'loud'");
 
     assert_int_equal(config_set(&c, "max_bach", "4", &err), -1);
-    assert_int_equal(err.status, GR_EBADREQ);
+    assert_int_equal(err.status, GR_ECONFIG);
     assert_string_equal(err.msg, "unknown key 'max_bach'");
     assert_int_equal(config_set(&c, "", "4", &err), -1);
     assert_int_equal(config_set(&c, "MAX_BATCH", "4", &err), -1);
@@ -325,7 +325,7 @@ static void test_file_errors(void **state) {
         config c;
         gr_err err = {0};
         assert_int_equal(load_text(&c, bad[i].text, &err), -1);
-        assert_int_equal(err.status, GR_EBADREQ);
+        assert_int_equal(err.status, GR_ECONFIG);
         assert_string_equal(err.msg, bad[i].msg);
     }
 
@@ -353,9 +353,10 @@ static void test_file_errors(void **state) {
 
     /* Unreadable files. */
     assert_int_equal(config_load_file(&c, "/nonexistent/genred.conf", &err), -1);
-    assert_int_equal(err.status, GR_EBADREQ);
+    assert_int_equal(err.status, GR_EFILE);
     assert_non_null(strstr(err.msg, "/nonexistent/genred.conf: cannot open"));
     assert_int_equal(config_load_file(&c, "/tmp", &err), -1);
+    assert_int_equal(err.status, GR_EFILE);
     assert_non_null(strstr(err.msg, "/tmp"));
 }
 
@@ -394,7 +395,7 @@ static void test_env(void **state) {
     /* A typo must not pass silently. */
     assert_int_equal(setenv("GENRED_MAX_BACH", "4", 1), 0);
     assert_int_equal(config_load_env(&c, &err), -1);
-    assert_int_equal(err.status, GR_EBADREQ);
+    assert_int_equal(err.status, GR_ECONFIG);
     assert_string_equal(err.msg, "environment: unknown setting GENRED_MAX_BACH");
     assert_int_equal(unsetenv("GENRED_MAX_BACH"), 0);
     assert_int_equal(setenv("GENRED_", "4", 1), 0);
@@ -496,7 +497,7 @@ static void test_validate(void **state) {
     assert_int_equal(config_validate(&c, &err), 0);
     set_ok(&c, "tls_cert_file", "cert.pem");
     assert_int_equal(config_validate(&c, &err), -1);
-    assert_int_equal(err.status, GR_EBADREQ);
+    assert_int_equal(err.status, GR_ECONFIG);
     assert_non_null(strstr(err.msg, "tls_cert_file and tls_key_file"));
     set_ok(&c, "tls_key_file", "key.pem");
     assert_int_equal(config_validate(&c, &err), 0);

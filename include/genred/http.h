@@ -5,7 +5,8 @@
  * (compiled in from web/, served under a same-origin-only
  * Content-Security-Policy). Uploads (multipart field `file`, or a raw audio body) are
  * streamed into memory up to max_upload_bytes. Every error is a JSON body
- * {"error": {"code", "message"}} with the status gr_status_http() gives.
+ * {"error": {"code", "message"}}; which status each kind of error (err.h) gets
+ * is decided here, at the HTTP edge, and nowhere else.
  *
  * What it does not do: audio, models (engine.h). */
 #ifndef GENRED_HTTP_H

@@ -11,6 +11,8 @@
 
 #include <stddef.h>
 
+#include "genred/err.h"
+
 typedef struct metrics metrics;
 struct batcher_stats;
 struct model;
@@ -23,8 +25,9 @@ typedef enum metrics_stage {
     STAGE_COUNT_
 } metrics_stage;
 
-/* Caller owns the result; free with metrics_free(). NULL on ENOMEM. */
-metrics *metrics_create(void);
+/* Caller owns the result; free with metrics_free(). NULL (GR_EINTERNAL)
+ * when out of memory. */
+metrics *metrics_create(gr_err *err);
 void metrics_free(metrics *m);
 
 /* route: a fixed route name such as "/v1/classify" (unknown routes are
