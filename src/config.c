@@ -19,6 +19,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "genred/fileio.h"
+
 extern char **environ;
 
 /* Longest conf-file line, newline excluded. The longest line config_print()
@@ -317,23 +319,6 @@ int config_set(config *c, const char *key_name, const char *value, gr_err *err) 
     return gr_fail(err, GR_EINTERNAL, "%s: unhandled key kind", k->name);
 }
 
-/* Reads one line without its newline (and a '\r' before it) into buf.
- * Returns its length, -1 at end of file, -2 if it does not fit in cap - 1
- * bytes, -3 if it holds a NUL byte (which would silently cut the line). */
-static long read_line(FILE *f, char *buf, size_t cap) {
-    size_t n = 0;
-    int ch;
-    while ((ch = getc(f)) != EOF && ch != '\n') {
-        if (ch == '\0') return -3;
-        if (n + 1 >= cap) return -2;
-        buf[n++] = (char)ch;
-    }
-    if (ch == EOF && n == 0) return -1;
-    if (n > 0 && buf[n - 1] == '\r') n--;
-    buf[n] = '\0';
-    return (long)n;
-}
-
 static int is_blank(char ch) { return ch == ' ' || ch == '\t'; }
 
 /* Splits a line into key and value in place. Returns 1 for a key/value pair,
@@ -391,38 +376,24 @@ int config_load_file(config *c, const char *path, gr_err *err) {
         fclose(f);
         return gr_fail(err, GR_EINTERNAL, "%s: out of memory", path);
     }
+    line_reader lines = {.f = f, .path = path, .buf = line, .cap = CONFIG_LINE_MAX + 1};
+    size_t n;
+    line_result got = LINE_END;
     int rc = 0;
-    for (unsigned lineno = 1;; lineno++) {
-        long n = read_line(f, line, CONFIG_LINE_MAX + 1);
-        if (n == -1) break;
-        if (n == -2) {
-            rc = gr_fail(err, GR_ECONFIG, "%s:%u: line longer than %d bytes", path,
-                         lineno, CONFIG_LINE_MAX);
-            break;
-        }
-        if (n == -3) {
-            rc = gr_fail(err, GR_ECONFIG, "%s:%u: NUL byte in line", path, lineno);
-            break;
-        }
+    while (rc == 0 && (got = line_next(&lines, &n, err)) == LINE_READ) {
         char *s = line;
         /* A UTF-8 byte order mark, as some editors write one. */
-        if (lineno == 1 && n >= 3 && memcmp(s, "\xEF\xBB\xBF", 3) == 0) s += 3;
+        if (lines.lineno == 1 && n >= 3 && memcmp(s, "\xEF\xBB\xBF", 3) == 0) s += 3;
         char *k, *v;
         const char *why = NULL;
         int kind = split_line(s, &k, &v, &why);
-        if (kind < 0) {
-            rc = gr_fail(err, GR_ECONFIG, "%s:%u: %s", path, lineno, why);
-            break;
-        }
-        if (kind == 0) continue;
         gr_err e;
-        if (config_set(c, k, v, &e) < 0) {
-            rc = gr_fail(err, e.status, "%s:%u: %s", path, lineno, e.msg);
-            break;
-        }
+        if (kind < 0)
+            rc = gr_fail(err, GR_ECONFIG, "%s:%u: %s", path, lines.lineno, why);
+        else if (kind > 0 && config_set(c, k, v, &e) < 0)
+            rc = gr_fail(err, e.status, "%s:%u: %s", path, lines.lineno, e.msg);
     }
-    if (rc == 0 && ferror(f))
-        rc = gr_fail(err, GR_EFILE, "%s: read error: %s", path, strerror(errno));
+    if (rc == 0 && got == LINE_FAILED) rc = -1;
     free(line);
     fclose(f);
     return rc;

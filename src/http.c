@@ -39,7 +39,6 @@
 
 #include <microhttpd.h>
 #include <arpa/inet.h>
-#include <errno.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -56,6 +55,7 @@
 #include "genred/apikeys.h"
 #include "genred/assets.h"
 #include "genred/clock.h"
+#include "genred/fileio.h"
 
 #define RETRY_AFTER_S "1"
 
@@ -651,32 +651,20 @@ static void connection_notice(void *cls, struct MHD_Connection *c, void **socket
 /* A PEM file as one NUL-terminated string (what MHD wants), checked for the
  * block it must hold so a swapped or wrong file gets a clear message. */
 static char *read_pem(const char *key, const char *path, const char *want, gr_err *err) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        gr_fail(err, GR_EFILE, "%s %s: cannot open: %s", key, path, strerror(errno));
-        return NULL;
-    }
-    char *text = malloc(TLS_FILE_MAX + 1);
+    size_t n;
+    gr_err why;
+    char *text = (char *)file_read(path, TLS_FILE_MAX, GR_EFILE, &n, &why);
     if (!text) {
-        fclose(f);
-        gr_fail(err, GR_EINTERNAL, "%s %s: out of memory", key, path);
+        gr_fail(err, why.status, "%s %s", key, why.msg);
         return NULL;
     }
-    size_t n = fread(text, 1, TLS_FILE_MAX + 1, f);
-    int bad = ferror(f);
-    fclose(f);
-    const char *why = NULL;
-    if (bad) why = "read error";
-    else if (n > TLS_FILE_MAX) why = "larger than 1 MiB: not a PEM file";
-    else {
-        text[n] = '\0';
-        if (strlen(text) != n) why = "holds a NUL byte: not a PEM file";
-        else if (!strstr(text, want)) why = "has no PEM block of the expected kind";
-    }
-    if (why) {
-        explicit_bzero(text, n < TLS_FILE_MAX ? n + 1 : TLS_FILE_MAX + 1);
+    const char *bad = strlen(text) != n     ? "holds a NUL byte: not a PEM file"
+                      : !strstr(text, want) ? "has no PEM block of the expected kind"
+                                            : NULL;
+    if (bad) {
+        explicit_bzero(text, n);
         free(text);
-        gr_fail(err, GR_EFILE, "%s %s: %s", key, path, why);
+        gr_fail(err, GR_EFILE, "%s %s: %s", key, path, bad);
         return NULL;
     }
     return text;

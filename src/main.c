@@ -23,6 +23,7 @@
 #include "genred/config.h"
 #include "genred/engine.h"
 #include "genred/features.h"
+#include "genred/fileio.h"
 #include "genred/http.h"
 #include "genred/metrics.h"
 #include "genred/npy.h"
@@ -168,54 +169,11 @@ bad:
     return -1;
 }
 
-static unsigned char *read_whole_file(const char *path, size_t max, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    unsigned char *buf = NULL;
-    size_t cap = 0, n = 0;
-    for (;;) {
-        if (n == cap) {
-            if (cap >= max + 1) break; /* over the limit: caller sees len > max */
-            cap = cap ? cap * 2 : 1 << 20;
-            if (cap > max + 1) cap = max + 1;
-            unsigned char *nb = realloc(buf, cap);
-            if (!nb) {
-                free(buf);
-                fclose(f);
-                return NULL;
-            }
-            buf = nb;
-        }
-        size_t got = fread(buf + n, 1, cap - n, f);
-        n += got;
-        if (got == 0) break;
-    }
-    int bad = ferror(f);
-    fclose(f);
-    if (bad) {
-        free(buf);
-        return NULL;
-    }
-    *len = n;
-    return buf ? buf : malloc(1);
-}
-
 /* Reads a file for classify/features, enforcing the upload limit so the
  * offline path refuses what the daemon would refuse. */
 static unsigned char *load_input(const char *path, const config *cfg, size_t *len,
                                  gr_err *err) {
-    unsigned char *data = read_whole_file(path, cfg->max_upload_bytes, len);
-    if (!data) {
-        gr_fail(err, GR_EFILE, "%s: cannot read", path);
-        return NULL;
-    }
-    if (*len > cfg->max_upload_bytes) {
-        free(data);
-        gr_fail(err, GR_ETOOBIG, "%s: larger than max_upload_bytes (%zu)", path,
-                cfg->max_upload_bytes);
-        return NULL;
-    }
-    return data;
+    return file_read(path, cfg->max_upload_bytes, GR_ETOOBIG, len, err);
 }
 
 static void print_error_line(const char *file, const gr_err *err) {

@@ -14,7 +14,6 @@
  * What it does not do: feature extraction (mel.c), kernels (nn.c). */
 #include "genred/model.h"
 
-#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -22,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "genred/fileio.h"
 #include "genred/nn.h"
 
 #define FORMAT_VERSION 1
@@ -882,30 +882,9 @@ fail:
 }
 
 model *model_load(const char *path, gr_err *err) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        gr_fail(err, GR_EFILE, "%s: cannot open: %s", path, strerror(errno));
-        return NULL;
-    }
-    unsigned char *buf = NULL;
-    size_t len = 0;
-    long size = -1;
-    if (fseek(f, 0, SEEK_END) == 0) size = ftell(f);
-    if (size < 0 || fseek(f, 0, SEEK_SET) != 0) {
-        gr_fail(err, GR_EFILE, "%s: cannot determine the file size", path);
-    } else if ((unsigned long long)size > MAX_FILE_BYTES) {
-        gr_fail(err, GR_EFILE, "%s: %ld bytes is larger than the %llu-byte "
-                "limit for a model", path, size, MAX_FILE_BYTES);
-    } else if (!(buf = malloc(size ? (size_t)size : 1))) {
-        gr_fail(err, GR_EINTERNAL, "%s: out of memory", path);
-    } else if ((len = fread(buf, 1, (size_t)size, f)) != (size_t)size) {
-        gr_fail(err, GR_EFILE, "%s: read error", path);
-    }
-    fclose(f);
-    if (!buf || len != (size_t)size) {
-        free(buf);
-        return NULL;
-    }
+    size_t len;
+    unsigned char *buf = file_read(path, MAX_FILE_BYTES, GR_EFILE, &len, err);
+    if (!buf) return NULL;
     gr_err inner = {GR_OK, ""};
     model *m = model_load_buffer(buf, len, &inner);
     free(buf);
