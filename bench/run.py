@@ -131,6 +131,7 @@ class Daemon:
 
     def __init__(self, genred, *flags, env=None):
         self.t0 = time.perf_counter()
+        env = genred_env(env)
         self.proc = subprocess.Popen(
             [genred, "serve", "--config", ROOT / "conf" / "genred.conf", "--port", "0",
              "--model", MODEL, "--log-level", "warn", *map(str, flags)],
@@ -197,6 +198,13 @@ def get(port, path, timeout=10):
         c.close()
 
 
+def genred_env(env=None):
+    """env (default: this one) without GENRED_* variables: genred would read
+    them as settings (and refuse names such as GENRED_SHARED, which is the
+    bench's own); every setting here is a flag."""
+    return {k: v for k, v in (env or os.environ).items() if not k.startswith("GENRED_")}
+
+
 def timed_child(cmd, **kw):
     """Wall seconds and CPU seconds (user + sys) of one child process."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -228,7 +236,7 @@ def bench_e2e(args, song):
             rows["http"][1].append((d.cpu_seconds() - c0) * 1e3)
             assert status == 200, status
             w, c = timed_child([args.genred, "classify", "--config", ROOT / "conf" / "genred.conf",
-                                "--model", MODEL, song], cwd=ROOT)
+                                "--model", MODEL, song], cwd=ROOT, env=genred_env())
             rows["cli"][0].append(w * 1e3)
             rows["cli"][1].append(c * 1e3)
     finally:

@@ -31,7 +31,7 @@ typedef enum key_kind {
     KIND_ADDRESS,   /* char[]: literal IPv4 or IPv6 address */
     KIND_PATH,      /* char[]: non-empty, no control characters */
     KIND_OPT_PATH,  /* char[]: a KIND_PATH, or "" for none */
-    KIND_LOG_LEVEL, /* char[]: error | warn | info | debug */
+    KIND_LOG_LEVEL, /* log_level: error | warn | info | debug */
     KIND_INT,       /* int */
     KIND_COUNT,     /* size_t, plain integer */
     KIND_BYTES,     /* size_t, integer with optional K/M/G suffix */
@@ -74,7 +74,17 @@ static const key keys[] = {
 };
 #define KEY_COUNT (sizeof keys / sizeof keys[0])
 
-static const char *const log_levels[] = {"error", "warn", "info", "debug"};
+static const char *const log_levels[] = {
+    [LOG_LEVEL_ERROR] = "error",
+    [LOG_LEVEL_WARN] = "warn",
+    [LOG_LEVEL_INFO] = "info",
+    [LOG_LEVEL_DEBUG] = "debug",
+};
+#define LOG_LEVEL_COUNT (sizeof log_levels / sizeof log_levels[0])
+
+const char *log_level_name(log_level level) {
+    return (size_t)level < LOG_LEVEL_COUNT ? log_levels[level] : "info";
+}
 
 /* The installed model: meson passes <prefix>/<datadir>/genred/models/...,
  * so the default follows the install prefix. A build by other means gets the
@@ -102,7 +112,7 @@ void config_defaults(config *c) {
     c->idle_timeout_s = 30;
     c->request_timeout_s = 60;
     c->shutdown_timeout_s = 30;
-    memcpy(c->log_level, "info", sizeof "info");
+    c->log_level = LOG_LEVEL_INFO;
 }
 
 /* A bad value quoted back in an error message: at most 48 bytes, control
@@ -246,16 +256,6 @@ static int set_string(const key *k, char *field, const char *value,
                                shown(value, show));
         }
         break;
-    case KIND_LOG_LEVEL: {
-        int ok = 0;
-        for (size_t i = 0; i < sizeof log_levels / sizeof log_levels[0]; i++)
-            ok |= strcmp(value, log_levels[i]) == 0;
-        if (!ok)
-            return gr_fail(err, GR_ECONFIG,
-                           "%s: expected one of error, warn, info, debug, got '%s'",
-                           k->name, shown(value, show));
-        break;
-    }
     default:
         return gr_fail(err, GR_EINTERNAL, "%s: not a string key", k->name);
     }
@@ -276,8 +276,16 @@ int config_set(config *c, const char *key_name, const char *value, gr_err *err) 
     case KIND_ADDRESS:
     case KIND_PATH:
     case KIND_OPT_PATH:
-    case KIND_LOG_LEVEL:
         return set_string(k, field, value, err);
+    case KIND_LOG_LEVEL:
+        for (size_t i = 0; i < LOG_LEVEL_COUNT; i++) {
+            if (strcmp(value, log_levels[i]) != 0) continue;
+            log_level level = (log_level)i;
+            memcpy(field, &level, sizeof level);
+            return 0;
+        }
+        return gr_fail(err, GR_ECONFIG, "%s: expected one of error, warn, info, debug, got '%s'",
+                       k->name, shown(value, show));
     case KIND_INT:
     case KIND_COUNT: {
         unsigned long long v;
@@ -399,20 +407,6 @@ int config_load_file(config *c, const char *path, gr_err *err) {
     return rc;
 }
 
-/* GENRED_ variables that are not settings: the conf path and what the test
- * harness sets. */
-static int is_reserved_env(const char *name, size_t n) {
-    static const char *const exact[] = {"CONFIG", "BIN", "SOURCE", "SHARED"};
-    static const char *const prefix[] = {"TEST_", "TOOL_"};
-    for (size_t i = 0; i < sizeof exact / sizeof exact[0]; i++)
-        if (strlen(exact[i]) == n && memcmp(name, exact[i], n) == 0) return 1;
-    for (size_t i = 0; i < sizeof prefix / sizeof prefix[0]; i++) {
-        size_t p = strlen(prefix[i]);
-        if (n >= p && memcmp(name, prefix[i], p) == 0) return 1;
-    }
-    return 0;
-}
-
 int config_load_env(config *c, gr_err *err) {
     static const char prefix[] = "GENRED_";
     const size_t plen = sizeof prefix - 1;
@@ -423,7 +417,9 @@ int config_load_env(config *c, gr_err *err) {
         const char *eq = strchr(name, '=');
         if (!eq) continue;
         size_t n = (size_t)(eq - name);
-        if (is_reserved_env(name, n)) continue;
+        /* GENRED_CONFIG names the conf file (main.c); every other GENRED_
+         * variable must be a setting, so a typo is refused, not ignored. */
+        if (n == 6 && memcmp(name, "CONFIG", 6) == 0) continue;
 
         char key_name[32], full[64], show[64];
         size_t fn = (size_t)(eq - var) < sizeof full - 1 ? (size_t)(eq - var) : sizeof full - 1;
@@ -471,10 +467,15 @@ void config_print(const config *c, FILE *f) {
         const char *field = (const char *)c + k->offset;
         fprintf(f, "%s = ", k->name);
         switch (k->kind) {
+        case KIND_LOG_LEVEL: {
+            log_level level;
+            memcpy(&level, field, sizeof level);
+            fputs(log_level_name(level), f);
+            break;
+        }
         case KIND_ADDRESS:
         case KIND_PATH:
-        case KIND_OPT_PATH:
-        case KIND_LOG_LEVEL: {
+        case KIND_OPT_PATH: {
             /* Bounded even if the struct was filled without config_set(). */
             char s[sizeof c->model];
             size_t n = strnlen(field, k->size - 1);

@@ -11,6 +11,7 @@
 
 #include "genred/audio.h"
 #include "genred/clock.h"
+#include "genred/config.h"
 
 struct featurizer {
     feature_params p;
@@ -62,7 +63,7 @@ static size_t chunk_count(const featurizer *fz, size_t n, size_t step) {
                    : waveform_chunk_count(&fz->p.waveform, n, step);
 }
 
-features_opts features_opts_from_config(const config *c, int trim) {
+features_opts features_opts_from_config(const struct config *c, int trim) {
     features_opts o = {.trim = trim,
                        .trim_start_s = c->trim_start_s,
                        .trim_end_s = c->trim_end_s,

@@ -588,8 +588,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
 }
 
 static void log_request(const server *s, const request *r, double seconds) {
-    if (strcmp(s->cfg.log_level, "error") == 0 || strcmp(s->cfg.log_level, "warn") == 0)
-        return;
+    if (s->cfg.log_level < LOG_LEVEL_INFO) return;
     json_t *line = json_pack("{s:s,s:s,s:s,s:i,s:I,s:I,s:f}", "event", "request",
                              "request_id", r->id, "route", r->route, "status", r->status,
                              "bytes_in", (json_int_t)r->bytes_in, "bytes_out",

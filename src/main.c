@@ -27,13 +27,10 @@
 #include "genred/http.h"
 #include "genred/metrics.h"
 #include "genred/npy.h"
+#include "genred/version.h"
 
 #ifdef HAVE_LIBSYSTEMD
 #include <systemd/sd-daemon.h>
-#endif
-
-#ifndef GENRED_VERSION
-#define GENRED_VERSION "dev"
 #endif
 
 /* Tells the service manager what the daemon is doing (genred.service is
@@ -240,8 +237,7 @@ static int wisdom_path(const config *cfg, char *out, size_t n) {
 
 static void wisdom_log(const config *cfg, const char *status, const char *path,
                        const char *error) {
-    if (!error && (strcmp(cfg->log_level, "error") == 0 || strcmp(cfg->log_level, "warn") == 0))
-        return;
+    if (!error && cfg->log_level < LOG_LEVEL_INFO) return;
     json_t *line = json_pack("{s:s,s:s,s:s}", "event", "fftw_wisdom", "status", status,
                              "path", path);
     if (line && error) json_object_set_new(line, "error", json_string(error));
@@ -511,7 +507,7 @@ int main(int argc, char **argv) {
         return 2;
     }
 
-    av_log_set_level(strcmp(cfg.log_level, "debug") == 0 ? AV_LOG_WARNING : AV_LOG_QUIET);
+    av_log_set_level(cfg.log_level >= LOG_LEVEL_DEBUG ? AV_LOG_WARNING : AV_LOG_QUIET);
     wisdom_load(&cfg);
     if (is_features) {
         int rc = cmd_features(&cfg, &o);

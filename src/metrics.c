@@ -21,10 +21,7 @@
 #include "genred/batcher.h"
 #include "genred/clock.h"
 #include "genred/model.h"
-
-#ifndef GENRED_VERSION
-#define GENRED_VERSION "0.1.0"
-#endif
+#include "genred/version.h"
 
 static const char *const route_names[] = {
     "/v1/classify", "/healthz", "/readyz", "/v1/model",

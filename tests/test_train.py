@@ -190,10 +190,12 @@ def test_chunk_hop_refusals(genred, data, tmp_path):
     params = str(TRAIN_DIR / "features.json")
     for bad in ("0", "-1", "x", "1e9"):
         r = subprocess.run([genred, "features", "--params", params, "--chunk-hop", bad,
-                            str(wav), "-o", str(tmp_path / "o.npy")], capture_output=True, text=True)
+                            str(wav), "-o", str(tmp_path / "o.npy")], capture_output=True, text=True,
+                           env=dataset.genred_env())
         assert r.returncode == 2 and "chunk-hop" in r.stderr, (bad, r.stderr)
     r = subprocess.run([genred, "features", "--params", params, "--chunk-hop", "3.5",
-                        str(wav), "-o", str(tmp_path / "o.npy")], capture_output=True, text=True)
+                        str(wav), "-o", str(tmp_path / "o.npy")], capture_output=True, text=True,
+                       env=dataset.genred_env())
     assert r.returncode == 1 and "chunk hop" in r.stderr, r.stderr
 
 
@@ -207,7 +209,7 @@ def test_waveform_features_are_the_envelope(genred, tmp_path):
                str(tmp_path / "w.wav"), "-o", str(tmp_path / "w.npy")]
         if hop:
             cmd += ["--chunk-hop", str(hop)]
-        subprocess.run(cmd, check=True, capture_output=True)
+        subprocess.run(cmd, check=True, capture_output=True, env=dataset.genred_env())
         got = np.load(tmp_path / "w.npy")
         want = np.stack([np.abs(x[s:s + 48000]).reshape(500, 96).mean(1) for s in starts])
         assert got.shape == (len(starts), 500)
@@ -266,7 +268,7 @@ def test_train_export_parity(arch, genred, data, tmp_path):
     # The daemon path end to end: genred classify with the exported model.
     wav = va[0].path
     r = subprocess.run([genred, "classify", "--model", str(path), "--trim", "0", wav],
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=120, env=dataset.genred_env())
     assert r.returncode == 0, r.stderr
     answer = json.loads(r.stdout)
     assert answer["top"] in genres and answer["chunks"] == 2

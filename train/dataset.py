@@ -131,6 +131,13 @@ def folds(tracks, k=5, seed=1234):
     return out
 
 
+def genred_env():
+    """The environment for running genred: this one without GENRED_*
+    variables. genred reads GENRED_<KEY> as settings (and refuses names that
+    are not), so features would otherwise depend on whoever runs training."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("GENRED_")}
+
+
 def params_key(params_path):
     with open(params_path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()[:12]
@@ -188,7 +195,7 @@ def extract_many(genred, targets, tracks, cache_dir, jobs=2, variant="orig"):
                 cmd = [genred, "features", "--params", params_path, "--trim", "0", src, "-o", out]
                 if chunk_hop:
                     cmd[2:2] = ["--chunk-hop", f"{chunk_hop:g}"]
-                r = subprocess.run(cmd, capture_output=True, text=True)
+                r = subprocess.run(cmd, capture_output=True, text=True, env=genred_env())
                 if r.returncode != 0:
                     raise RuntimeError(f"genred features failed on {src} ({t.path}): "
                                        f"{r.stderr.strip()}")

@@ -59,7 +59,8 @@ class Daemon:
     def __init__(self, genred, model):
         self.proc = subprocess.Popen([genred, "serve", "--listen", "127.0.0.1", "--port", "0",
                                       "--model", model, "--workers", "1"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                     env=dataset.genred_env())
         line = self.proc.stdout.readline()
         m = re.search(r"listening on (https?://127\.0\.0\.1:\d+)", line)
         if not m:
@@ -100,7 +101,8 @@ def classify(genred, model_path, files):
     out = []
     for i in range(0, len(files), 32):
         r = subprocess.run([genred, "classify", "--model", model_path, "--trim", "0",
-                            *files[i:i + 32]], capture_output=True, text=True, timeout=1800)
+                            *files[i:i + 32]], capture_output=True, text=True, timeout=1800,
+                           env=dataset.genred_env())
         if r.returncode != 0:
             raise RuntimeError(f"genred classify failed: {r.stderr.strip() or r.stdout[-500:]}")
         out += [json.loads(line) for line in r.stdout.splitlines() if line.strip()]

@@ -19,7 +19,6 @@
 
 #include <stddef.h>
 
-#include "genred/config.h"
 #include "genred/err.h"
 #include "genred/mel.h"
 #include "genred/waveform.h"
@@ -75,8 +74,11 @@ typedef struct features {
                           * decoded independently (audio.h) */
 } features;
 
-/* The options a config implies; trim as given. */
-features_opts features_opts_from_config(const config *c, int trim);
+/* The options a config implies; trim as given. (Declared on the struct, so
+ * that this header, and model.h with it, does not pull in the daemon's
+ * settings.) */
+struct config;
+features_opts features_opts_from_config(const struct config *c, int trim);
 
 /* Decodes data[0..len) (borrowed) at fz's sample rate and computes the
  * chunks of the analysed window. Thread-safe. */
