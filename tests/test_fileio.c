@@ -109,14 +109,25 @@ static void test_read_pipe(void **state) {
     }
 }
 
+/* A reader over a fresh temporary file holding text[0..len). */
+static line_reader lines_of(char path[64], const char *text, size_t len, char *buf,
+                            size_t cap) {
+    write_temp(path, text, len);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    return (line_reader){.f = f, .path = path, .buf = buf, .cap = cap};
+}
+
+static void done_with(line_reader *r) {
+    fclose(r->f);
+    unlink(r->path);
+}
+
 static void test_lines(void **state) {
     (void)state;
     static const char text[] = "one\r\n\ntwo  \nlast";
     char path[64], buf[8];
-    write_temp(path, text, sizeof text - 1);
-    FILE *f = fopen(path, "r");
-    assert_non_null(f);
-    line_reader r = {.f = f, .path = path, .buf = buf, .cap = sizeof buf};
+    line_reader r = lines_of(path, text, sizeof text - 1, buf, sizeof buf);
     size_t len;
     gr_err err = {GR_OK, ""};
     assert_int_equal(line_next(&r, &len, &err), LINE_READ);
@@ -131,39 +142,29 @@ static void test_lines(void **state) {
     assert_int_equal(r.lineno, 4);
     assert_int_equal(line_next(&r, &len, &err), LINE_END);
     assert_int_equal(r.lineno, 4);
-    fclose(f);
-    unlink(path);
+    done_with(&r);
 
     /* 7 bytes fit in 8; 8 do not, and a NUL is refused, not a cut. */
     static const char bad[] = "1234567\n12345678\n";
-    write_temp(path, bad, sizeof bad - 1);
-    f = fopen(path, "r");
-    r = (line_reader){.f = f, .path = path, .buf = buf, .cap = sizeof buf};
+    r = lines_of(path, bad, sizeof bad - 1, buf, sizeof buf);
     assert_int_equal(line_next(&r, &len, &err), LINE_READ);
     assert_int_equal(len, 7);
     assert_int_equal(line_next(&r, &len, &err), LINE_FAILED);
     assert_int_equal(err.status, GR_EFILE);
     assert_non_null(strstr(err.msg, ":2: line longer than 7 bytes"));
-    fclose(f);
-    unlink(path);
+    done_with(&r);
 
     static const char nul[] = "ok\nab\0c\n";
-    write_temp(path, nul, sizeof nul - 1);
-    f = fopen(path, "r");
-    r = (line_reader){.f = f, .path = path, .buf = buf, .cap = sizeof buf};
+    r = lines_of(path, nul, sizeof nul - 1, buf, sizeof buf);
     assert_int_equal(line_next(&r, &len, &err), LINE_READ);
     assert_int_equal(line_next(&r, &len, &err), LINE_FAILED);
     assert_non_null(strstr(err.msg, ":2: NUL byte in line"));
     assert_true(strncmp(err.msg, path, strlen(path)) == 0);
-    fclose(f);
-    unlink(path);
+    done_with(&r);
 
-    write_temp(path, "", 0);
-    f = fopen(path, "r");
-    r = (line_reader){.f = f, .path = path, .buf = buf, .cap = sizeof buf};
+    r = lines_of(path, "", 0, buf, sizeof buf);
     assert_int_equal(line_next(&r, &len, &err), LINE_END);
-    fclose(f);
-    unlink(path);
+    done_with(&r);
 }
 
 int main(void) {
