@@ -274,7 +274,7 @@ static int cmd_stages(int argc, char **argv) {
             c0 = cpu_ms();
             if (audio_open(data, len, rate, NULL, &src, &err) != 0 ||
                 audio_source_decode(src, total ? w_first : 0, total ? w_count : SIZE_MAX,
-                                    k ? (int)cores : 1, &a, &err) != 0)
+                                    k ? (int)cores : 1, NULL, &a, &err) != 0)
                 die("window decode", &err);
             s[k ? S_WINN : S_WIN1][r] = now_ms() - t0;
             c[k ? S_WINN : S_WIN1][r] = cpu_ms() - c0;

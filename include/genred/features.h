@@ -51,15 +51,15 @@ const mel *featurizer_mel(const featurizer *fz);
 typedef struct features_opts {
     int trim;                 /* 1: apply the trim rule; 0: analyse everything */
     double trim_start_s, trim_end_s, trim_min_keep_s;
-    double max_duration_s;    /* decoded audio longer than this: 422; 0 = none */
-    double deadline;          /* CLOCK_MONOTONIC seconds by which decoding must be
+    double max_duration_s;    /* longer decoded audio: GR_EUNPROCESSABLE; 0 = none */
+    double deadline;          /* monotonic_now() seconds by which decoding must be
                                * done, else GR_EDEADLINE (audio.h); 0 = none */
     double chunk_hop_s;       /* seconds between chunk starts (rounded to whole
                                * samples); 0 = one chunk, back to back, which is
                                * what the daemon analyses. Shorter hops give
                                * overlapping chunks, for training only. */
-    int decode_threads;       /* segments of the analysed window decoded in
-                               * parallel (audio_source_decode); <= 1: one */
+    int decode_threads;       /* threads decoding spans of the analysed window
+                               * (audio_source_decode); <= 1: one */
 } features_opts;
 
 typedef struct features {
@@ -69,8 +69,8 @@ typedef struct features {
     double start_s;      /* where the first chunk begins */
     int trimmed;         /* 1 if the trim rule cut anything */
     double decode_ms, mel_ms;
-    int segments;        /* 0: the whole stream was decoded in one sequential
-                          * pass; n: only the analysed window, in n pieces
+    int spans;           /* 0: the whole stream was decoded in one sequential
+                          * pass; n: only the analysed window, in n spans
                           * decoded independently (audio.h) */
 } features;
 
