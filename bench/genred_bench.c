@@ -208,7 +208,7 @@ static int cmd_stages(int argc, char **argv) {
     const int blas_threads = openblas_get_num_threads();
 
     features_opts fo = features_opts_from_config(&cfg, 1);
-    features f;
+    analysis f;
     if (features_compute(fz, &fo, data, len, &f, &err) != 0) die("features", &err);
     const size_t n_chunks = f.n_chunks, in_floats = model_input_floats(m);
     float *probs = malloc(n_chunks * (size_t)model_genre_count(m) * sizeof *probs);
@@ -282,13 +282,13 @@ static int cmd_stages(int argc, char **argv) {
             audio_free(&a);
         }
 
-        features f2;
+        analysis f2;
         t0 = now_ms();
         c0 = cpu_ms();
         if (features_compute(fz, &fo, data, len, &f2, &err) != 0) die("features", &err);
         s[S_FEATURES][r] = now_ms() - t0;
         c[S_FEATURES][r] = cpu_ms() - c0;
-        features_free(&f2);
+        analysis_free(&f2);
 
         openblas_set_num_threads(1);
         /* One chunk per model_forward(): what every chunk would cost if no
@@ -380,7 +380,7 @@ static int cmd_stages(int argc, char **argv) {
 
     free(probs);
     free(one_out);
-    features_free(&f);
+    analysis_free(&f);
     model_workspace_free(ws);
     batcher_destroy(b);
     featurizer_destroy(fz);

@@ -277,7 +277,7 @@ def bench_stages(args, song):
              ("decode_ms", "decode + downmix + resample to 16 kHz, whole file (sequential)"),
              ("index_ms", "packet index only (audio_open)"),
              ("window_decode_1t_ms", "trimmed window (150 s), 1 thread"),
-             ("window_decode_ms", f"trimmed window, {s['cores']} segments in parallel"),
+             ("window_decode_ms", f"trimmed window, {s['cores']} spans in parallel"),
              ("features_ms", "features_compute: window decode + log-mel (as served)"),
              ("mel_ms", f"log-mel of {s['chunks']} chunks, 1 thread"),
              ("mel_all_cores_ms", f"log-mel of {s['chunks']} chunks, {s['cores']} threads"),
@@ -297,7 +297,7 @@ def bench_stages(args, song):
     resample = s["decode_ms_cpu"] - s["decode_native_ms_cpu"]
     say(f"Resampling 44.1 -> 16 kHz costs {resample:.1f} ms CPU (decode at 16 kHz minus decode "
         f"at 44.1 kHz). Window decode: {s['window_decode_1t_ms_cpu'] / s['decode_ms_cpu']:.2f} x "
-        f"the whole decode's CPU; wall-time speed-up of {s['cores']} segments over one thread: "
+        f"the whole decode's CPU; wall-time speed-up of {s['cores']} spans over one thread: "
         f"{s['window_decode_1t_ms'] / s['window_decode_ms']:.2f} x (1.00 x when no second core "
         "is free). Batches of {0} instead of single chunks: {1:.2f} x the inference CPU."
         .format(s['max_batch'], s['inference_1t_ms_cpu'] / s['inference_batch1_ms_cpu']))

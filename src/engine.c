@@ -275,7 +275,7 @@ static json_t *genre_entry(const model *m, const genre_score *s, size_t n_chunks
 }
 
 static json_t *build_answer(const generation *gen, const float *probs, size_t n_chunks,
-                            const features *an, int segments, double inference_ms,
+                            const analysis *an, int segments, double inference_ms,
                             double total_ms) {
     double start_s = an->start_s;
     const model *m = gen->model;
@@ -316,7 +316,7 @@ static json_t *build_answer(const generation *gen, const float *probs, size_t n_
         SET(mod, "version", json_string(model_version(m)));
         SET(ans, "model", mod);
         SET(tim, "decode", json_real(an->decode_ms));
-        SET(tim, "features", json_real(an->mel_ms));
+        SET(tim, "features", json_real(an->features_ms));
         SET(tim, "inference", json_real(inference_ms));
         SET(tim, "total", json_real(total_ms));
         SET(ans, "timing_ms", tim);
@@ -451,16 +451,16 @@ static json_t *classify_on(engine *e, const generation *g, const void *data, siz
     double deadline = e->cfg.request_timeout_s > 0 ? t0 + e->cfg.request_timeout_s : 0;
     features_opts fo = features_opts_from_config(&e->cfg, o->trim);
     fo.deadline = deadline;
-    features an;
+    analysis an;
     if (features_compute(g->fz, &fo, data, len, &an, err) != 0) return NULL;
     if (may_go_on(e, deadline, "computing features", err) != 0) {
-        features_free(&an);
+        analysis_free(&an);
         return NULL;
     }
     size_t n = an.n_chunks;
     float *probs = malloc(n * (size_t)model_genre_count(g->model) * sizeof(float));
     if (!probs) {
-        features_free(&an);
+        analysis_free(&an);
         gr_fail(err, GR_EINTERNAL, "out of memory for %zu chunk results", n);
         return NULL;
     }
@@ -472,7 +472,7 @@ static json_t *classify_on(engine *e, const generation *g, const void *data, siz
     const mel *pm = featurizer_mel(g->fz);
     if (rc == 0 && o->mel && pm && !(picture = mel_picture(mel_get_params(pm), an.chunks, n)))
         rc = gr_fail(err, GR_EINTERNAL, "out of memory drawing the mel picture");
-    features_free(&an);
+    analysis_free(&an);
     if (rc != 0) {
         free(probs);
         return NULL;
@@ -480,7 +480,7 @@ static json_t *classify_on(engine *e, const generation *g, const void *data, siz
     double total_ms = (monotonic_now() - t0) * 1e3;
 
     metrics_observe_stage(e->met, STAGE_DECODE, an.decode_ms / 1e3);
-    metrics_observe_stage(e->met, STAGE_FEATURES, an.mel_ms / 1e3);
+    metrics_observe_stage(e->met, STAGE_FEATURES, an.features_ms / 1e3);
     metrics_observe_stage(e->met, STAGE_INFERENCE, inference_ms / 1e3);
     metrics_observe_stage(e->met, STAGE_TOTAL, total_ms / 1e3);
     metrics_observe_chunks(e->met, n);

@@ -68,9 +68,9 @@ features_opts features_opts_from_config(const struct config *c, int trim) {
                        .trim_end_s = c->trim_end_s,
                        .trim_min_keep_s = c->trim_min_keep_s,
                        .max_duration_s = c->max_duration_s};
-    /* One segment per core: a lone request decodes at the speed of all of
-     * them; under load the segments just queue for the cores like any other
-     * thread (docs/performance.md measures both). */
+    /* One decoding thread per core: a lone request decodes at the speed of
+     * all of them; under load the threads just queue for the cores like any
+     * other thread (docs/performance.md measures both). */
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     o.decode_threads = cores > 1 ? (int)(cores < 64 ? cores : 64) : 1;
     return o;
@@ -127,7 +127,7 @@ static int take_span(void *ctx, size_t index, const float *samples, size_t at, s
 }
 
 int features_compute(const featurizer *fz, const features_opts *o, const void *data,
-                     size_t len, features *out, gr_err *err) {
+                     size_t len, analysis *out, gr_err *err) {
     memset(out, 0, sizeof *out);
     const int rate = featurizer_sample_rate(fz);
     const size_t L = featurizer_chunk_samples(fz), floats = featurizer_chunk_floats(fz);
@@ -183,7 +183,7 @@ int features_compute(const featurizer *fz, const features_opts *o, const void *d
         out->trimmed = trimmed;
         /* Decoding and log-mel overlap on every thread: the log-mel's share
          * of the time is the sink's, the rest is decoding's. */
-        out->mel_ms = a.sink_ms;
+        out->features_ms = a.sink_ms;
         out->decode_ms = (t1 - t0) * 1e3 - a.sink_ms;
         return 0;
     }
@@ -217,14 +217,14 @@ int features_compute(const featurizer *fz, const features_opts *o, const void *d
     out->start_s = (double)start / rate;
     out->trimmed = trimmed;
     out->decode_ms = (t1 - t0) * 1e3;
-    out->mel_ms = (monotonic_now() - t1) * 1e3;
+    out->features_ms = (monotonic_now() - t1) * 1e3;
     audio_free(&a);
     return 0;
 }
 
-void features_free(features *f) {
-    if (!f) return;
-    free(f->chunks);
-    f->chunks = NULL;
-    f->n_chunks = 0;
+void analysis_free(analysis *a) {
+    if (!a) return;
+    free(a->chunks);
+    a->chunks = NULL;
+    a->n_chunks = 0;
 }

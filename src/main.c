@@ -313,7 +313,7 @@ static int cmd_features(const config *cfg, const cli *o) {
         return 2;
     }
     gr_err err = {0};
-    features f = {0};
+    analysis f = {0};
     size_t len;
     unsigned char *data = NULL;
     featurizer *fz = features_featurizer(cfg, o, &err);
@@ -336,13 +336,13 @@ static int cmd_features(const config *cfg, const cli *o) {
         shape[1] = (size_t)fp->waveform.values;
     }
     if (npy_write(o->out_path, f.chunks, shape, ndim, &err) != 0) goto bad;
-    features_free(&f);
+    analysis_free(&f);
     free(data);
     featurizer_destroy(fz);
     return 0;
 bad:
     fprintf(stderr, "genred: %s\n", err.msg);
-    features_free(&f);
+    analysis_free(&f);
     free(data);
     featurizer_destroy(fz);
     return 1;

@@ -358,7 +358,7 @@ static void test_features_match_whole_decode(void **state) {
         for (int threads = 1; threads <= 3; threads++) {
             features_opts o = {.trim = trim, .trim_start_s = 15, .trim_end_s = 15,
                                .trim_min_keep_s = 30, .decode_threads = threads};
-            features f;
+            analysis f;
             if (features_compute(fz, &o, data, len, &f, &err) != 0) fail_msg("%s", err.msg);
             assert_int_equal(f.n_chunks, n);
             /* Span by span: the window only, in several spans. */
@@ -372,7 +372,7 @@ static void test_features_match_whole_decode(void **state) {
             if (worst != 0)
                 fail_msg("trim %d, %d threads: features differ by up to %g", trim, threads,
                          worst);
-            features_free(&f);
+            analysis_free(&f);
         }
         free(want);
     }

@@ -62,17 +62,22 @@ typedef struct features_opts {
                                * (audio_source_decode); <= 1: one */
 } features_opts;
 
-typedef struct features {
-    float *chunks;       /* n_chunks * featurizer_chunk_floats(); owned, features_free() */
+/* One upload analysed: the features of its analysed window (the model's
+ * input, one chunk per 3 s), where that window lies, and what it cost. */
+typedef struct analysis {
+    float *chunks;       /* n_chunks * featurizer_chunk_floats(); owned,
+                          * analysis_free() */
     size_t n_chunks;
     double duration_s;   /* of the whole decoded audio */
     double start_s;      /* where the first chunk begins */
     int trimmed;         /* 1 if the trim rule cut anything */
-    double decode_ms, mel_ms;
+    double decode_ms;    /* opening, indexing and decoding */
+    double features_ms;  /* computing the chunks from the samples (log-mel or
+                          * envelope): the answer's timing_ms.features */
     int spans;           /* 0: the whole stream was decoded in one sequential
                           * pass; n: only the analysed window, in n spans
                           * decoded independently (audio.h) */
-} features;
+} analysis;
 
 /* The options a config implies; trim as given. (Declared on the struct, so
  * that this header, and model.h with it, does not pull in the daemon's
@@ -83,8 +88,8 @@ features_opts features_opts_from_config(const struct config *c, int trim);
 /* Decodes data[0..len) (borrowed) at fz's sample rate and computes the
  * chunks of the analysed window. Thread-safe. */
 int features_compute(const featurizer *fz, const features_opts *o, const void *data,
-                     size_t len, features *out, gr_err *err);
+                     size_t len, analysis *out, gr_err *err);
 
-void features_free(features *f);
+void analysis_free(analysis *a);
 
 #endif
