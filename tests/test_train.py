@@ -10,6 +10,8 @@ short WAV files written in a temporary folder. On it:
     overlapping chunks equal the back-to-back ones where they coincide, the
     waveform envelope equals a NumPy reference of the same samples, audio
     variants (an MP3 round trip) go through ffmpeg then genred;
+  * the feature cache is keyed on the genred binary too: another binary
+    (a changed mel.c) computes the features again;
   * a short training run of a log-mel CNN and of the waveform autoencoder
     (design d), each exported and run by the C engine (infer_npy) within
     1e-4 of PyTorch, and by `genred classify`, which must name a genre of
@@ -185,6 +187,23 @@ def test_extract_chunks_cache_and_owners(genred, data, tmp_path):
     assert list(y) == [t.label for t in train_t for _ in range(2)]
 
 
+def test_cache_is_keyed_on_the_binary(genred, data, tmp_path):
+    """Features computed by another genred binary (after a change to mel.c,
+    say) live elsewhere: retraining never reuses stale ones."""
+    _, tracks = dataset.discover(str(data))
+    params = str(TRAIN_DIR / "features.json")
+    other = tmp_path / "genred-copy"
+    other.write_bytes(pathlib.Path(genred).read_bytes() + b"\0")  # another build's bytes
+    other.chmod(0o755)
+    a = dataset.extract(genred, params, tracks[:1], str(tmp_path / "cache"))
+    b = dataset.extract(str(other), params, tracks[:1], str(tmp_path / "cache"))
+    assert a[tracks[0].id] != b[tracks[0].id]
+    assert os.path.exists(a[tracks[0].id]) and os.path.exists(b[tracks[0].id])
+    assert dataset.features_key(genred, params) == dataset.features_key(genred, params)
+    assert dataset.features_key(genred, params) != dataset.features_key(
+        genred, str(TRAIN_DIR / "features-waveform.json"))
+
+
 def test_chunk_hop_refusals(genred, data, tmp_path):
     wav = next((data / "Rap").iterdir())
     params = str(TRAIN_DIR / "features.json")
@@ -298,8 +317,8 @@ def test_pipeline_smoke(genred, data, tmp_path):
     assert res["genres"] == GENRES
     assert res["cv"]["k"] == 2 and len(res["cv"]["folds"]) == 2
     assert res["cv"]["out_of_fold_votes"]["items"] == 12          # every track once
-    assert 0 <= res["agreement"]["daemon"]["top_agreement"] <= 1
     # The daemon and PyTorch agree on every WAV: same features, same model.
+    assert 0 <= res["agreement"]["daemon"]["top_agreement"] <= 1
     assert res["agreement"]["daemon"]["matches_pytorch"] == 1.0
     for name, kind in (("m.gmodel", "logmel"), ("d.gmodel", "waveform")):
         _, header = gmodel.load(out / name)
