@@ -329,19 +329,24 @@ int config_set(config *c, const char *key_name, const char *value, gr_err *err) 
 
 static int is_blank(char ch) { return ch == ' ' || ch == '\t'; }
 
-/* Splits a line into key and value in place. Returns 1 for a key/value pair,
- * 0 for a blank or comment line, -1 with *why set for a malformed line.
- * Values may be unquoted (a '#' after whitespace starts a comment), in
- * '...' (literal) or in "..." (with \" and \\ as the only escapes). */
-static int split_line(char *s, char **key_out, char **value_out,
-                      const char **why) {
+/* What a conf-file line holds. */
+typedef enum conf_line {
+    CONF_MALFORMED = -1,    /* *why says what is wrong */
+    CONF_NOTHING = 0,       /* blank, or a comment */
+    CONF_SETTING = 1,       /* a key and its value */
+} conf_line;
+
+/* Splits a line into key and value in place. Values may be unquoted (a '#'
+ * after whitespace starts a comment), in '...' (literal) or in "..." (with
+ * \" and \\ as the only escapes). */
+static conf_line split_line(char *s, char **key_out, char **value_out, const char **why) {
     while (is_blank(*s)) s++;
-    if (*s == '\0' || *s == '#') return 0;
+    if (*s == '\0' || *s == '#') return CONF_NOTHING;
     char *eq = strchr(s, '=');
-    if (!eq) return *why = "expected 'key = value'", -1;
+    if (!eq) return *why = "expected 'key = value'", CONF_MALFORMED;
     char *kend = eq;
     while (kend > s && is_blank(kend[-1])) kend--;
-    if (kend == s) return *why = "missing key before '='", -1;
+    if (kend == s) return *why = "missing key before '='", CONF_MALFORMED;
     *kend = '\0';
     *key_out = s;
 
@@ -352,12 +357,13 @@ static int split_line(char *s, char **key_out, char **value_out,
         char quote = *v;
         char *in = v + 1, *out = v;
         for (;;) {
-            if (*in == '\0') return *why = "unterminated quoted value", -1;
+            if (*in == '\0') return *why = "unterminated quoted value", CONF_MALFORMED;
             if (*in == quote) break;
             if (quote == '"' && *in == '\\') {
                 in++;
                 if (*in != '"' && *in != '\\')
-                    return *why = "unknown escape in quoted value (only \\\" and \\\\)", -1;
+                    return *why = "unknown escape in quoted value (only \\\" and \\\\)",
+                           CONF_MALFORMED;
             }
             *out++ = *in++;
         }
@@ -365,7 +371,7 @@ static int split_line(char *s, char **key_out, char **value_out,
         rest = in + 1;
         while (is_blank(*rest)) rest++;
         if (*rest != '\0' && *rest != '#')
-            return *why = "text after the closing quote", -1;
+            return *why = "text after the closing quote", CONF_MALFORMED;
     } else {
         char *end = v;
         while (*end && !(*end == '#' && (end == v || is_blank(end[-1])))) end++;
@@ -373,7 +379,7 @@ static int split_line(char *s, char **key_out, char **value_out,
         *end = '\0';
     }
     *value_out = v;
-    return 1;
+    return CONF_SETTING;
 }
 
 int config_load_file(config *c, const char *path, gr_err *err) {
@@ -394,11 +400,11 @@ int config_load_file(config *c, const char *path, gr_err *err) {
         if (lines.lineno == 1 && n >= 3 && memcmp(s, "\xEF\xBB\xBF", 3) == 0) s += 3;
         char *k, *v;
         const char *why = NULL;
-        int kind = split_line(s, &k, &v, &why);
+        conf_line kind = split_line(s, &k, &v, &why);
         gr_err e;
-        if (kind < 0)
+        if (kind == CONF_MALFORMED)
             rc = gr_fail(err, GR_ECONFIG, "%s:%u: %s", path, lines.lineno, why);
-        else if (kind > 0 && config_set(c, k, v, &e) < 0)
+        else if (kind == CONF_SETTING && config_set(c, k, v, &e) < 0)
             rc = gr_fail(err, e.status, "%s:%u: %s", path, lines.lineno, e.msg);
     }
     if (rc == 0 && got == LINE_FAILED) rc = -1;
