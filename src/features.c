@@ -103,7 +103,7 @@ static int too_short(const featurizer *fz, size_t start, size_t end, gr_err *err
  * are computed as it is decoded: audio_source_decode() cuts the window into
  * spans of SPAN_CHUNKS chunks, each with the n_fft/2 samples its edge frames
  * read beyond it (the sink's margin), decodes them on decode_threads
- * threads, and hands each to take_span(), which computes its chunks at
+ * threads, and hands each to mel_of_span(), which computes its chunks at
  * once. So no thread holds more than one span of audio (1.5 MB at 16 kHz,
  * against 26 MB for the whole window of a 7-minute song), the log-mel runs
  * on every core too, and it reads samples still in cache. */
@@ -116,7 +116,7 @@ typedef struct mel_sink {
     float *chunks;         /* n_chunks chunks, filled span by span */
 } mel_sink;
 
-static int take_span(void *ctx, size_t index, const float *samples, size_t at, size_t n,
+static int mel_of_span(void *ctx, size_t index, const float *samples, size_t at, size_t n,
                      gr_err *err) {
     const mel_sink *ms = ctx;
     size_t c0 = index * SPAN_CHUNKS;
@@ -152,11 +152,11 @@ int features_compute(const featurizer *fz, const features_opts *o, const void *d
         audio_source_close(src);
         return too_short(fz, start, end, err);
     }
-    /* Log-mel of back-to-back chunks goes span by span to take_span(),
+    /* Log-mel of back-to-back chunks goes span by span to mel_of_span(),
      * decoding only what the chunks' frames read. */
     mel_sink ms = {.fz = fz, .win = end - start};
     audio_sink sink = {.span = SPAN_CHUNKS * L, .margin = fz->mel ? (size_t)fz->p.mel.n_fft / 2 : 0,
-                       .take = take_span, .ctx = &ms};
+                       .take = mel_of_span, .ctx = &ms};
     int by_span = total && fz->mel && step == L;
     size_t count = total ? end - start : SIZE_MAX;
     if (by_span) {
