@@ -14,7 +14,6 @@
  * What it does not do: feature extraction (mel.c), kernels (nn.c). */
 #include "genred/model.h"
 
-#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -22,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "genred/fileio.h"
 #include "genred/nn.h"
 
 #define FORMAT_VERSION 1
@@ -117,7 +117,9 @@ static float le_float(const unsigned char *p) {
 
 /* ---- header field helpers ----------------------------------------------- */
 
-#define FAIL(...) gr_fail(err, GR_EINTERNAL, __VA_ARGS__)
+/* A file that is not a valid model; the rest (memory) is GR_EINTERNAL. */
+#define FAIL(...) gr_fail(err, GR_EFILE, __VA_ARGS__)
+#define NO_MEMORY() gr_fail(err, GR_EINTERNAL, "out of memory")
 
 /* Refuses keys outside allowed (NULL-terminated): a version-1 reader cannot
  * know what they mean, and a misspelt optional field must not be ignored. */
@@ -343,7 +345,7 @@ static int parse_genres(model *m, json_t *g, gr_err *err) {
         return FAIL("'genres' must be an array of 2 to %d labels", MAX_GENRES);
     size_t n = json_array_size(g);
     m->genres = calloc(n, sizeof *m->genres);
-    if (!m->genres) return FAIL("out of memory");
+    if (!m->genres) return NO_MEMORY();
     m->n_genres = (int)n;
     for (size_t i = 0; i < n; i++) {
         json_t *e = json_array_get(g, i);
@@ -355,7 +357,7 @@ static int parse_genres(model *m, json_t *g, gr_err *err) {
             if (strcmp(m->genres[j], json_string_value(e)) == 0)
                 return FAIL("genre '%s' is listed twice", m->genres[j]);
         m->genres[i] = copy_string(json_string_value(e));
-        if (!m->genres[i]) return FAIL("out of memory");
+        if (!m->genres[i]) return NO_MEMORY();
     }
     return 0;
 }
@@ -405,7 +407,7 @@ static int describe_layer(walker *W, const char *type, size_t params,
         d = NULL;
     }
     json_decref(extra);
-    if (!d || json_array_append_new(W->desc, d) < 0) return FAIL("out of memory");
+    if (!d || json_array_append_new(W->desc, d) < 0) return NO_MEMORY();
     W->m->params += params;
     W->m->macs += macs;
     return 0;
@@ -463,7 +465,7 @@ static int layer_conv2d(walker *W, json_t *L, const char *ctx) {
     o->out = W->cur;
     o->w = copy_floats(wt, nw);
     o->b = calloc((size_t)oc, sizeof *o->b);   /* zeros when absent: BN folds here */
-    if (!o->w || !o->b) return FAIL("out of memory");
+    if (!o->w || !o->b) return NO_MEMORY();
     if (bias) memcpy(o->b, bias, (size_t)oc * sizeof *o->b);
     o->conv = (nn_conv2d){in.c, in.h, in.w, oc, oh, ow, k[0], k[1], s[0], s[1],
                           p[0], p[1], o->w, o->b, NN_ACT_NONE, 0.0f};
@@ -499,7 +501,7 @@ static int layer_dense(walker *W, json_t *L, const char *ctx) {
     o->out = W->cur;
     o->w = copy_floats(wt, nw);
     o->b = calloc((size_t)n_out, sizeof *o->b);
-    if (!o->w || !o->b) return FAIL("out of memory");
+    if (!o->w || !o->b) return NO_MEMORY();
     if (bias) memcpy(o->b, bias, (size_t)n_out * sizeof *o->b);
     o->dense = (nn_dense){n_in, n_out, o->w, o->b, NN_ACT_NONE, 0.0f};
     W->merge = W->m->n_ops - 1;
@@ -534,7 +536,7 @@ static int layer_batchnorm(walker *W, json_t *L, const char *ctx) {
         o->out = W->cur;
         o->w = scale = malloc((size_t)c * sizeof *scale);
         o->b = shift = malloc((size_t)c * sizeof *shift);
-        if (!scale || !shift) return FAIL("out of memory");
+        if (!scale || !shift) return NO_MEMORY();
     }
     for (int i = 0; i < c; i++) {
         if (!(var[i] >= 0)) return FAIL("%s: var[%d] is negative", ctx, i);
@@ -710,7 +712,7 @@ static int build(model *m, json_t *hdr, const float *data, size_t n_data,
         return -1;
     m->name = copy_string(name);
     m->version = copy_string(version);
-    if (!m->name || !m->version) return FAIL("out of memory");
+    if (!m->name || !m->version) return NO_MEMORY();
     if (parse_genres(m, json_object_get(hdr, "genres"), err) < 0) return -1;
     json_t *features = json_object_get(hdr, "features");
     if (!features) return FAIL("header: missing 'features'");
@@ -739,7 +741,7 @@ static int build(model *m, json_t *hdr, const float *data, size_t n_data,
     json_t *desc = json_array();
     if (!m->ops || !desc) {
         json_decref(desc);
-        return FAIL("out of memory");
+        return NO_MEMORY();
     }
     walker W = {m, data, n_data, m->input, -1, desc, err};
     for (size_t i = 0; i < n_layers; i++) {
@@ -763,7 +765,7 @@ static int build(model *m, json_t *hdr, const float *data, size_t n_data,
         "mflops_per_chunk", 2.0 * m->macs / 1e6, "training", training);
     m->describe = d ? json_dumps(d, JSON_COMPACT) : NULL;
     json_decref(d);
-    if (!m->describe) return FAIL("out of memory");
+    if (!m->describe) return NO_MEMORY();
     return 0;
 }
 
@@ -850,7 +852,7 @@ model *model_load_buffer(const void *buf, size_t len, gr_err *err) {
     const unsigned char *p = buf;
     size_t off, n;
     if (!buf) {
-        FAIL("no model data");
+        gr_fail(err, GR_EINTERNAL, "no model data");
         return NULL;
     }
     json_t *hdr = open_container(p, len, &off, &n, err);
@@ -858,7 +860,7 @@ model *model_load_buffer(const void *buf, size_t len, gr_err *err) {
     float *data = malloc(n ? n * sizeof *data : 1);
     model *m = calloc(1, sizeof *m);
     if (!data || !m) {
-        FAIL("out of memory");
+        NO_MEMORY();
         goto fail;
     }
     for (size_t i = 0; i < n; i++) {
@@ -880,30 +882,9 @@ fail:
 }
 
 model *model_load(const char *path, gr_err *err) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        gr_fail(err, GR_EINTERNAL, "%s: cannot open: %s", path, strerror(errno));
-        return NULL;
-    }
-    unsigned char *buf = NULL;
-    size_t len = 0;
-    long size = -1;
-    if (fseek(f, 0, SEEK_END) == 0) size = ftell(f);
-    if (size < 0 || fseek(f, 0, SEEK_SET) != 0) {
-        gr_fail(err, GR_EINTERNAL, "%s: cannot determine the file size", path);
-    } else if ((unsigned long long)size > MAX_FILE_BYTES) {
-        gr_fail(err, GR_EINTERNAL, "%s: %ld bytes is larger than the %llu-byte "
-                "limit for a model", path, size, MAX_FILE_BYTES);
-    } else if (!(buf = malloc(size ? (size_t)size : 1))) {
-        gr_fail(err, GR_EINTERNAL, "%s: out of memory", path);
-    } else if ((len = fread(buf, 1, (size_t)size, f)) != (size_t)size) {
-        gr_fail(err, GR_EINTERNAL, "%s: read error", path);
-    }
-    fclose(f);
-    if (!buf || len != (size_t)size) {
-        free(buf);
-        return NULL;
-    }
+    size_t len;
+    unsigned char *buf = file_read(path, MAX_FILE_BYTES, GR_EFILE, &len, err);
+    if (!buf) return NULL;
     gr_err inner = {GR_OK, ""};
     model *m = model_load_buffer(buf, len, &inner);
     free(buf);
@@ -935,7 +916,8 @@ json_t *model_describe(const model *m) {
 model_workspace *model_workspace_create(const model *m, int max_batch,
                                         gr_err *err) {
     if (max_batch < 1 || max_batch > MAX_BATCH) {
-        FAIL("max_batch %d is out of range [1, %d]", max_batch, MAX_BATCH);
+        gr_fail(err, GR_EINTERNAL, "max_batch %d is out of range [1, %d]", max_batch,
+                MAX_BATCH);
         return NULL;
     }
     unsigned long long act = shape_floats(m->input), scratch = 0;
@@ -954,12 +936,13 @@ model_workspace *model_workspace_create(const model *m, int max_batch,
      * most act floats wide, so bounding act bounds them too. */
     if (act > (unsigned long long)INT32_MAX || scratch > SIZE_MAX / sizeof(float) ||
         act > SIZE_MAX / sizeof(float)) {
-        FAIL("a workspace for %d items is too large for this model", max_batch);
+        gr_fail(err, GR_EINTERNAL, "a workspace for %d items is too large for this model",
+                max_batch);
         return NULL;
     }
     model_workspace *ws = calloc(1, sizeof *ws);
     if (!ws) {
-        FAIL("out of memory");
+        NO_MEMORY();
         return NULL;
     }
     ws->m = m;
@@ -969,7 +952,7 @@ model_workspace *model_workspace_create(const model *m, int max_batch,
     ws->scratch = scratch ? malloc((size_t)scratch * sizeof(float)) : NULL;
     if (!ws->act[0] || !ws->act[1] || (scratch && !ws->scratch)) {
         model_workspace_free(ws);
-        FAIL("out of memory for a %d-item workspace", max_batch);
+        gr_fail(err, GR_EINTERNAL, "out of memory for a %d-item workspace", max_batch);
         return NULL;
     }
     return ws;
@@ -984,9 +967,12 @@ void model_workspace_free(model_workspace *ws) {
 }
 
 int model_forward(const model *m, model_workspace *ws, const float *in,
-                  int batch, float *out) {
-    if (!m || !ws || ws->m != m || batch < 1 || batch > ws->max_batch)
-        return -1;
+                  int batch, float *out, gr_err *err) {
+    if (!m || !ws || ws->m != m)
+        return gr_fail(err, GR_EINTERNAL, "model_forward: workspace of another model");
+    if (batch < 1 || batch > ws->max_batch)
+        return gr_fail(err, GR_EINTERNAL, "model_forward: batch of %d outside [1, %d]", batch,
+                       ws->max_batch);
     /* src is the current activation; while it still is the caller's input,
      * cur is NULL and in-place ops first copy it into a workspace buffer. */
     const float *src = in;

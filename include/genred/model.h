@@ -63,8 +63,8 @@ void model_workspace_free(model_workspace *ws);
 /* Runs batch (<= ws's max_batch) items: in holds batch * model_input_floats()
  * floats, out receives batch * model_genre_count() probabilities (the model's
  * final activation, softmax or sigmoid). Never allocates. Returns 0, or -1
- * if batch is out of range. */
+ * (GR_EINTERNAL) if batch is out of range or ws was made for another model. */
 int model_forward(const model *m, model_workspace *ws, const float *in,
-                  int batch, float *out);
+                  int batch, float *out, gr_err *err);
 
 #endif
