@@ -196,7 +196,7 @@ static int cmd_stages(int argc, char **argv) {
     model *m = model_load(model_path, &err);
     if (!m) die("model", &err);
     if (model_features(m)->kind == FEATURE_LOGMEL &&
-        mel_wisdom_learn(&model_features(m)->mel, &err) < 0)
+        mel_wisdom_learn(&model_features(m)->mel, &err) == MEL_WISDOM_FAILED)
         die("wisdom", &err);
     engine *e = engine_create(&cfg, NULL, &err);
     if (!e) die("engine", &err);
@@ -213,7 +213,7 @@ static int cmd_stages(int argc, char **argv) {
     const int blas_threads = openblas_get_num_threads();
 
     features_opts fo = features_opts_from_config(&cfg, 1);
-    features f;
+    analysis f;
     if (features_compute(fz, &fo, data, len, &f, &err) != 0) die("features", &err);
     const size_t n_chunks = f.n_chunks, in_floats = model_input_floats(m);
     float *probs = malloc(n_chunks * model_output_floats(m) * sizeof *probs);
@@ -279,7 +279,7 @@ static int cmd_stages(int argc, char **argv) {
             c0 = cpu_ms();
             if (audio_open(data, len, rate, NULL, &src, &err) != 0 ||
                 audio_source_decode(src, total ? w_first : 0, total ? w_count : SIZE_MAX,
-                                    k ? (int)cores : 1, &a, &err) != 0)
+                                    k ? (int)cores : 1, NULL, &a, &err) != 0)
                 die("window decode", &err);
             s[k ? S_WINN : S_WIN1][r] = now_ms() - t0;
             c[k ? S_WINN : S_WIN1][r] = cpu_ms() - c0;
@@ -287,13 +287,13 @@ static int cmd_stages(int argc, char **argv) {
             audio_free(&a);
         }
 
-        features f2;
+        analysis f2;
         t0 = now_ms();
         c0 = cpu_ms();
         if (features_compute(fz, &fo, data, len, &f2, &err) != 0) die("features", &err);
         s[S_FEATURES][r] = now_ms() - t0;
         c[S_FEATURES][r] = cpu_ms() - c0;
-        features_free(&f2);
+        analysis_free(&f2);
 
         openblas_set_num_threads(1);
         /* One chunk per model_forward(): what every chunk would cost if no
@@ -301,16 +301,16 @@ static int cmd_stages(int argc, char **argv) {
         t0 = now_ms();
         c0 = cpu_ms();
         for (size_t c = 0; c < n_chunks; c++)
-            if (model_forward(m, ws, f.chunks + c * in_floats, 1, one_out) != 0)
-                die("model_forward", NULL);
+            if (model_forward(m, ws, f.chunks + c * in_floats, 1, one_out, &err) != 0)
+                die("model_forward", &err);
         s[S_INFER_B1][r] = now_ms() - t0;
         c[S_INFER_B1][r] = cpu_ms() - c0;
         t0 = now_ms();
         c0 = cpu_ms();
         for (size_t c = 0; c < n_chunks; c += (size_t)max_batch) {
             int nb = n_chunks - c < (size_t)max_batch ? (int)(n_chunks - c) : max_batch;
-            if (model_forward(m, ws, f.chunks + c * in_floats, nb, one_out) != 0)
-                die("model_forward", NULL);
+            if (model_forward(m, ws, f.chunks + c * in_floats, nb, one_out, &err) != 0)
+                die("model_forward", &err);
         }
         s[S_INFER1][r] = now_ms() - t0;
         c[S_INFER1][r] = cpu_ms() - c0;
@@ -385,7 +385,7 @@ static int cmd_stages(int argc, char **argv) {
 
     free(probs);
     free(one_out);
-    features_free(&f);
+    analysis_free(&f);
     model_workspace_free(ws);
     batcher_destroy(b);
     featurizer_destroy(fz);
@@ -431,7 +431,7 @@ static int cmd_fftw(int argc, char **argv) {
     double est_create = now_ms() - t0;
     if (!est || mel_plan_is_measured(est)) die("estimated plan", &err);
     t0 = now_ms();
-    if (mel_wisdom_learn(p, &err) != 1) die("learn", &err);
+    if (mel_wisdom_learn(p, &err) != MEL_WISDOM_LEARNED) die("learn", &err);
     double learn = now_ms() - t0;
     char *wisdom = fftwf_export_wisdom_to_string();
     fftwf_forget_wisdom();
@@ -487,7 +487,7 @@ static int cmd_layers(int argc, char **argv) {
     size_t len;
     unsigned char *data = read_file(argv[3], &len);
     features_opts fo = features_opts_from_config(&cfg, 1);
-    features f;
+    analysis f;
     if (features_compute(fz, &fo, data, len, &f, &err) != 0) die("features", &err);
     const size_t item = model_input_floats(m);
     float *in = malloc((size_t)batch * item * sizeof *in);
@@ -500,11 +500,11 @@ static int cmd_layers(int argc, char **argv) {
     openblas_set_num_threads(1);
     model_workspace *ws = model_workspace_create(m, batch, &err);
     if (!ws) die("workspace", &err);
-    if (model_forward(m, ws, in, batch, out) != 0) die("forward", NULL); /* warm-up */
+    if (model_forward(m, ws, in, batch, out, &err) != 0) die("forward", &err); /* warm-up */
     model_workspace_profile(ws, sec);
     double c0 = cpu_ms();
     for (int r = 0; r < reps; r++)
-        if (model_forward(m, ws, in, batch, out) != 0) die("forward", NULL);
+        if (model_forward(m, ws, in, batch, out, &err) != 0) die("forward", &err);
     double total = (cpu_ms() - c0) / ((double)reps * batch);
     json_t *ops = json_array();
     for (int i = 0; i < n_ops; i++) {
@@ -523,7 +523,7 @@ static int cmd_layers(int argc, char **argv) {
     free(sec);
     free(in);
     free(out);
-    features_free(&f);
+    analysis_free(&f);
     free(data);
     featurizer_destroy(fz);
     model_free(m);

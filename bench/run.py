@@ -137,6 +137,7 @@ class Daemon:
 
     def __init__(self, genred, *flags, env=None, model=MODEL):
         self.t0 = time.perf_counter()
+        env = genred_env(env)
         self.proc = subprocess.Popen(
             [genred, "serve", "--config", ROOT / "conf" / "genred.conf", "--port", "0",
              "--model", model, "--log-level", "warn", *map(str, flags)],
@@ -203,6 +204,13 @@ def get(port, path, timeout=10):
         c.close()
 
 
+def genred_env(env=None):
+    """env (default: this one) without GENRED_* variables: genred would read
+    them as settings (and refuse names such as GENRED_SHARED, which is the
+    bench's own); every setting here is a flag."""
+    return {k: v for k, v in (env or os.environ).items() if not k.startswith("GENRED_")}
+
+
 def timed_child(cmd, **kw):
     """Wall seconds and CPU seconds (user + sys) of one child process."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -234,7 +242,7 @@ def bench_e2e(args, song):
             rows["http"][1].append((d.cpu_seconds() - c0) * 1e3)
             assert status == 200, status
             w, c = timed_child([args.genred, "classify", "--config", ROOT / "conf" / "genred.conf",
-                                "--model", MODEL, song], cwd=ROOT)
+                                "--model", MODEL, song], cwd=ROOT, env=genred_env())
             rows["cli"][0].append(w * 1e3)
             rows["cli"][1].append(c * 1e3)
     finally:
@@ -275,7 +283,7 @@ def bench_stages(args, song):
              ("decode_ms", "decode + downmix + resample to 16 kHz, whole file (sequential)"),
              ("index_ms", "packet index only (audio_open)"),
              ("window_decode_1t_ms", "trimmed window (150 s), 1 thread"),
-             ("window_decode_ms", f"trimmed window, {s['cores']} segments in parallel"),
+             ("window_decode_ms", f"trimmed window, {s['cores']} spans in parallel"),
              ("features_ms", "features_compute: window decode + log-mel (as served)"),
              ("mel_ms", f"log-mel of {s['chunks']} chunks, 1 thread"),
              ("mel_all_cores_ms", f"log-mel of {s['chunks']} chunks, {s['cores']} threads"),
@@ -295,7 +303,7 @@ def bench_stages(args, song):
     resample = s["decode_ms_cpu"] - s["decode_native_ms_cpu"]
     say(f"Resampling 44.1 -> 16 kHz costs {resample:.1f} ms CPU (decode at 16 kHz minus decode "
         f"at 44.1 kHz). Window decode: {s['window_decode_1t_ms_cpu'] / s['decode_ms_cpu']:.2f} x "
-        f"the whole decode's CPU; wall-time speed-up of {s['cores']} segments over one thread: "
+        f"the whole decode's CPU; wall-time speed-up of {s['cores']} spans over one thread: "
         f"{s['window_decode_1t_ms'] / s['window_decode_ms']:.2f} x (1.00 x when no second core "
         "is free). Batches of {0} instead of single chunks: {1:.2f} x the inference CPU."
         .format(s['max_batch'], s['inference_1t_ms_cpu'] / s['inference_batch1_ms_cpu']))

@@ -88,7 +88,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
         config_set(&cfg, "idle_timeout_s", "5", &err) != 0 ||
         config_set(&cfg, "log_level", "error", &err) != 0)
         die("config", err.msg);
-    if (!(fx.met = metrics_create())) die("metrics_create", NULL);
+    if (!(fx.met = metrics_create(&err))) die("metrics_create", err.msg);
     if (!(fx.engine = engine_create(&cfg, fx.met, &err))) die("engine_create", err.msg);
     if (!(fx.server = server_start(&cfg, fx.engine, fx.met, &err))) die("server_start", err.msg);
     fx.port = server_port(fx.server);

@@ -19,6 +19,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "genred/fileio.h"
+
 extern char **environ;
 
 /* Longest conf-file line, newline excluded. The longest line config_print()
@@ -29,7 +31,7 @@ typedef enum key_kind {
     KIND_ADDRESS,   /* char[]: literal IPv4 or IPv6 address */
     KIND_PATH,      /* char[]: non-empty, no control characters */
     KIND_OPT_PATH,  /* char[]: a KIND_PATH, or "" for none */
-    KIND_LOG_LEVEL, /* char[]: error | warn | info | debug */
+    KIND_LOG_LEVEL, /* log_level: error | warn | info | debug */
     KIND_INT,       /* int */
     KIND_COUNT,     /* size_t, plain integer */
     KIND_BYTES,     /* size_t, integer with optional K/M/G suffix */
@@ -72,7 +74,17 @@ static const key keys[] = {
 };
 #define KEY_COUNT (sizeof keys / sizeof keys[0])
 
-static const char *const log_levels[] = {"error", "warn", "info", "debug"};
+static const char *const log_levels[] = {
+    [LOG_LEVEL_ERROR] = "error",
+    [LOG_LEVEL_WARN] = "warn",
+    [LOG_LEVEL_INFO] = "info",
+    [LOG_LEVEL_DEBUG] = "debug",
+};
+#define LOG_LEVEL_COUNT (sizeof log_levels / sizeof log_levels[0])
+
+const char *log_level_name(log_level level) {
+    return (size_t)level < LOG_LEVEL_COUNT ? log_levels[level] : "info";
+}
 
 /* The installed model: meson passes <prefix>/<datadir>/genred/models/...,
  * so the default follows the install prefix. A build by other means gets the
@@ -100,7 +112,7 @@ void config_defaults(config *c) {
     c->idle_timeout_s = 30;
     c->request_timeout_s = 60;
     c->shutdown_timeout_s = 30;
-    memcpy(c->log_level, "info", sizeof "info");
+    c->log_level = LOG_LEVEL_INFO;
 }
 
 /* A bad value quoted back in an error message: at most 48 bytes, control
@@ -220,14 +232,14 @@ static int set_string(const key *k, char *field, const char *value,
     char show[64];
     size_t n = strlen(value);
     if (n >= k->size)
-        return gr_fail(err, GR_EBADREQ, "%s: value too long (%zu bytes, at most %zu), got '%s'",
+        return gr_fail(err, GR_ECONFIG, "%s: value too long (%zu bytes, at most %zu), got '%s'",
                        k->name, n, k->size - 1, shown(value, show));
     switch (k->kind) {
     case KIND_ADDRESS: {
         unsigned char addr[16];
         if (inet_pton(AF_INET, value, addr) != 1 &&
             inet_pton(AF_INET6, value, addr) != 1)
-            return gr_fail(err, GR_EBADREQ,
+            return gr_fail(err, GR_ECONFIG,
                            "%s: expected a literal IPv4 or IPv6 address, got '%s'",
                            k->name, shown(value, show));
         break;
@@ -235,25 +247,15 @@ static int set_string(const key *k, char *field, const char *value,
     case KIND_PATH:
     case KIND_OPT_PATH:
         if (n == 0 && k->kind == KIND_PATH)
-            return gr_fail(err, GR_EBADREQ, "%s: expected a path, got ''", k->name);
+            return gr_fail(err, GR_ECONFIG, "%s: expected a path, got ''", k->name);
         for (size_t i = 0; i < n; i++) {
             unsigned char ch = (unsigned char)value[i];
             if (ch < 0x20 || ch == 0x7f)
-                return gr_fail(err, GR_EBADREQ,
+                return gr_fail(err, GR_ECONFIG,
                                "%s: control character in path '%s'", k->name,
                                shown(value, show));
         }
         break;
-    case KIND_LOG_LEVEL: {
-        int ok = 0;
-        for (size_t i = 0; i < sizeof log_levels / sizeof log_levels[0]; i++)
-            ok |= strcmp(value, log_levels[i]) == 0;
-        if (!ok)
-            return gr_fail(err, GR_EBADREQ,
-                           "%s: expected one of error, warn, info, debug, got '%s'",
-                           k->name, shown(value, show));
-        break;
-    }
     default:
         return gr_fail(err, GR_EINTERNAL, "%s: not a string key", k->name);
     }
@@ -265,23 +267,31 @@ static int set_string(const key *k, char *field, const char *value,
 int config_set(config *c, const char *key_name, const char *value, gr_err *err) {
     char show[64];
     if (!key_name || !value)
-        return gr_fail(err, GR_EBADREQ, "config: missing key or value");
+        return gr_fail(err, GR_ECONFIG, "config: missing key or value");
     const key *k = find_key(key_name);
-    if (!k) return gr_fail(err, GR_EBADREQ, "unknown key '%s'", shown(key_name, show));
+    if (!k) return gr_fail(err, GR_ECONFIG, "unknown key '%s'", shown(key_name, show));
     char *field = (char *)c + k->offset;
 
     switch (k->kind) {
     case KIND_ADDRESS:
     case KIND_PATH:
     case KIND_OPT_PATH:
-    case KIND_LOG_LEVEL:
         return set_string(k, field, value, err);
+    case KIND_LOG_LEVEL:
+        for (size_t i = 0; i < LOG_LEVEL_COUNT; i++) {
+            if (strcmp(value, log_levels[i]) != 0) continue;
+            log_level level = (log_level)i;
+            memcpy(field, &level, sizeof level);
+            return 0;
+        }
+        return gr_fail(err, GR_ECONFIG, "%s: expected one of error, warn, info, debug, got '%s'",
+                       k->name, shown(value, show));
     case KIND_INT:
     case KIND_COUNT: {
         unsigned long long v;
         if (parse_uint(value, strlen(value), &v) < 0 || (double)v < k->min ||
             (double)v > k->max)
-            return gr_fail(err, GR_EBADREQ, "%s: expected an integer in %.0f..%.0f, got '%s'",
+            return gr_fail(err, GR_ECONFIG, "%s: expected an integer in %.0f..%.0f, got '%s'",
                            k->name, k->min, k->max, shown(value, show));
         if (k->kind == KIND_INT) {
             int iv = (int)v;
@@ -298,7 +308,7 @@ int config_set(config *c, const char *key_name, const char *value, gr_err *err) 
         format_bytes((unsigned long long)k->max, max);
         if (parse_bytes(value, &v) < 0 || (double)v < k->min ||
             (double)v > k->max || v > SIZE_MAX)
-            return gr_fail(err, GR_EBADREQ,
+            return gr_fail(err, GR_ECONFIG,
                            "%s: expected a byte count in %.0f..%s (suffix K, M or G allowed), got '%s'",
                            k->name, k->min, max, shown(value, show));
         size_t sv = (size_t)v;
@@ -308,7 +318,7 @@ int config_set(config *c, const char *key_name, const char *value, gr_err *err) 
     case KIND_SECONDS: {
         double v;
         if (parse_seconds(value, &v) < 0 || v < k->min || v > k->max)
-            return gr_fail(err, GR_EBADREQ, "%s: expected seconds in %g..%g, got '%s'",
+            return gr_fail(err, GR_ECONFIG, "%s: expected seconds in %g..%g, got '%s'",
                            k->name, k->min, k->max, shown(value, show));
         memcpy(field, &v, sizeof v);
         return 0;
@@ -317,38 +327,26 @@ int config_set(config *c, const char *key_name, const char *value, gr_err *err) 
     return gr_fail(err, GR_EINTERNAL, "%s: unhandled key kind", k->name);
 }
 
-/* Reads one line without its newline (and a '\r' before it) into buf.
- * Returns its length, -1 at end of file, -2 if it does not fit in cap - 1
- * bytes, -3 if it holds a NUL byte (which would silently cut the line). */
-static long read_line(FILE *f, char *buf, size_t cap) {
-    size_t n = 0;
-    int ch;
-    while ((ch = getc(f)) != EOF && ch != '\n') {
-        if (ch == '\0') return -3;
-        if (n + 1 >= cap) return -2;
-        buf[n++] = (char)ch;
-    }
-    if (ch == EOF && n == 0) return -1;
-    if (n > 0 && buf[n - 1] == '\r') n--;
-    buf[n] = '\0';
-    return (long)n;
-}
-
 static int is_blank(char ch) { return ch == ' ' || ch == '\t'; }
 
-/* Splits a line into key and value in place. Returns 1 for a key/value pair,
- * 0 for a blank or comment line, -1 with *why set for a malformed line.
- * Values may be unquoted (a '#' after whitespace starts a comment), in
- * '...' (literal) or in "..." (with \" and \\ as the only escapes). */
-static int split_line(char *s, char **key_out, char **value_out,
-                      const char **why) {
+/* What a conf-file line holds. */
+typedef enum conf_line {
+    CONF_MALFORMED = -1,    /* *why says what is wrong */
+    CONF_NOTHING = 0,       /* blank, or a comment */
+    CONF_SETTING = 1,       /* a key and its value */
+} conf_line;
+
+/* Splits a line into key and value in place. Values may be unquoted (a '#'
+ * after whitespace starts a comment), in '...' (literal) or in "..." (with
+ * \" and \\ as the only escapes). */
+static conf_line split_line(char *s, char **key_out, char **value_out, const char **why) {
     while (is_blank(*s)) s++;
-    if (*s == '\0' || *s == '#') return 0;
+    if (*s == '\0' || *s == '#') return CONF_NOTHING;
     char *eq = strchr(s, '=');
-    if (!eq) return *why = "expected 'key = value'", -1;
+    if (!eq) return *why = "expected 'key = value'", CONF_MALFORMED;
     char *kend = eq;
     while (kend > s && is_blank(kend[-1])) kend--;
-    if (kend == s) return *why = "missing key before '='", -1;
+    if (kend == s) return *why = "missing key before '='", CONF_MALFORMED;
     *kend = '\0';
     *key_out = s;
 
@@ -359,12 +357,13 @@ static int split_line(char *s, char **key_out, char **value_out,
         char quote = *v;
         char *in = v + 1, *out = v;
         for (;;) {
-            if (*in == '\0') return *why = "unterminated quoted value", -1;
+            if (*in == '\0') return *why = "unterminated quoted value", CONF_MALFORMED;
             if (*in == quote) break;
             if (quote == '"' && *in == '\\') {
                 in++;
                 if (*in != '"' && *in != '\\')
-                    return *why = "unknown escape in quoted value (only \\\" and \\\\)", -1;
+                    return *why = "unknown escape in quoted value (only \\\" and \\\\)",
+                           CONF_MALFORMED;
             }
             *out++ = *in++;
         }
@@ -372,7 +371,7 @@ static int split_line(char *s, char **key_out, char **value_out,
         rest = in + 1;
         while (is_blank(*rest)) rest++;
         if (*rest != '\0' && *rest != '#')
-            return *why = "text after the closing quote", -1;
+            return *why = "text after the closing quote", CONF_MALFORMED;
     } else {
         char *end = v;
         while (*end && !(*end == '#' && (end == v || is_blank(end[-1])))) end++;
@@ -380,66 +379,38 @@ static int split_line(char *s, char **key_out, char **value_out,
         *end = '\0';
     }
     *value_out = v;
-    return 1;
+    return CONF_SETTING;
 }
 
 int config_load_file(config *c, const char *path, gr_err *err) {
     FILE *f = fopen(path, "r");
-    if (!f) return gr_fail(err, GR_EBADREQ, "%s: cannot open: %s", path, strerror(errno));
+    if (!f) return gr_fail(err, GR_EFILE, "%s: cannot open: %s", path, strerror(errno));
     char *line = malloc(CONFIG_LINE_MAX + 1);
     if (!line) {
         fclose(f);
         return gr_fail(err, GR_EINTERNAL, "%s: out of memory", path);
     }
+    line_reader lines = {.f = f, .path = path, .buf = line, .cap = CONFIG_LINE_MAX + 1};
+    size_t n;
+    line_result got = LINE_END;
     int rc = 0;
-    for (unsigned lineno = 1;; lineno++) {
-        long n = read_line(f, line, CONFIG_LINE_MAX + 1);
-        if (n == -1) break;
-        if (n == -2) {
-            rc = gr_fail(err, GR_EBADREQ, "%s:%u: line longer than %d bytes", path,
-                         lineno, CONFIG_LINE_MAX);
-            break;
-        }
-        if (n == -3) {
-            rc = gr_fail(err, GR_EBADREQ, "%s:%u: NUL byte in line", path, lineno);
-            break;
-        }
+    while (rc == 0 && (got = line_next(&lines, &n, err)) == LINE_READ) {
         char *s = line;
         /* A UTF-8 byte order mark, as some editors write one. */
-        if (lineno == 1 && n >= 3 && memcmp(s, "\xEF\xBB\xBF", 3) == 0) s += 3;
+        if (lines.lineno == 1 && n >= 3 && memcmp(s, "\xEF\xBB\xBF", 3) == 0) s += 3;
         char *k, *v;
         const char *why = NULL;
-        int kind = split_line(s, &k, &v, &why);
-        if (kind < 0) {
-            rc = gr_fail(err, GR_EBADREQ, "%s:%u: %s", path, lineno, why);
-            break;
-        }
-        if (kind == 0) continue;
+        conf_line kind = split_line(s, &k, &v, &why);
         gr_err e;
-        if (config_set(c, k, v, &e) < 0) {
-            rc = gr_fail(err, e.status, "%s:%u: %s", path, lineno, e.msg);
-            break;
-        }
+        if (kind == CONF_MALFORMED)
+            rc = gr_fail(err, GR_ECONFIG, "%s:%u: %s", path, lines.lineno, why);
+        else if (kind == CONF_SETTING && config_set(c, k, v, &e) < 0)
+            rc = gr_fail(err, e.status, "%s:%u: %s", path, lines.lineno, e.msg);
     }
-    if (rc == 0 && ferror(f))
-        rc = gr_fail(err, GR_EBADREQ, "%s: read error: %s", path, strerror(errno));
+    if (rc == 0 && got == LINE_FAILED) rc = -1;
     free(line);
     fclose(f);
     return rc;
-}
-
-/* GENRED_ variables that are not settings: the conf path and what the test
- * harness sets. */
-static int is_reserved_env(const char *name, size_t n) {
-    static const char *const exact[] = {"CONFIG", "BIN", "SOURCE", "SHARED"};
-    static const char *const prefix[] = {"TEST_", "TOOL_"};
-    for (size_t i = 0; i < sizeof exact / sizeof exact[0]; i++)
-        if (strlen(exact[i]) == n && memcmp(name, exact[i], n) == 0) return 1;
-    for (size_t i = 0; i < sizeof prefix / sizeof prefix[0]; i++) {
-        size_t p = strlen(prefix[i]);
-        if (n >= p && memcmp(name, prefix[i], p) == 0) return 1;
-    }
-    return 0;
 }
 
 int config_load_env(config *c, gr_err *err) {
@@ -452,7 +423,9 @@ int config_load_env(config *c, gr_err *err) {
         const char *eq = strchr(name, '=');
         if (!eq) continue;
         size_t n = (size_t)(eq - name);
-        if (is_reserved_env(name, n)) continue;
+        /* GENRED_CONFIG names the conf file (main.c); every other GENRED_
+         * variable must be a setting, so a typo is refused, not ignored. */
+        if (n == 6 && memcmp(name, "CONFIG", 6) == 0) continue;
 
         char key_name[32], full[64], show[64];
         size_t fn = (size_t)(eq - var) < sizeof full - 1 ? (size_t)(eq - var) : sizeof full - 1;
@@ -468,7 +441,7 @@ int config_load_env(config *c, gr_err *err) {
             known = find_key(key_name) != NULL;
         }
         if (!known)
-            return gr_fail(err, GR_EBADREQ, "environment: unknown setting %s",
+            return gr_fail(err, GR_ECONFIG, "environment: unknown setting %s",
                            shown(full, show));
         gr_err ve;
         if (config_set(c, key_name, eq + 1, &ve) < 0)
@@ -500,10 +473,15 @@ void config_print(const config *c, FILE *f) {
         const char *field = (const char *)c + k->offset;
         fprintf(f, "%s = ", k->name);
         switch (k->kind) {
+        case KIND_LOG_LEVEL: {
+            log_level level;
+            memcpy(&level, field, sizeof level);
+            fputs(log_level_name(level), f);
+            break;
+        }
         case KIND_ADDRESS:
         case KIND_PATH:
-        case KIND_OPT_PATH:
-        case KIND_LOG_LEVEL: {
+        case KIND_OPT_PATH: {
             /* Bounded even if the struct was filled without config_set(). */
             char s[sizeof c->model];
             size_t n = strnlen(field, k->size - 1);
@@ -547,7 +525,7 @@ void config_print(const config *c, FILE *f) {
 
 int config_validate(const config *c, gr_err *err) {
     if ((c->tls_cert_file[0] == '\0') != (c->tls_key_file[0] == '\0'))
-        return gr_fail(err, GR_EBADREQ, "tls_cert_file and tls_key_file must be set "
+        return gr_fail(err, GR_ECONFIG, "tls_cert_file and tls_key_file must be set "
                        "together (both for HTTPS, neither for HTTP)");
     return 0;
 }

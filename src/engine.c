@@ -27,9 +27,9 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "genred/batcher.h"
+#include "genred/clock.h"
 #include "genred/features.h"
 #include "genred/mel.h"
 
@@ -54,12 +54,6 @@ struct engine {
                                  * /metrics counters never go backwards */
     int cancelled;
 };
-
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
-}
 
 static void generation_destroy(engine *e, generation *g) {
     if (!g) return;
@@ -87,7 +81,7 @@ static generation *generation_create(engine *e, gr_err *err) {
     pthread_mutex_unlock(&e->plan_mu);
     if (!g->fz) goto fail;
     if (featurizer_chunk_floats(g->fz) != model_input_floats(g->model)) {
-        gr_fail(err, GR_EINTERNAL, "%s: model input (%zu floats) does not match its own "
+        gr_fail(err, GR_EFILE, "%s: model input (%zu floats) does not match its own "
                 "feature parameters (%zu floats per chunk)", cfg->model,
                 model_input_floats(g->model), featurizer_chunk_floats(g->fz));
         goto fail;
@@ -375,7 +369,7 @@ static json_t *embedding_json(const model *m, const float *probs, size_t n_chunk
 }
 
 static json_t *build_answer(const generation *gen, const float *probs, size_t n_chunks,
-                            const features *an, const classify_opts *o, double inference_ms,
+                            const analysis *an, const classify_opts *o, double inference_ms,
                             double total_ms) {
     double start_s = an->start_s;
     const model *m = gen->model;
@@ -434,7 +428,7 @@ static json_t *build_answer(const generation *gen, const float *probs, size_t n_
         SET(mod, "version", json_string(model_version(m)));
         SET(ans, "model", mod);
         SET(tim, "decode", json_real(an->decode_ms));
-        SET(tim, "features", json_real(an->mel_ms));
+        SET(tim, "features", json_real(an->features_ms));
         SET(tim, "inference", json_real(inference_ms));
         SET(tim, "total", json_real(total_ms));
         SET(ans, "timing_ms", tim);
@@ -569,7 +563,7 @@ static int may_go_on(engine *e, double deadline, const char *after, gr_err *err)
     int cancelled = e->cancelled;
     pthread_mutex_unlock(&e->mu);
     if (cancelled) return gr_fail(err, GR_EBUSY, "server is shutting down");
-    if (deadline > 0 && now_ms() * 1e-3 > deadline)
+    if (deadline > 0 && monotonic_now() > deadline)
         return gr_fail(err, GR_EDEADLINE, "request deadline (%g s) passed after %s",
                        e->cfg.request_timeout_s, after);
     return 0;
@@ -577,40 +571,40 @@ static int may_go_on(engine *e, double deadline, const char *after, gr_err *err)
 
 static json_t *classify_on(engine *e, const generation *g, const void *data, size_t len,
                            const classify_opts *o, gr_err *err) {
-    double t0 = now_ms();
-    double deadline = e->cfg.request_timeout_s > 0 ? t0 * 1e-3 + e->cfg.request_timeout_s : 0;
+    double t0 = monotonic_now();
+    double deadline = e->cfg.request_timeout_s > 0 ? t0 + e->cfg.request_timeout_s : 0;
     features_opts fo = features_opts_from_config(&e->cfg, o->trim);
     fo.deadline = deadline;
-    features an;
+    analysis an;
     if (features_compute(g->fz, &fo, data, len, &an, err) != 0) return NULL;
     if (may_go_on(e, deadline, "computing features", err) != 0) {
-        features_free(&an);
+        analysis_free(&an);
         return NULL;
     }
     size_t n = an.n_chunks;
     float *probs = malloc(n * model_output_floats(g->model) * sizeof(float));
     if (!probs) {
-        features_free(&an);
+        analysis_free(&an);
         gr_fail(err, GR_EINTERNAL, "out of memory for %zu chunk results", n);
         return NULL;
     }
-    double t1 = now_ms();
+    double t1 = monotonic_now();
     int rc = batcher_submit(g->batcher, an.chunks, n, probs, deadline, err);
-    double inference_ms = now_ms() - t1;
+    double inference_ms = (monotonic_now() - t1) * 1e3;
     json_t *picture = NULL;
     /* A model that reads the waveform has no log-mel chunks to draw. */
     const mel *pm = featurizer_mel(g->fz);
     if (rc == 0 && o->mel && pm && !(picture = mel_picture(mel_get_params(pm), an.chunks, n)))
         rc = gr_fail(err, GR_EINTERNAL, "out of memory drawing the mel picture");
-    features_free(&an);
+    analysis_free(&an);
     if (rc != 0) {
         free(probs);
         return NULL;
     }
-    double total_ms = now_ms() - t0;
+    double total_ms = (monotonic_now() - t0) * 1e3;
 
     metrics_observe_stage(e->met, STAGE_DECODE, an.decode_ms / 1e3);
-    metrics_observe_stage(e->met, STAGE_FEATURES, an.mel_ms / 1e3);
+    metrics_observe_stage(e->met, STAGE_FEATURES, an.features_ms / 1e3);
     metrics_observe_stage(e->met, STAGE_INFERENCE, inference_ms / 1e3);
     metrics_observe_stage(e->met, STAGE_TOTAL, total_ms / 1e3);
     metrics_observe_chunks(e->met, n);

@@ -5,16 +5,19 @@
  * CPU-heavy work of a request (decode, features) runs on that thread and the
  * model runs on the batcher's workers.
  *
- * Request life: the first callback sees only the headers; there we route,
- * refuse early what we can (405, 404, 413 by Content-Length, 415 by
- * Content-Type) and set up the upload sink. Body callbacks append to one
+ * Request life: the first callback sees only the headers; there we route
+ * (routes.h: one table of paths, methods, access and handlers), refuse early
+ * what we can (404, 405, 401, 413 by Content-Length, 415 by Content-Type)
+ * and set up the upload sink. Body callbacks append to one
  * growable buffer (multipart via MHD's post processor, raw bodies directly).
- * The last callback runs the engine and queues the answer. The completion
+ * The last callback dispatches to the route's handler (for a classify, the
+ * engine) and queues the answer. The completion
  * callback logs the request and counts it in the metrics.
  *
- * Access: with api_keys_file set, every route needs `Authorization: Bearer
- * <key>` but the probes (/healthz, /readyz) and the public documents (the
- * web page's three files and /openapi.yaml). The check is the first thing
+ * Access: with api_keys_file set, every ROUTE_KEYED route needs
+ * `Authorization: Bearer <key>`; the probes (/healthz, /readyz) and the
+ * public documents (the web page's three files and /openapi.yaml) do not
+ * (routes.h). The check is the first thing
  * done after routing, before any body is read, and its failure is a 401
  * with WWW-Authenticate. Headers are never logged, so keys never reach the
  * logs.
@@ -39,7 +42,6 @@
 
 #include <microhttpd.h>
 #include <arpa/inet.h>
-#include <errno.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -55,6 +57,9 @@
 
 #include "genred/apikeys.h"
 #include "genred/assets.h"
+#include "genred/clock.h"
+#include "genred/fileio.h"
+#include "genred/routes.h"
 
 #define RETRY_AFTER_S "1"
 
@@ -90,7 +95,7 @@ typedef enum body_kind { BODY_NONE = 0, BODY_RAW, BODY_MULTIPART } body_kind;
 
 typedef struct request {
     server *srv;
-    const char *route;           /* static string, for metrics and logs */
+    const route *route;          /* routes.h; NULL: no such route (404) */
     char id[65];
     double t_start;
     body_kind kind;
@@ -106,15 +111,8 @@ typedef struct request {
     size_t bytes_out;            /* response body bytes queued */
     int close;                   /* answer with Connection: close */
     apikeys_verdict auth;        /* why a 401 was sent (WWW-Authenticate) */
-    const struct web_file *web;  /* a file of the web page, or NULL */
     char top[64];                /* top genre, for the log line */
 } request;
-
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 /* ---- responses ---------------------------------------------------------- */
 
@@ -145,9 +143,8 @@ static enum MHD_Result respond(struct MHD_Connection *c, request *r, int status,
                                 r->auth == APIKEYS_INVALID
                                     ? "Bearer realm=\"genred\", error=\"invalid_token\""
                                     : "Bearer realm=\"genred\"");
-    if (status == 405)
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW,
-                                strcmp(r->route, "/v1/classify") == 0 ? "POST" : "GET, HEAD");
+    if (status == 405 && r->route)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, route_allow_header(r->route));
     r->status = status;
     r->bytes_out = len;
     enum MHD_Result ret = MHD_queue_response(c, (unsigned int)status, resp);
@@ -170,11 +167,38 @@ static enum MHD_Result respond_json(struct MHD_Connection *c, request *r, int st
     return respond(c, r, status, "application/json", text, strlen(text));
 }
 
+/* The HTTP edge of err.h: the status a client gets for each kind of error.
+ * A deadline overrun is a 503 like a full queue, not a 4xx: inputs too big
+ * are refused earlier by the size and duration limits, so a request within
+ * them that misses its deadline met a server too busy for it, and a retry
+ * later or on another replica may succeed. The server's own kinds (a
+ * setting, a file) are never a client's doing: one that reaches a client is
+ * a bug, answered as one (500, code "internal"). */
+static int http_status(gr_status status) {
+    switch (status) {
+    case GR_OK: return 200;
+    case GR_EBADREQ: return 400;
+    case GR_EUNAUTHORIZED: return 401;
+    case GR_ENOTFOUND: return 404;
+    case GR_EMETHOD: return 405;
+    case GR_ETOOBIG: return 413;
+    case GR_EUNSUPPORTED: return 415;
+    case GR_EUNPROCESSABLE: return 422;
+    case GR_EBUSY: return 503;
+    case GR_EDEADLINE: return 503;
+    case GR_EINTERNAL: return 500;
+    case GR_ECONFIG: return 500;
+    case GR_EFILE: return 500;
+    }
+    return 500;
+}
+
 static enum MHD_Result respond_error(struct MHD_Connection *c, request *r,
                                      const gr_err *err) {
-    json_t *body = json_pack("{s:{s:s,s:s}}", "error", "code", gr_status_code(err->status),
-                             "message", err->msg);
-    return respond_json(c, r, gr_status_http(err->status), body);
+    int status = http_status(err->status);
+    const char *code = gr_status_code(status == 500 ? GR_EINTERNAL : err->status);
+    json_t *body = json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", err->msg);
+    return respond_json(c, r, status, body);
 }
 
 static enum MHD_Result fail(struct MHD_Connection *c, request *r, gr_status st,
@@ -225,36 +249,20 @@ static enum MHD_Result post_iterator(void *cls, enum MHD_ValueKind kind, const c
 
 /* ---- routing ------------------------------------------------------------ */
 
-static const char *const ROUTES[] = {"/v1/classify", "/healthz", "/readyz", "/v1/model",
-                                     "/metrics", "/openapi.yaml"};
-
-/* The web page (web/, compiled in by src/embed.py): GET / and the files it
- * loads, all counted under the route "/". Served from the binary's own
- * memory, never from disk. */
-typedef struct web_file {
-    const char *url;
+/* A file compiled into the binary (src/embed.py): the web page (web/) and
+ * the API contract, served from the binary's own memory, never from disk. */
+typedef struct asset {
     const unsigned char *data;
     const size_t *len;
     const char *type;
-} web_file;
+} asset;
 
-static const web_file WEB_FILES[] = {
-    {"/", asset_web_index_html, &asset_web_index_html_len, "text/html; charset=utf-8"},
-    {"/app.js", asset_web_app_js, &asset_web_app_js_len, "text/javascript; charset=utf-8"},
-    {"/style.css", asset_web_style_css, &asset_web_style_css_len, "text/css; charset=utf-8"},
-};
-
-static const web_file *web_file_of(const char *url) {
-    for (size_t i = 0; i < sizeof WEB_FILES / sizeof *WEB_FILES; i++)
-        if (strcmp(url, WEB_FILES[i].url) == 0) return &WEB_FILES[i];
-    return NULL;
-}
-
-static const char *route_of(const char *url) {
-    for (size_t i = 0; i < sizeof ROUTES / sizeof *ROUTES; i++)
-        if (strcmp(url, ROUTES[i]) == 0) return ROUTES[i];
-    return NULL;
-}
+static const asset WEB_PAGE = {asset_web_index_html, &asset_web_index_html_len,
+                               "text/html; charset=utf-8"};
+static const asset WEB_SCRIPT = {asset_web_app_js, &asset_web_app_js_len,
+                                 "text/javascript; charset=utf-8"};
+static const asset WEB_STYLE = {asset_web_style_css, &asset_web_style_css_len,
+                                "text/css; charset=utf-8"};
 
 /* Client-chosen ids are echoed only when they are short and plain, so they
  * cannot inject anything into logs or headers. */
@@ -358,7 +366,7 @@ static enum MHD_Result handle_classify(server *s, struct MHD_Connection *c, requ
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "  \
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 
-static enum MHD_Result respond_web(struct MHD_Connection *c, request *r, const web_file *f) {
+static enum MHD_Result respond_web(struct MHD_Connection *c, request *r, const asset *f) {
     /* PERSISTENT: MHD sends the embedded bytes in place and never frees
      * them; it does not write to them either, so casting away const is safe. */
     struct MHD_Response *resp =
@@ -377,42 +385,42 @@ static enum MHD_Result respond_web(struct MHD_Connection *c, request *r, const w
     return ret;
 }
 
-static enum MHD_Result handle_get(server *s, struct MHD_Connection *c, request *r) {
-    if (r->web) return respond_web(c, r, r->web);
-    if (strcmp(r->route, "/healthz") == 0)
-        return respond_json(c, r, 200, json_pack("{s:s}", "status", "ok"));
-    if (strcmp(r->route, "/readyz") == 0) {
-        if (atomic_load(&s->stopping)) return fail(c, r, GR_EBUSY, "not ready: shutting down");
-        if (engine_ready(s->engine))
-            return respond_json(c, r, 200, json_pack("{s:s}", "status", "ready"));
-        return fail(c, r, GR_EBUSY, "not ready: inference queue is full");
-    }
-    if (strcmp(r->route, "/v1/model") == 0)
-        return respond_json(c, r, 200, engine_describe_model(s->engine));
-    if (strcmp(r->route, "/metrics") == 0) {
-        char *text = engine_render_metrics(s->engine);
-        if (!text) return fail(c, r, GR_EINTERNAL, "out of memory rendering metrics");
-        return respond(c, r, 200, "text/plain; version=0.0.4; charset=utf-8", text,
-                       strlen(text));
-    }
-    /* /openapi.yaml */
+static enum MHD_Result handle_ready(server *s, struct MHD_Connection *c, request *r) {
+    if (atomic_load(&s->stopping)) return fail(c, r, GR_EBUSY, "not ready: shutting down");
+    if (engine_ready(s->engine))
+        return respond_json(c, r, 200, json_pack("{s:s}", "status", "ready"));
+    return fail(c, r, GR_EBUSY, "not ready: inference queue is full");
+}
+
+static enum MHD_Result handle_metrics(server *s, struct MHD_Connection *c, request *r) {
+    char *text = engine_render_metrics(s->engine);
+    if (!text) return fail(c, r, GR_EINTERNAL, "out of memory rendering metrics");
+    return respond(c, r, 200, "text/plain; version=0.0.4; charset=utf-8", text, strlen(text));
+}
+
+static enum MHD_Result handle_openapi(struct MHD_Connection *c, request *r) {
     char *copy = malloc(asset_openapi_yaml_len + 1);
     if (!copy) return fail(c, r, GR_EINTERNAL, "out of memory");
     memcpy(copy, asset_openapi_yaml, asset_openapi_yaml_len + 1);
     return respond(c, r, 200, "application/yaml", copy, asset_openapi_yaml_len);
 }
 
-/* Liveness and readiness probes answer without a key: the orchestrator
- * that calls them holds none. */
-static int is_health_route(const char *route) {
-    return strcmp(route, "/healthz") == 0 || strcmp(route, "/readyz") == 0;
-}
-
-/* Routes that answer without a key: the probes, and the documents that hold
- * no data (the web page, which a browser must load before it can ask its
- * user for a key, and the API contract). */
-static int is_public_route(const request *r) {
-    return is_health_route(r->route) || r->web || strcmp(r->route, "/openapi.yaml") == 0;
+/* The last callback of a request that was not refused early: the handler
+ * its route names. No default: a handler added to routes.h and not here is
+ * a compile error (-Wswitch), never a route that answers something else. */
+static enum MHD_Result dispatch(server *s, struct MHD_Connection *c, request *r) {
+    switch (r->route->handler) {
+    case HANDLE_CLASSIFY: return handle_classify(s, c, r);
+    case HANDLE_HEALTH: return respond_json(c, r, 200, json_pack("{s:s}", "status", "ok"));
+    case HANDLE_READY: return handle_ready(s, c, r);
+    case HANDLE_MODEL: return respond_json(c, r, 200, engine_describe_model(s->engine));
+    case HANDLE_METRICS: return handle_metrics(s, c, r);
+    case HANDLE_OPENAPI: return handle_openapi(c, r);
+    case HANDLE_WEB_PAGE: return respond_web(c, r, &WEB_PAGE);
+    case HANDLE_WEB_SCRIPT: return respond_web(c, r, &WEB_SCRIPT);
+    case HANDLE_WEB_STYLE: return respond_web(c, r, &WEB_STYLE);
+    }
+    return fail(c, r, GR_EINTERNAL, "route without a handler");
 }
 
 /* 1 when API keys are off or the request carries a valid one; else records
@@ -436,14 +444,11 @@ static int authorized(server *s, struct MHD_Connection *c, request *r) {
 static int admit(server *s, request *r) {
     double wait = s->cfg.request_timeout_s > 0 ? s->cfg.request_timeout_s
                                                 : (double)s->cfg.idle_timeout_s;
-    double end = now_seconds() + wait;
-    struct timespec until;
-    until.tv_sec = (time_t)end;
-    until.tv_nsec = (long)((end - (double)until.tv_sec) * 1e9);
-    if (until.tv_nsec > 999999999) until.tv_nsec = 999999999;
+    double end = monotonic_now() + wait;
+    struct timespec until = monotonic_timespec(end);
     pthread_mutex_lock(&s->mu);
     while (s->classifying >= s->max_classifying && !atomic_load(&s->stopping) &&
-           now_seconds() < end)
+           monotonic_now() < end)
         pthread_cond_timedwait(&s->admit, &s->mu, &until);
     r->admitted = s->classifying < s->max_classifying && !atomic_load(&s->stopping);
     if (r->admitted) s->classifying++;
@@ -455,34 +460,29 @@ static int admit(server *s, request *r) {
  * queued already (early refusal). */
 static int request_begin(server *s, struct MHD_Connection *c, request *r, const char *url,
                          const char *method, enum MHD_Result *ret) {
-    r->web = web_file_of(url);
-    r->route = r->web ? "/" : route_of(url);
+    r->route = route_find(url);
     if (!r->route) {
-        r->route = "other";
         *ret = fail(c, r, GR_ENOTFOUND, "no such endpoint");
         return 1;
     }
-    if (!is_health_route(r->route) &&
+    if (r->route->access != ROUTE_PROBE &&
         atomic_load(&s->connections) > s->cfg.max_connections) {
         r->close = 1;
         *ret = fail(c, r, GR_EBUSY, "too many connections, retry later");
         return 1;
     }
-    if (!is_public_route(r) && !authorized(s, c, r)) {
+    if (r->route->access == ROUTE_KEYED && !authorized(s, c, r)) {
         *ret = fail(c, r, GR_EUNAUTHORIZED,
                     r->auth == APIKEYS_INVALID
                         ? "the API key is not valid"
                         : "this server needs an API key: send 'Authorization: Bearer <key>'");
         return 1;
     }
-    int is_classify = strcmp(r->route, "/v1/classify") == 0;
-    int is_get = strcmp(method, MHD_HTTP_METHOD_GET) == 0 ||
-                 strcmp(method, MHD_HTTP_METHOD_HEAD) == 0;
-    if (is_classify ? strcmp(method, MHD_HTTP_METHOD_POST) != 0 : !is_get) {
+    if (!route_allows(r->route, method)) {
         *ret = fail(c, r, GR_EMETHOD, "method not allowed on this endpoint");
         return 1;
     }
-    if (!is_classify) return 0;
+    if (strcmp(method, MHD_HTTP_METHOD_POST) != 0) return 0; /* no upload */
 
     const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
                                                  MHD_HTTP_HEADER_CONTENT_LENGTH);
@@ -538,7 +538,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
         r = calloc(1, sizeof *r);
         if (!r) return MHD_NO;
         r->srv = s;
-        r->t_start = now_seconds();
+        r->t_start = monotonic_now();
         request_id_init(c, r->id);
         *con_cls = r;
         pthread_mutex_lock(&s->mu);
@@ -565,15 +565,18 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
         }
         return MHD_YES;
     }
-    if (strcmp(r->route, "/v1/classify") == 0) return handle_classify(s, c, r);
-    return handle_get(s, c, r);
+    return dispatch(s, c, r);
+}
+
+/* What a request is counted and logged under (routes.h). */
+static const char *route_label(const request *r) {
+    return r->route ? r->route->label : ROUTE_LABEL_OTHER;
 }
 
 static void log_request(const server *s, const request *r, double seconds) {
-    if (strcmp(s->cfg.log_level, "error") == 0 || strcmp(s->cfg.log_level, "warn") == 0)
-        return;
+    if (s->cfg.log_level < LOG_LEVEL_INFO) return;
     json_t *line = json_pack("{s:s,s:s,s:s,s:i,s:I,s:I,s:f}", "event", "request",
-                             "request_id", r->id, "route", r->route, "status", r->status,
+                             "request_id", r->id, "route", route_label(r), "status", r->status,
                              "bytes_in", (json_int_t)r->bytes_in, "bytes_out",
                              (json_int_t)r->bytes_out, "duration_ms", seconds * 1e3);
     if (!line) return;
@@ -592,9 +595,9 @@ static void request_completed(void *cls, struct MHD_Connection *c, void **con_cl
     server *s = cls;
     request *r = *con_cls;
     if (!r) return;
-    double dt = now_seconds() - r->t_start;
+    double dt = monotonic_now() - r->t_start;
     /* status 0: the client went away before an answer was queued. */
-    metrics_observe_request(s->met, r->route ? r->route : "other", r->status, dt, r->bytes_in);
+    metrics_observe_request(s->met, route_label(r), r->status, dt, r->bytes_in);
     log_request(s, r, dt);
     if (r->pp) MHD_destroy_post_processor(r->pp);
     int admitted = r->admitted;
@@ -633,32 +636,20 @@ static void connection_notice(void *cls, struct MHD_Connection *c, void **socket
 /* A PEM file as one NUL-terminated string (what MHD wants), checked for the
  * block it must hold so a swapped or wrong file gets a clear message. */
 static char *read_pem(const char *key, const char *path, const char *want, gr_err *err) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        gr_fail(err, GR_EBADREQ, "%s %s: cannot open: %s", key, path, strerror(errno));
-        return NULL;
-    }
-    char *text = malloc(TLS_FILE_MAX + 1);
+    size_t n;
+    gr_err why;
+    char *text = (char *)file_read(path, TLS_FILE_MAX, GR_EFILE, &n, &why);
     if (!text) {
-        fclose(f);
-        gr_fail(err, GR_EINTERNAL, "%s %s: out of memory", key, path);
+        gr_fail(err, why.status, "%s %s", key, why.msg);
         return NULL;
     }
-    size_t n = fread(text, 1, TLS_FILE_MAX + 1, f);
-    int bad = ferror(f);
-    fclose(f);
-    const char *why = NULL;
-    if (bad) why = "read error";
-    else if (n > TLS_FILE_MAX) why = "larger than 1 MiB: not a PEM file";
-    else {
-        text[n] = '\0';
-        if (strlen(text) != n) why = "holds a NUL byte: not a PEM file";
-        else if (!strstr(text, want)) why = "has no PEM block of the expected kind";
-    }
-    if (why) {
-        explicit_bzero(text, n < TLS_FILE_MAX ? n + 1 : TLS_FILE_MAX + 1);
+    const char *bad = strlen(text) != n     ? "holds a NUL byte: not a PEM file"
+                      : !strstr(text, want) ? "has no PEM block of the expected kind"
+                                            : NULL;
+    if (bad) {
+        explicit_bzero(text, n);
         free(text);
-        gr_fail(err, GR_EBADREQ, "%s %s: %s", key, path, why);
+        gr_fail(err, GR_EFILE, "%s %s: %s", key, path, bad);
         return NULL;
     }
     return text;
@@ -683,16 +674,10 @@ static void server_free(server *s) {
 static int server_init_sync(server *s, gr_err *err) {
     if (pthread_mutex_init(&s->mu, NULL) != 0)
         return gr_fail(err, GR_EINTERNAL, "server: mutex init failed");
-    pthread_condattr_t ca;
-    int ok = pthread_condattr_init(&ca) == 0;
-    if (ok) {
-        ok = pthread_condattr_setclock(&ca, CLOCK_MONOTONIC) == 0 &&
-             pthread_cond_init(&s->idle, &ca) == 0;
-        if (ok && pthread_cond_init(&s->admit, &ca) != 0) {
-            pthread_cond_destroy(&s->idle);
-            ok = 0;
-        }
-        pthread_condattr_destroy(&ca);
+    int ok = monotonic_cond_init(&s->idle) == 0;
+    if (ok && monotonic_cond_init(&s->admit) != 0) {
+        pthread_cond_destroy(&s->idle);
+        ok = 0;
     }
     if (!ok) {
         pthread_mutex_destroy(&s->mu);
@@ -707,7 +692,7 @@ static int server_load_files(server *s, gr_err *err) {
     if (cfg->tls_cert_file[0] || cfg->tls_key_file[0]) {
         if (config_validate(cfg, err) != 0) return -1;
         if (MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES)
-            return gr_fail(err, GR_EBADREQ, "tls_cert_file is set, but this libmicrohttpd "
+            return gr_fail(err, GR_ECONFIG, "tls_cert_file is set, but this libmicrohttpd "
                            "was built without TLS support");
         s->tls_cert = read_pem("tls_cert_file", cfg->tls_cert_file, "-----BEGIN CERTIFICATE-----",
                                err);
@@ -762,7 +747,7 @@ server *server_start(const config *cfg, engine *e, metrics *met, gr_err *err) {
         flags |= MHD_USE_IPv6;
     } else {
         server_free(s);
-        gr_fail(err, GR_EINTERNAL, "listen: '%s' is not an IP address", cfg->listen);
+        gr_fail(err, GR_ECONFIG, "listen: '%s' is not an IP address", cfg->listen);
         return NULL;
     }
 
@@ -814,12 +799,9 @@ int server_reload_keys(server *s, gr_err *err) {
 
 /* Waits, with s->mu held, until no request is active or `seconds` pass. */
 static void wait_idle(server *s, double seconds) {
-    double end = now_seconds() + seconds;
-    struct timespec until;
-    until.tv_sec = (time_t)end;
-    until.tv_nsec = (long)((end - (double)until.tv_sec) * 1e9);
-    if (until.tv_nsec > 999999999) until.tv_nsec = 999999999;
-    while (s->active > 0 && now_seconds() < end)
+    double end = monotonic_now() + seconds;
+    struct timespec until = monotonic_timespec(end);
+    while (s->active > 0 && monotonic_now() < end)
         pthread_cond_timedwait(&s->idle, &s->mu, &until);
 }
 

@@ -18,22 +18,20 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "genred/clock.h"
 #include "genred/config.h"
 #include "genred/engine.h"
 #include "genred/features.h"
+#include "genred/fileio.h"
 #include "genred/http.h"
 #include "genred/metrics.h"
 #include "genred/npy.h"
+#include "genred/version.h"
 
 #ifdef HAVE_LIBSYSTEMD
 #include <systemd/sd-daemon.h>
-#endif
-
-#ifndef GENRED_VERSION
-#define GENRED_VERSION "dev"
 #endif
 
 /* Tells the service manager what the daemon is doing (genred.service is
@@ -177,54 +175,11 @@ bad:
     return -1;
 }
 
-static unsigned char *read_whole_file(const char *path, size_t max, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    unsigned char *buf = NULL;
-    size_t cap = 0, n = 0;
-    for (;;) {
-        if (n == cap) {
-            if (cap >= max + 1) break; /* over the limit: caller sees len > max */
-            cap = cap ? cap * 2 : 1 << 20;
-            if (cap > max + 1) cap = max + 1;
-            unsigned char *nb = realloc(buf, cap);
-            if (!nb) {
-                free(buf);
-                fclose(f);
-                return NULL;
-            }
-            buf = nb;
-        }
-        size_t got = fread(buf + n, 1, cap - n, f);
-        n += got;
-        if (got == 0) break;
-    }
-    int bad = ferror(f);
-    fclose(f);
-    if (bad) {
-        free(buf);
-        return NULL;
-    }
-    *len = n;
-    return buf ? buf : malloc(1);
-}
-
 /* Reads a file for classify/features, enforcing the upload limit so the
  * offline path refuses what the daemon would refuse. */
 static unsigned char *load_input(const char *path, const config *cfg, size_t *len,
                                  gr_err *err) {
-    unsigned char *data = read_whole_file(path, cfg->max_upload_bytes, len);
-    if (!data) {
-        gr_fail(err, GR_EBADREQ, "%s: cannot read", path);
-        return NULL;
-    }
-    if (*len > cfg->max_upload_bytes) {
-        free(data);
-        gr_fail(err, GR_ETOOBIG, "%s: larger than max_upload_bytes (%zu)", path,
-                cfg->max_upload_bytes);
-        return NULL;
-    }
-    return data;
+    return file_read(path, cfg->max_upload_bytes, GR_ETOOBIG, len, err);
 }
 
 static void print_error_line(const char *file, const gr_err *err) {
@@ -292,8 +247,7 @@ static int wisdom_path(const config *cfg, char *out, size_t n) {
 
 static void wisdom_log(const config *cfg, const char *status, const char *path,
                        const char *error) {
-    if (!error && (strcmp(cfg->log_level, "error") == 0 || strcmp(cfg->log_level, "warn") == 0))
-        return;
+    if (!error && cfg->log_level < LOG_LEVEL_INFO) return;
     json_t *line = json_pack("{s:s,s:s,s:s}", "event", "fftw_wisdom", "status", status,
                              "path", path);
     if (line && error) json_object_set_new(line, "error", json_string(error));
@@ -308,7 +262,8 @@ static void wisdom_log(const config *cfg, const char *status, const char *path,
 static void wisdom_load(const config *cfg) {
     char path[4200];
     gr_err err = {0};
-    if (wisdom_path(cfg, path, sizeof path) == 0 && mel_wisdom_load(path, &err) < 0)
+    if (wisdom_path(cfg, path, sizeof path) == 0 &&
+        mel_wisdom_load(path, &err) == MEL_WISDOM_FAILED)
         wisdom_log(cfg, "ignored", path, err.msg);
 }
 
@@ -321,10 +276,11 @@ static void wisdom_learn(const config *cfg, const feature_params *fp) {
     if (fp->kind != FEATURE_LOGMEL || wisdom_path(cfg, path, sizeof path) != 0 ||
         mel_wisdom_has(&fp->mel))
         return;
-    int rc = mel_wisdom_save(path, &err); /* can it be kept at all? 0: /dev/null */
-    if (rc == 1 && mel_wisdom_learn(&fp->mel, &err) == 1 && mel_wisdom_save(path, &err) == 1)
+    mel_wisdom_result kept = mel_wisdom_save(path, &err); /* can it be kept at all? */
+    if (kept == MEL_WISDOM_SAVED && mel_wisdom_learn(&fp->mel, &err) == MEL_WISDOM_LEARNED &&
+        mel_wisdom_save(path, &err) == MEL_WISDOM_SAVED)
         wisdom_log(cfg, "saved", path, NULL);
-    else if (rc != 0)
+    else if (kept != MEL_WISDOM_NOT_KEPT)
         wisdom_log(cfg, "not saved", path, err.msg);
 }
 
@@ -345,7 +301,7 @@ static featurizer *features_featurizer(const config *cfg, const cli *o, gr_err *
         json_error_t jerr;
         json_t *j = json_load_file(o->params_path, 0, &jerr);
         if (!j) {
-            gr_fail(err, GR_EBADREQ, "%s:%d: %s", o->params_path, jerr.line, jerr.text);
+            gr_fail(err, GR_EFILE, "%s:%d: %s", o->params_path, jerr.line, jerr.text);
             return NULL;
         }
         int rc = model_parse_features(j, &p, err);
@@ -362,7 +318,7 @@ static featurizer *features_featurizer(const config *cfg, const cli *o, gr_err *
 
 /* `features --values`: runs the model over the chunks and writes the named
  * values side by side, [chunks, width], into *out (malloc'd, the caller's). */
-static int model_values(const config *cfg, const char *names, const features *f, float **out,
+static int model_values(const config *cfg, const char *names, const analysis *f, float **out,
                         size_t *width, gr_err *err) {
     model *m = model_load(cfg->model, err);
     if (!m) return -1;
@@ -373,18 +329,18 @@ static int model_values(const config *cfg, const char *names, const features *f,
     float *rows = NULL;
     *out = NULL;
     if (snprintf(list, sizeof list, "%s", names) >= (int)sizeof list) {
-        gr_fail(err, GR_EBADREQ, "--values: list too long");
+        gr_fail(err, GR_ECONFIG, "--values: list too long");
         goto done;
     }
     for (char *save = NULL, *tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
         if (n == 16 || model_export(m, tok, &off[n], &w[n], err) != 0) {
-            if (n == 16) gr_fail(err, GR_EBADREQ, "--values: at most 16 names");
+            if (n == 16) gr_fail(err, GR_ECONFIG, "--values: at most 16 names");
             goto done;
         }
         total += w[n++];
     }
     if (n == 0) {
-        gr_fail(err, GR_EBADREQ, "--values: no name given");
+        gr_fail(err, GR_ECONFIG, "--values: no name given");
         goto done;
     }
     int batch = cfg->max_batch;
@@ -398,7 +354,7 @@ static int model_values(const config *cfg, const char *names, const features *f,
     }
     for (size_t c = 0; c < f->n_chunks; c += (size_t)batch) {
         int b = f->n_chunks - c < (size_t)batch ? (int)(f->n_chunks - c) : batch;
-        model_forward(m, ws, f->chunks + c * item, b, rows);
+        if (model_forward(m, ws, f->chunks + c * item, b, rows, err) != 0) goto done;
         for (int i = 0; i < b; i++) {
             float *dst = *out + (c + (size_t)i) * total;
             for (size_t k = 0; k < n; k++, dst += w[k - 1])
@@ -425,7 +381,7 @@ static int cmd_features(const config *cfg, const cli *o) {
         return 2;
     }
     gr_err err = {0};
-    features f = {0};
+    analysis f = {0};
     size_t len;
     unsigned char *data = NULL;
     featurizer *fz = features_featurizer(cfg, o, &err);
@@ -440,7 +396,7 @@ static int cmd_features(const config *cfg, const cli *o) {
         float *v;
         size_t width, vshape[2] = {f.n_chunks, 0};
         if (o->params_path) {
-            gr_fail(&err, GR_EBADREQ, "--values runs the model: it takes no --params");
+            gr_fail(&err, GR_ECONFIG, "--values runs the model: it takes no --params");
             goto bad;
         }
         if (model_values(cfg, o->values, &f, &v, &width, &err) != 0) goto bad;
@@ -448,7 +404,7 @@ static int cmd_features(const config *cfg, const cli *o) {
         int rc = npy_write(o->out_path, v, vshape, 2, &err);
         free(v);
         if (rc != 0) goto bad;
-        features_free(&f);
+        analysis_free(&f);
         free(data);
         featurizer_destroy(fz);
         return 0;
@@ -465,13 +421,13 @@ static int cmd_features(const config *cfg, const cli *o) {
         shape[1] = (size_t)fp->waveform.values;
     }
     if (npy_write(o->out_path, f.chunks, shape, ndim, &err) != 0) goto bad;
-    features_free(&f);
+    analysis_free(&f);
     free(data);
     featurizer_destroy(fz);
     return 0;
 bad:
     fprintf(stderr, "genred: %s\n", err.msg);
-    features_free(&f);
+    analysis_free(&f);
     free(data);
     featurizer_destroy(fz);
     return 1;
@@ -525,23 +481,17 @@ static void log_event(json_t *line) {
 /* SIGHUP: the model file and the API key file, each at its configured path.
  * Each is swapped in only if it loads; otherwise the old one keeps serving
  * and the refusal is logged (its message names the file, never a key). */
-static double monotonic_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
-}
-
 static void reload(engine *e, server *s, const config *cfg) {
     notify_service("RELOADING=1");
     gr_err err = {0};
-    double t0 = monotonic_ms();
+    double t0 = monotonic_now();
     if (engine_reload(e, &err) == 0) {
         json_t *d = engine_describe_model(e);
         log_event(json_pack("{s:s,s:s,s:s,s:s?,s:s?,s:f}", "event", "reload", "what", "model",
                             "status", "ok", "name",
                             json_string_value(json_object_get(d, "name")), "version",
                             json_string_value(json_object_get(d, "version")), "duration_ms",
-                            monotonic_ms() - t0));
+                            (monotonic_now() - t0) * 1e3));
         json_decref(d);
     } else {
         log_event(json_pack("{s:s,s:s,s:s,s:s,s:s}", "event", "reload", "what", "model",
@@ -642,7 +592,7 @@ int main(int argc, char **argv) {
         return 2;
     }
 
-    av_log_set_level(strcmp(cfg.log_level, "debug") == 0 ? AV_LOG_WARNING : AV_LOG_QUIET);
+    av_log_set_level(cfg.log_level >= LOG_LEVEL_DEBUG ? AV_LOG_WARNING : AV_LOG_QUIET);
     wisdom_load(&cfg);
     if (is_features) {
         int rc = cmd_features(&cfg, &o);
@@ -674,13 +624,13 @@ int main(int argc, char **argv) {
         mallopt(M_MMAP_THRESHOLD, 256 * 1024);
         mallopt(M_TRIM_THRESHOLD, 2 * 1024 * 1024);
     }
-    metrics *met = is_serve ? metrics_create() : NULL;
+    gr_err err = {0};
+    metrics *met = is_serve ? metrics_create(&err) : NULL;
     if (is_serve && !met) {
-        fprintf(stderr, "genred: out of memory\n");
+        fprintf(stderr, "genred: %s\n", err.msg);
         free(o.files);
         return 1;
     }
-    gr_err err = {0};
     engine *e = engine_create(&cfg, met, &err);
     if (!e) {
         fprintf(stderr, "genred: %s\n", err.msg);

@@ -237,20 +237,23 @@ int mel_plan_is_measured(const mel *m) { return m->measured; }
 
 /* ---- wisdom ------------------------------------------------------------- */
 
-int mel_wisdom_load(const char *path, gr_err *err) {
+/* gr_fail() for the functions that return a mel_wisdom_result. */
+#define wisdom_failed(err, status, ...) (gr_fail((err), (status), __VA_ARGS__), MEL_WISDOM_FAILED)
+
+mel_wisdom_result mel_wisdom_load(const char *path, gr_err *err) {
     FILE *f = fopen(path, "r");
     if (!f) {
-        if (errno == ENOENT) return 0;
-        return gr_fail(err, GR_EINTERNAL, "%s: %s", path, strerror(errno));
+        if (errno == ENOENT) return MEL_WISDOM_NO_FILE;
+        return wisdom_failed(err, GR_EFILE, "%s: %s", path, strerror(errno));
     }
     struct stat st;
     if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode) || st.st_size == 0) {
         fclose(f); /* /dev/null, or an empty file: nothing to add */
-        return 0;
+        return MEL_WISDOM_NO_FILE;
     }
     int ok = fftwf_import_wisdom_from_file(f);
     fclose(f);
-    return ok ? 1 : gr_fail(err, GR_EINTERNAL, "%s: not FFTW wisdom", path);
+    return ok ? MEL_WISDOM_LOADED : wisdom_failed(err, GR_EFILE, "%s: not FFTW wisdom", path);
 }
 
 int mel_wisdom_has(const mel_params *p) {
@@ -266,24 +269,25 @@ int mel_wisdom_has(const mel_params *p) {
     return plan != NULL;
 }
 
-int mel_wisdom_learn(const mel_params *p, gr_err *err) {
-    if (!p || p->n_fft <= 0) return gr_fail(err, GR_EINTERNAL, "mel: invalid n_fft");
+mel_wisdom_result mel_wisdom_learn(const mel_params *p, gr_err *err) {
+    if (!p || p->n_fft <= 0) return wisdom_failed(err, GR_EINTERNAL, "mel: invalid n_fft");
     float *in = fftwf_malloc((size_t)p->n_fft * sizeof *in);
     fftwf_complex *out = fftwf_malloc((size_t)(p->n_fft / 2 + 1) * sizeof *out);
-    int rc = -1;
+    mel_wisdom_result rc = MEL_WISDOM_FAILED;
     if (in && out) {
         fftwf_plan plan =
             fftwf_plan_dft_r2c_1d(p->n_fft, in, out, FFTW_MEASURE | FFTW_WISDOM_ONLY);
-        rc = 0;
+        rc = MEL_WISDOM_KNOWN;
         if (!plan) {
             plan = fftwf_plan_dft_r2c_1d(p->n_fft, in, out, FFTW_MEASURE);
-            rc = plan ? 1 : -1;
+            rc = plan ? MEL_WISDOM_LEARNED : MEL_WISDOM_FAILED;
         }
         if (plan) fftwf_destroy_plan(plan);
     }
     fftwf_free(in);
     fftwf_free(out);
-    if (rc < 0) gr_fail(err, GR_EINTERNAL, "mel: cannot plan a %d-point FFT", p->n_fft);
+    if (rc == MEL_WISDOM_FAILED)
+        gr_fail(err, GR_EINTERNAL, "mel: cannot plan a %d-point FFT", p->n_fft);
     return rc;
 }
 
@@ -305,22 +309,22 @@ static int make_parent_dirs(const char *path) {
     return mkdir(dir, 0755) != 0 && errno != EEXIST ? -1 : 0;
 }
 
-int mel_wisdom_save(const char *path, gr_err *err) {
+mel_wisdom_result mel_wisdom_save(const char *path, gr_err *err) {
     struct stat st;
-    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode)) return 0;
+    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode)) return MEL_WISDOM_NOT_KEPT;
     char tmp[4096 + 16];
     if (snprintf(tmp, sizeof tmp, "%s.XXXXXX", path) >= (int)sizeof tmp)
-        return gr_fail(err, GR_EINTERNAL, "%s: path too long", path);
+        return wisdom_failed(err, GR_EFILE, "%s: path too long", path);
     if (make_parent_dirs(path) != 0)
-        return gr_fail(err, GR_EINTERNAL, "%s: cannot create its directory: %s", path,
-                       strerror(errno));
+        return wisdom_failed(err, GR_EFILE, "%s: cannot create its directory: %s", path,
+                             strerror(errno));
     char *text = fftwf_export_wisdom_to_string();
-    if (!text) return gr_fail(err, GR_EINTERNAL, "mel: out of memory");
+    if (!text) return wisdom_failed(err, GR_EINTERNAL, "mel: out of memory");
     int fd = mkstemp(tmp);
     if (fd < 0) {
         int e = errno;
         free(text);
-        return gr_fail(err, GR_EINTERNAL, "%s: %s", tmp, strerror(e));
+        return wisdom_failed(err, GR_EFILE, "%s: %s", tmp, strerror(e));
     }
     size_t len = strlen(text), done = 0;
     while (done < len) {
@@ -332,10 +336,10 @@ int mel_wisdom_save(const char *path, gr_err *err) {
     free(text);
     int bad = done != len;
     if (close(fd) != 0) bad = 1;
-    if (!bad && rename(tmp, path) == 0) return 1;
+    if (!bad && rename(tmp, path) == 0) return MEL_WISDOM_SAVED;
     int e = errno;
     unlink(tmp);
-    return gr_fail(err, GR_EINTERNAL, "%s: cannot write: %s", path, strerror(e));
+    return wisdom_failed(err, GR_EFILE, "%s: cannot write: %s", path, strerror(e));
 }
 
 size_t mel_chunk_samples(const mel *m) {

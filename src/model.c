@@ -14,7 +14,6 @@
  * What it does not do: feature extraction (mel.c), kernels (nn.c). */
 #include "genred/model.h"
 
-#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -23,6 +22,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "genred/fileio.h"
 #include "genred/nn.h"
 
 #define FORMAT_VERSION 2           /* reads 1 and 2 */
@@ -159,7 +159,9 @@ static float le_float(const unsigned char *p) {
 
 /* ---- header field helpers ----------------------------------------------- */
 
-#define FAIL(...) gr_fail(err, GR_EINTERNAL, __VA_ARGS__)
+/* A file that is not a valid model; the rest (memory) is GR_EINTERNAL. */
+#define FAIL(...) gr_fail(err, GR_EFILE, __VA_ARGS__)
+#define NO_MEMORY() gr_fail(err, GR_EINTERNAL, "out of memory")
 
 /* Refuses keys outside allowed (NULL-terminated): a version-1 reader cannot
  * know what they mean, and a misspelt optional field must not be ignored. */
@@ -424,7 +426,7 @@ static int parse_genres(model *m, json_t *g, gr_err *err) {
         return FAIL("'genres' must be an array of 2 to %d labels", MAX_GENRES);
     size_t n = json_array_size(g);
     m->genres = calloc(n, sizeof *m->genres);
-    if (!m->genres) return FAIL("out of memory");
+    if (!m->genres) return NO_MEMORY();
     m->n_genres = (int)n;
     for (size_t i = 0; i < n; i++) {
         json_t *e = json_array_get(g, i);
@@ -436,7 +438,7 @@ static int parse_genres(model *m, json_t *g, gr_err *err) {
             if (strcmp(m->genres[j], json_string_value(e)) == 0)
                 return FAIL("genre '%s' is listed twice", m->genres[j]);
         m->genres[i] = copy_string(json_string_value(e));
-        if (!m->genres[i]) return FAIL("out of memory");
+        if (!m->genres[i]) return NO_MEMORY();
     }
     return 0;
 }
@@ -501,7 +503,7 @@ static int describe_layer(walker *W, const char *type, size_t params,
         d = NULL;
     }
     json_decref(extra);
-    if (!d || json_array_append_new(W->desc, d) < 0) return FAIL("out of memory");
+    if (!d || json_array_append_new(W->desc, d) < 0) return NO_MEMORY();
     W->m->params += params;
     W->m->macs += macs;
     return 0;
@@ -581,7 +583,7 @@ static int layer_conv2d(walker *W, json_t *L, const char *ctx) {
     o->out = W->cur;
     o->w = copy_floats(wt, nw);
     o->b = calloc((size_t)oc, sizeof *o->b);   /* zeros when absent: BN folds here */
-    if (!o->w || !o->b) return FAIL("out of memory");
+    if (!o->w || !o->b) return NO_MEMORY();
     if (bias) memcpy(o->b, bias, (size_t)oc * sizeof *o->b);
     o->conv = geometry;
     o->conv.weight = o->w;
@@ -617,7 +619,7 @@ static int layer_dense(walker *W, json_t *L, const char *ctx) {
     o->out = W->cur;
     o->w = copy_floats(wt, nw);
     o->b = calloc((size_t)n_out, sizeof *o->b);
-    if (!o->w || !o->b) return FAIL("out of memory");
+    if (!o->w || !o->b) return NO_MEMORY();
     if (bias) memcpy(o->b, bias, (size_t)n_out * sizeof *o->b);
     o->dense = (nn_dense){n_in, n_out, o->w, o->b, NN_ACT_NONE, 0.0f};
     W->merge = W->m->n_ops - 1;
@@ -661,7 +663,7 @@ static int layer_batchnorm(walker *W, json_t *L, const char *ctx) {
         o->out = W->cur;
         o->w = scale = malloc((size_t)c * sizeof *scale);
         o->b = shift = malloc((size_t)c * sizeof *shift);
-        if (!scale || !shift) return FAIL("out of memory");
+        if (!scale || !shift) return NO_MEMORY();
     }
     for (int i = 0; i < c; i++) {
         if (!(var[i] >= 0)) return FAIL("%s: var[%d] is negative", ctx, i);
@@ -765,7 +767,7 @@ static int layer_squeeze_excite(walker *W, json_t *L, const char *ctx) {
     o->b = copy_floats(b1, (size_t)sq);
     o->w2 = copy_floats(w2, nw);
     o->b2 = copy_floats(b2, (size_t)c);
-    if (!o->w || !o->b || !o->w2 || !o->b2) return FAIL("out of memory");
+    if (!o->w || !o->b || !o->w2 || !o->b2) return NO_MEMORY();
     o->se = (nn_squeeze_excite){c, sq, (size_t)W->cur.h * W->cur.w, o->w, o->b, o->w2, o->b2};
     W->merge = -1;
     double macs = 2.0 * (double)nw + (double)shape_floats(W->cur);
@@ -925,7 +927,7 @@ static int layer_walk(walker *W, json_t *L, int index, int last) {
     /* The type's own keys are checked strictly: hand it a copy without
      * the two common ones. */
     json_t *own = json_copy(L);
-    if (!own) return FAIL("out of memory");
+    if (!own) return NO_MEMORY();
     json_object_del(own, "name");
     json_object_del(own, "input");
     int rc = layer_type(W, own, type, last, ctx);
@@ -939,11 +941,11 @@ static int layer_walk(walker *W, json_t *L, int index, int last) {
         /* Its value may be read later: nothing may fold into its op now. */
         W->merge = -1;
         json_t *d = json_array_get(W->desc, json_array_size(W->desc) - 1);
-        if (!d || json_object_set(d, "name", name) < 0) return FAIL("out of memory");
+        if (!d || json_object_set(d, "name", name) < 0) return NO_MEMORY();
     }
     if (input) {
         json_t *d = json_array_get(W->desc, json_array_size(W->desc) - 1);
-        if (!d || json_object_set(d, "input", input) < 0) return FAIL("out of memory");
+        if (!d || json_object_set(d, "input", input) < 0) return NO_MEMORY();
     }
     return 0;
 }
@@ -1017,7 +1019,7 @@ static int parse_music(walker *W, const json_t *o) {
                         k ? "not_music" : "music", MAX_TAGS);
     size_t n0 = json_array_size(lists[0]), n1 = json_array_size(lists[1]);
     m->music_offsets = malloc((n0 + n1) * sizeof *m->music_offsets);
-    if (!m->music_offsets) return FAIL("out of memory");
+    if (!m->music_offsets) return NO_MEMORY();
     for (size_t i = 0; i < n0 + n1; i++) {
         const json_t *e = json_array_get(lists[i >= n0], i >= n0 ? i - n0 : i);
         if (!json_is_integer(e) || json_integer_value(e) < 0 ||
@@ -1067,7 +1069,7 @@ static int parse_tags(walker *W, const json_t *o) {
     }
     m->tags = calloc(n, sizeof *m->tags);
     char *t = m->tag_text = malloc(text);
-    if (!m->tags || !t) return FAIL("out of memory");
+    if (!m->tags || !t) return NO_MEMORY();
     for (size_t i = 0; i < n; i++) {
         const json_t *c = json_array_get(classes, i);
         const char *strs[2] = {json_string_value(json_object_get(c, "label")),
@@ -1115,7 +1117,7 @@ static int plan_buffers(model *m, gr_err *err) {
     m->buffer_floats = calloc((size_t)n_values, sizeof *m->buffer_floats);
     if (!in_use || !m->buffer_floats) {
         free(in_use);
-        return FAIL("out of memory");
+        return NO_MEMORY();
     }
     for (int v = 0; v < n_values; v++) m->values[v].last_use = -1;
     for (int i = 0; i < m->n_ops; i++)
@@ -1188,7 +1190,7 @@ static int build(model *m, json_t *hdr, const float *data, size_t n_data,
         return -1;
     m->name = copy_string(name);
     m->version = copy_string(version);
-    if (!m->name || !m->version) return FAIL("out of memory");
+    if (!m->name || !m->version) return NO_MEMORY();
     if (parse_genres(m, json_object_get(hdr, "genres"), err) < 0) return -1;
     json_t *features = json_object_get(hdr, "features");
     if (!features) return FAIL("header: missing 'features'");
@@ -1220,7 +1222,7 @@ static int build(model *m, json_t *hdr, const float *data, size_t n_data,
     walker W = {m, data, n_data, m->input, 0, -1, names, 0, desc, err};
     int rc = -1;
     if (!m->ops || !m->values || !names || !desc) {
-        FAIL("out of memory");
+        NO_MEMORY();
         goto done;
     }
     m->values[0].floats = (size_t)shape_floats(m->input);
@@ -1256,7 +1258,7 @@ static int build(model *m, json_t *hdr, const float *data, size_t n_data,
     m->describe = d ? json_dumps(d, JSON_COMPACT) : NULL;
     json_decref(d);
     if (!m->describe) {
-        FAIL("out of memory");
+        NO_MEMORY();
         goto done;
     }
     rc = 0;
@@ -1349,7 +1351,7 @@ model *model_load_buffer(const void *buf, size_t len, gr_err *err) {
     const unsigned char *p = buf;
     size_t off, n;
     if (!buf) {
-        FAIL("no model data");
+        gr_fail(err, GR_EINTERNAL, "no model data");
         return NULL;
     }
     json_t *hdr = open_container(p, len, &off, &n, err);
@@ -1357,7 +1359,7 @@ model *model_load_buffer(const void *buf, size_t len, gr_err *err) {
     float *data = malloc(n ? n * sizeof *data : 1);
     model *m = calloc(1, sizeof *m);
     if (!data || !m) {
-        FAIL("out of memory");
+        NO_MEMORY();
         goto fail;
     }
     for (size_t i = 0; i < n; i++) {
@@ -1379,30 +1381,9 @@ fail:
 }
 
 model *model_load(const char *path, gr_err *err) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        gr_fail(err, GR_EINTERNAL, "%s: cannot open: %s", path, strerror(errno));
-        return NULL;
-    }
-    unsigned char *buf = NULL;
-    size_t len = 0;
-    long size = -1;
-    if (fseek(f, 0, SEEK_END) == 0) size = ftell(f);
-    if (size < 0 || fseek(f, 0, SEEK_SET) != 0) {
-        gr_fail(err, GR_EINTERNAL, "%s: cannot determine the file size", path);
-    } else if ((unsigned long long)size > MAX_FILE_BYTES) {
-        gr_fail(err, GR_EINTERNAL, "%s: %ld bytes is larger than the %llu-byte "
-                "limit for a model", path, size, MAX_FILE_BYTES);
-    } else if (!(buf = malloc(size ? (size_t)size : 1))) {
-        gr_fail(err, GR_EINTERNAL, "%s: out of memory", path);
-    } else if ((len = fread(buf, 1, (size_t)size, f)) != (size_t)size) {
-        gr_fail(err, GR_EINTERNAL, "%s: read error", path);
-    }
-    fclose(f);
-    if (!buf || len != (size_t)size) {
-        free(buf);
-        return NULL;
-    }
+    size_t len;
+    unsigned char *buf = file_read(path, MAX_FILE_BYTES, GR_EFILE, &len, err);
+    if (!buf) return NULL;
     gr_err inner = {GR_OK, ""};
     model *m = model_load_buffer(buf, len, &inner);
     free(buf);
@@ -1452,7 +1433,8 @@ const model_music *model_music_classes(const model *m) {
 model_workspace *model_workspace_create(const model *m, int max_batch,
                                         gr_err *err) {
     if (max_batch < 1 || max_batch > MAX_BATCH) {
-        FAIL("max_batch %d is out of range [1, %d]", max_batch, MAX_BATCH);
+        gr_fail(err, GR_EINTERNAL, "max_batch %d is out of range [1, %d]", max_batch,
+                MAX_BATCH);
         return NULL;
     }
     unsigned long long act = 0, scratch = 0;
@@ -1478,12 +1460,13 @@ model_workspace *model_workspace_create(const model *m, int max_batch,
      * most act floats wide, so bounding act bounds them too. */
     if (act > (unsigned long long)INT32_MAX || scratch > SIZE_MAX / sizeof(float) ||
         act > SIZE_MAX / sizeof(float)) {
-        FAIL("a workspace for %d items is too large for this model", max_batch);
+        gr_fail(err, GR_EINTERNAL, "a workspace for %d items is too large for this model",
+                max_batch);
         return NULL;
     }
     model_workspace *ws = calloc(1, sizeof *ws);
     if (!ws) {
-        FAIL("out of memory");
+        NO_MEMORY();
         return NULL;
     }
     ws->m = m;
@@ -1497,7 +1480,7 @@ model_workspace *model_workspace_create(const model *m, int max_batch,
     ws->scratch = scratch ? malloc((size_t)scratch * sizeof(float)) : NULL;
     if (!ok || (scratch && !ws->scratch)) {
         model_workspace_free(ws);
-        FAIL("out of memory for a %d-item workspace", max_batch);
+        gr_fail(err, GR_EINTERNAL, "out of memory for a %d-item workspace", max_batch);
         return NULL;
     }
     return ws;
@@ -1550,9 +1533,12 @@ static float *value_at(const model_workspace *ws, const float *in, int v) {
 }
 
 int model_forward(const model *m, model_workspace *ws, const float *in,
-                  int batch, float *out) {
-    if (!m || !ws || ws->m != m || batch < 1 || batch > ws->max_batch)
-        return -1;
+                  int batch, float *out, gr_err *err) {
+    if (!m || !ws || ws->m != m)
+        return gr_fail(err, GR_EINTERNAL, "model_forward: workspace of another model");
+    if (batch < 1 || batch > ws->max_batch)
+        return gr_fail(err, GR_EINTERNAL, "model_forward: batch of %d outside [1, %d]", batch,
+                       ws->max_batch);
     for (int i = 0; i < m->n_ops; i++) {
         const op *o = &m->ops[i];
         const float *src = value_at(ws, in, o->src[0]);

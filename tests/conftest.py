@@ -120,6 +120,14 @@ class ApiSpec:
     def request_id_pattern(self):
         return re.compile(self.schema("RequestId")["pattern"])
 
+    def paths(self, method, public=None):
+        """The documented paths answering method ("get", "post"); with
+        public, only those that need no API key (True: `security: []`) or
+        only those that need one (False). tests/test_routes.c checks that
+        these are exactly the routes of src/routes.c."""
+        return [path for path, item in self.doc["paths"].items() if method in item
+                and (public is None or (item[method].get("security") == []) == public)]
+
 
 @pytest.fixture(scope="session")
 def api(source_dir):

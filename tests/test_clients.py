@@ -92,7 +92,7 @@ def test_readme_python(readme_blocks, daemon, song, expected, tmp_path):
 def test_readme_javascript(readme_blocks, daemon, song, expected, tmp_path):
     node = shutil.which("node") or shutil.which("nodejs")
     if not node:
-        pytest.fail("node is not installed (.ci/install-deps installs nodejs)", pytrace=False)
+        pytest.fail("node is not installed (.ci/install-deps test installs nodejs)", pytrace=False)
     (code,) = readme_blocks["js"]
     script = tmp_path / "client.mjs"
     script.write_text(localise(code, daemon, song))

@@ -339,7 +339,7 @@ KEY_2 = "k2-b3RoZXIga2V5IGhlcmU"
 KEY_3 = "k3-dGhpcmQga2V5IGF0IGxhc3Q"
 
 
-def test_api_keys(start_daemon, excerpt, tmp_path):
+def test_api_keys(start_daemon, api, excerpt, tmp_path):
     keys = tmp_path / "keys"
     keys.write_text(f"# test keys\n{KEY_1}\n\n  {KEY_2}  \n")
     d = start_daemon({"api-keys-file": keys})
@@ -357,10 +357,10 @@ def test_api_keys(start_daemon, excerpt, tmp_path):
     assert r.status_code == 401
     assert r.headers["WWW-Authenticate"] == 'Bearer realm="genred", error="invalid_token"'
     assert get("/v1/model", KEY_1, scheme="Basic").status_code == 401
-    for path in ("/v1/model", "/metrics"):
+    for path in api.paths("get", public=False):
         assert get(path).status_code == 401, path
     # The probes and the public documents (web page, API contract) need none.
-    for path in ("/healthz", "/readyz", "/", "/app.js", "/style.css", "/openapi.yaml"):
+    for path in api.paths("get", public=True):
         assert get(path).status_code == 200, path
     r = post_audio(d, excerpt, headers={"Authorization": f"Bearer {KEY_2}"})
     assert r.status_code == 200, r.text

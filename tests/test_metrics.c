@@ -245,7 +245,7 @@ static char *render_parse(metrics *m, const batcher_stats *st, exposition *e) {
 
 static void test_fresh_render_is_valid(void **state) {
     (void)state;
-    metrics *m = metrics_create();
+    metrics *m = metrics_create(NULL);
     assert_non_null(m);
     exposition e;
     char *text = render_parse(m, NULL, &e);
@@ -274,7 +274,7 @@ static void test_fresh_render_is_valid(void **state) {
 
 static void test_requests_counted(void **state) {
     (void)state;
-    metrics *m = metrics_create();
+    metrics *m = metrics_create(NULL);
     assert_non_null(m);
     for (int i = 0; i < 3; i++) metrics_observe_request(m, "/v1/classify", 200, 0.2, 1000);
     metrics_observe_request(m, "/v1/classify", 413, 0.001, 5);
@@ -314,7 +314,7 @@ static void test_requests_counted(void **state) {
 
 static void test_histogram_buckets(void **state) {
     (void)state;
-    metrics *m = metrics_create();
+    metrics *m = metrics_create(NULL);
     assert_non_null(m);
     metrics_observe_stage(m, STAGE_DECODE, 0.003);
     metrics_observe_stage(m, STAGE_DECODE, 0.005); /* le is inclusive */
@@ -363,7 +363,7 @@ static void test_histogram_buckets(void **state) {
 
 static void test_batcher_stats(void **state) {
     (void)state;
-    metrics *m = metrics_create();
+    metrics *m = metrics_create(NULL);
     assert_non_null(m);
     batcher_stats st = {.queued_requests = 3, .queue_capacity = 64, .batches = 10,
                         .chunks = 250, .busy_seconds = 1.25, .workers = 2,
@@ -407,7 +407,7 @@ static void *hammer(void *arg) {
 
 static void test_concurrent_observers(void **state) {
     (void)state;
-    metrics *m = metrics_create();
+    metrics *m = metrics_create(NULL);
     assert_non_null(m);
     pthread_t t[4];
     for (int i = 0; i < 4; i++) assert_int_equal(pthread_create(&t[i], NULL, hammer, m), 0);

@@ -486,7 +486,7 @@ static void check_against_reference(const char *header_text, size_t n_floats,
     assert_non_null(ref);
     for (int batch = 1; batch <= max_batch; batch++) {
         for (size_t i = 0; i < item * batch; i++) in[i] = frand(-3, 3);
-        assert_int_equal(model_forward(m, ws, in, batch, out), 0);
+        assert_int_equal(model_forward(m, ws, in, batch, out, &err), 0);
         for (int bi = 0; bi < batch; bi++) {
             ref_names names;
             ref_forward_named(hdr, data, in + item * bi, ref, &names);
@@ -683,7 +683,7 @@ static void test_graph(void **state) {
         assert_non_null(ws);
         float x[2 * 48], row[2 * 57];
         for (int i = 0; i < 96; i++) x[i] = frand(-2, 2);
-        assert_int_equal(model_forward(m, ws, x, 2, row), 0);
+        assert_int_equal(model_forward(m, ws, x, 2, row, &xerr), 0);
         for (int bi = 0; bi < 2; bi++) {
             ref_names names;
             double ref[3];
@@ -832,16 +832,22 @@ static void test_forward_arguments(void **state) {
     model_workspace *ws = model_workspace_create(m, 3, &err);
     assert_non_null(ws);
     float in[48 * 4] = {0}, out[4 * 4];
-    assert_int_equal(model_forward(m, ws, in, 0, out), -1);
-    assert_int_equal(model_forward(m, ws, in, 4, out), -1);
-    assert_int_equal(model_forward(m2, ws, in, 1, out), -1);   /* someone else's */
-    assert_int_equal(model_forward(m, ws, in, 3, out), 0);
+    assert_int_equal(model_forward(m, ws, in, 0, out, &err), -1);
+    assert_int_equal(err.status, GR_EINTERNAL);
+    assert_non_null(strstr(err.msg, "batch of 0"));
+    assert_int_equal(model_forward(m, ws, in, 4, out, &err), -1);
+    assert_non_null(strstr(err.msg, "batch of 4 outside [1, 3]"));
+    err = (gr_err){GR_OK, ""};
+    assert_int_equal(model_forward(m2, ws, in, 1, out, &err), -1);   /* someone else's */
+    assert_int_equal(err.status, GR_EINTERNAL);
+    assert_non_null(strstr(err.msg, "another model"));
+    assert_int_equal(model_forward(m, ws, in, 3, out, &err), 0);
     /* Same input, same answer, whatever else is in the batch. */
     for (int i = 0; i < 48; i++) in[i] = in[48 + i] = in[96 + i] = frand(-1, 1);
     for (int i = 0; i < 48; i++) in[48 + i] = 5.0f;
     float one[4];
-    assert_int_equal(model_forward(m, ws, in, 3, out), 0);
-    assert_int_equal(model_forward(m, ws, in, 1, one), 0);
+    assert_int_equal(model_forward(m, ws, in, 3, out, &err), 0);
+    assert_int_equal(model_forward(m, ws, in, 1, one, &err), 0);
     for (int j = 0; j < 4; j++) {
         assert_true(fabsf(one[j] - out[j]) <= 1e-6f);
         assert_true(fabsf(out[8 + j] - out[j]) <= 1e-6f);
@@ -999,7 +1005,7 @@ static void test_bad_headers(void **state) {
         }
         gr_err err = {GR_OK, ""};
         model *m = model_load_buffer(b.p, b.len, &err);
-        if (m || !strstr(err.msg, t->expect) || err.status != GR_EINTERNAL) {
+        if (m || !strstr(err.msg, t->expect) || err.status != GR_EFILE) {
             print_error("case %zu (%s = %s): loaded=%d, message '%s', want '%s'\n", i,
                         t->path[0], t->value[0] ? t->value[0] : "(deleted)", m != NULL,
                         err.msg, t->expect);
@@ -1135,7 +1141,7 @@ static void test_load_from_path(void **state) {
     assert_null(model_load(path, &err));
     assert_true(strncmp(err.msg, path, strlen(path)) == 0);
     assert_non_null(strstr(err.msg, ": CRC mismatch (file corrupted?)"));
-    assert_int_equal(err.status, GR_EINTERNAL);
+    assert_int_equal(err.status, GR_EFILE);
     close(fd);
     unlink(path);
 

@@ -12,13 +12,13 @@
  * open reads the container once without decoding (an index of its packets),
  * which for MP3, WAV and FLAC tells the exact length before any decoding, so
  * that the caller can apply the trim rule first and never decode what it
- * cuts. The range is then cut into segments decoded independently, each
+ * cuts. The range is then cut into spans decoded independently, each
  * starting a few packets early (a pre-roll that refills the decoder's and
  * the resampler's history) and stitched at sample positions the timestamps
  * give. The result is the same samples a whole decode gives, bit for bit
- * (tests/test_perf_decode.c); every seam is checked against the samples the
- * neighbouring segment decoded past it, and anything unexpected inside the
- * range (decoder errors, parameters changing mid-stream, a seam that does
+ * (tests/test_range_identity.c); every span is checked against the samples
+ * its neighbour decoded where they meet, and anything unexpected inside the
+ * range (decoder errors, parameters changing mid-stream, a check that does
  * not match, a length other than the index promised) falls back to one
  * sequential decode. The index itself refuses MP3 packets that are not
  * MPEG audio frames (junk the demuxer hands out, which a decoder drops).
@@ -26,6 +26,9 @@
  * to decode OUTSIDE the range are dropped by a sequential decode, which
  * moves everything after them earlier and shortens it, while a range keeps
  * the positions the timestamps give and reports the index's length.
+ *
+ * audio.c holds the hardened open and the sequential decode, audio_range.c
+ * the index and the spans.
  *
  * What it does not do: trimming, feature extraction. */
 #ifndef GENRED_AUDIO_H
@@ -44,13 +47,16 @@ typedef struct audio {
     int sample_rate;    /* = the rate asked for */
     double duration_s;  /* total / sample_rate: the whole stream's duration */
     char format[32];    /* demuxer that recognised the input, e.g. "mp3" */
-    int segments;       /* segments decoded independently and stitched; 0 =
-                         * one sequential decode of the whole stream */
+    int spans;          /* spans decoded independently and stitched; 0 = one
+                         * sequential decode of the whole stream */
+    double sink_ms;     /* with a sink (audio_source_decode()): its time,
+                         * summed over the decoding threads and divided by
+                         * their number, i.e. its share of the wall time */
 } audio;
 
 typedef struct audio_limits {
-    double max_duration_s;  /* decoded audio longer than this -> 422; 0 = none */
-    double deadline;        /* CLOCK_MONOTONIC time in seconds by which decoding
+    double max_duration_s;  /* longer decoded audio: GR_EUNPROCESSABLE; 0 = none */
+    double deadline;        /* monotonic_now() time (clock.h) by which decoding
                              * must be done, else GR_EDEADLINE; 0 = none */
 } audio_limits;
 
@@ -82,27 +88,37 @@ int audio_open(const void *data, size_t len, int sample_rate,
  * decoding (MP3, WAV, FLAC with consistent timestamps); 0 = unknown. */
 size_t audio_source_samples(const audio_source *s);
 
+/* Where audio_source_decode() hands a range's samples, span by span, for
+ * a caller that works on them as they come (features.c computes log-mel
+ * span by span, so no thread holds more than a span of audio). */
+typedef struct audio_sink {
+    size_t span;        /* samples per span; the last one takes the rest */
+    size_t margin;      /* samples a span also gets before its start and
+                         * past its end, within the range: for work on a
+                         * span that reads its neighbours' samples */
+    /* Called once per span, on any decoding thread, several at once:
+     * samples[0..n) (borrowed for the call) are samples [at, at + n) of the
+     * range, span number `index` with its margins. Returns 0, or -1 with
+     * err set, which fails the decode. */
+    int (*take)(void *ctx, size_t index, const float *samples, size_t at, size_t n,
+                gr_err *err);
+    void *ctx;
+} audio_sink;
+
 /* Decodes samples [first, first + count) of the stream (count is clipped to
- * the end; SIZE_MAX = to the end) with up to `threads` threads, into *out.
- * When the length is unknown or a segment departs from the index, this
- * decodes the whole stream sequentially instead: out->first is then 0,
- * out->n_samples = out->total, and out->total is the true length, which the
- * caller must use in place of audio_source_samples(). Errors as
+ * the end; SIZE_MAX = to the end) in spans on up to `threads` threads.
+ * Without a sink, into out->samples (first, n_samples = count). With one,
+ * to the sink: out->samples stays NULL. Either way out->spans > 0.
+ *
+ * When the length is unknown or a span departs from the index, this decodes
+ * the whole stream sequentially instead, into out whatever the sink:
+ * out->spans is then 0, out->first 0, out->n_samples = out->total, and
+ * out->total is the true length, which the caller must use in place of
+ * audio_source_samples(); what a sink was handed before is void. Errors as
  * audio_decode(); first beyond the end is GR_EINTERNAL. One call at a time
  * per source. */
 int audio_source_decode(audio_source *s, size_t first, size_t count, int threads,
-                        audio *out, gr_err *err);
-
-/* Decodes samples [first, first + count) of a stream whose length the
- * index knows (audio_source_samples() > 0) into dst (count floats, the
- * caller's), as one segment on the calling thread, for callers that cut
- * and schedule the work themselves (features.c streams a song block by
- * block). Never falls back: returns 1 when the stream departs from its
- * index inside the range (the caller must then decode another way), 0 when
- * done, -1 on errors as audio_decode(). Any number of calls may run at once
- * on one source, but not beside audio_source_decode(). */
-int audio_source_decode_into(const audio_source *s, size_t first, size_t count, float *dst,
-                             gr_err *err);
+                        const audio_sink *sink, audio *out, gr_err *err);
 
 void audio_source_close(audio_source *s);
 

@@ -13,6 +13,14 @@
 
 #include "genred/err.h"
 
+/* How much genred logs: each level adds to the one before. */
+typedef enum log_level {
+    LOG_LEVEL_ERROR = 0,  /* failures only */
+    LOG_LEVEL_WARN,       /* and what was refused or ignored */
+    LOG_LEVEL_INFO,       /* and one line per request, reloads, start and stop */
+    LOG_LEVEL_DEBUG,      /* and libav's own warnings */
+} log_level;
+
 typedef struct config {
     char listen[64];           /* address to bind, default 127.0.0.1 */
     int port;                  /* 0 = ephemeral (printed at start) */
@@ -35,7 +43,7 @@ typedef struct config {
                                 * health checks needs a Bearer key from it */
     char tls_cert_file[4096];  /* "" = plain HTTP; else PEM certificate chain */
     char tls_key_file[4096];   /* PEM private key; set exactly when the cert is */
-    char log_level[16];        /* error, warn, info, debug */
+    log_level log_level;       /* conf: error, warn, info, debug */
     char fftw_wisdom[4096];    /* FFTW wisdom file (mel.h); "" = the user's
                                 * cache directory, see genred.conf */
 } config;
@@ -49,7 +57,10 @@ int config_set(config *c, const char *key, const char *value, gr_err *err);
 int config_load_file(config *c, const char *path, gr_err *err);
 
 /* Applies every GENRED_<KEY> variable of the environment (key upper-cased,
- * '-' as '_'); GENRED_CONFIG is not a key and is skipped. */
+ * '-' as '_'); GENRED_CONFIG is not a key and is skipped. Any other GENRED_
+ * variable that is not a key is refused (GR_ECONFIG): the prefix belongs to
+ * genred's settings, so whatever starts genred with other GENRED_ variables
+ * of its own (the test harness) removes them from its environment. */
 int config_load_env(config *c, gr_err *err);
 
 /* Writes the effective configuration as a conf file to f. */
@@ -58,6 +69,9 @@ void config_print(const config *c, FILE *f);
 /* Rules that tie keys together, which config_set() cannot check one key at
  * a time: tls_cert_file and tls_key_file are set together or not at all. */
 int config_validate(const config *c, gr_err *err);
+
+/* The conf-file name of a level: "error", "warn", "info" or "debug". */
+const char *log_level_name(log_level level);
 
 /* Resolved worker count (workers == 0 -> number of online cores). */
 int config_workers(const config *c);

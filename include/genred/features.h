@@ -19,7 +19,6 @@
 
 #include <stddef.h>
 
-#include "genred/config.h"
 #include "genred/err.h"
 #include "genred/mel.h"
 #include "genred/waveform.h"
@@ -52,37 +51,45 @@ const mel *featurizer_mel(const featurizer *fz);
 typedef struct features_opts {
     int trim;                 /* 1: apply the trim rule; 0: analyse everything */
     double trim_start_s, trim_end_s, trim_min_keep_s;
-    double max_duration_s;    /* decoded audio longer than this: 422; 0 = none */
-    double deadline;          /* CLOCK_MONOTONIC seconds by which decoding must be
+    double max_duration_s;    /* longer decoded audio: GR_EUNPROCESSABLE; 0 = none */
+    double deadline;          /* monotonic_now() seconds by which decoding must be
                                * done, else GR_EDEADLINE (audio.h); 0 = none */
     double chunk_hop_s;       /* seconds between chunk starts (rounded to whole
                                * samples); 0 = one chunk, back to back, which is
                                * what the daemon analyses. Shorter hops give
                                * overlapping chunks, for training only. */
-    int decode_threads;       /* segments of the analysed window decoded in
-                               * parallel (audio_source_decode); <= 1: one */
+    int decode_threads;       /* threads decoding spans of the analysed window
+                               * (audio_source_decode); <= 1: one */
 } features_opts;
 
-typedef struct features {
-    float *chunks;       /* n_chunks * featurizer_chunk_floats(); owned, features_free() */
+/* One upload analysed: the features of its analysed window (the model's
+ * input, one chunk per 3 s), where that window lies, and what it cost. */
+typedef struct analysis {
+    float *chunks;       /* n_chunks * featurizer_chunk_floats(); owned,
+                          * analysis_free() */
     size_t n_chunks;
     double duration_s;   /* of the whole decoded audio */
     double start_s;      /* where the first chunk begins */
     int trimmed;         /* 1 if the trim rule cut anything */
-    double decode_ms, mel_ms;
-    int segments;        /* 0: the whole stream was decoded in one sequential
-                          * pass; n: only the analysed window, in n pieces
+    double decode_ms;    /* opening, indexing and decoding */
+    double features_ms;  /* computing the chunks from the samples (log-mel or
+                          * envelope): the answer's timing_ms.features */
+    int spans;           /* 0: the whole stream was decoded in one sequential
+                          * pass; n: only the analysed window, in n spans
                           * decoded independently (audio.h) */
-} features;
+} analysis;
 
-/* The options a config implies; trim as given. */
-features_opts features_opts_from_config(const config *c, int trim);
+/* The options a config implies; trim as given. (Declared on the struct, so
+ * that this header, and model.h with it, does not pull in the daemon's
+ * settings.) */
+struct config;
+features_opts features_opts_from_config(const struct config *c, int trim);
 
 /* Decodes data[0..len) (borrowed) at fz's sample rate and computes the
  * chunks of the analysed window. Thread-safe. */
 int features_compute(const featurizer *fz, const features_opts *o, const void *data,
-                     size_t len, features *out, gr_err *err);
+                     size_t len, analysis *out, gr_err *err);
 
-void features_free(features *f);
+void analysis_free(analysis *a);
 
 #endif

@@ -1,11 +1,12 @@
 /* http.h - the REST API over libmicrohttpd.
  *
- * Routes: POST /v1/classify, GET /healthz, /readyz, /v1/model, /metrics,
- * /openapi.yaml, and the web page: GET / with /app.js and /style.css
- * (compiled in from web/, served under a same-origin-only
- * Content-Security-Policy). Uploads (multipart field `file`, or a raw audio body) are
- * streamed into memory up to max_upload_bytes. Every error is a JSON body
- * {"error": {"code", "message"}} with the status gr_status_http() gives.
+ * Routes: the table of routes.h (the API, the probes, /metrics, the
+ * contract, and the web page compiled in from web/, served under a
+ * same-origin-only Content-Security-Policy). Uploads (multipart field
+ * `file`, or a raw audio body) are streamed into memory up to
+ * max_upload_bytes. Every error is a JSON body {"error": {"code",
+ * "message"}}; which status each kind of error (err.h) gets is decided
+ * here, at the HTTP edge, and nowhere else.
  *
  * What it does not do: audio, models (engine.h). */
 #ifndef GENRED_HTTP_H

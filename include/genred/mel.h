@@ -87,18 +87,31 @@ void mel_destroy(mel *m);
 /* 1 if m's plan came from wisdom (measured), 0 if estimated. */
 int mel_plan_is_measured(const mel *m);
 
-/* Adds the wisdom in the file at path. Returns 1 if it was read, 0 if there
- * is no such file, -1 (err set) if it cannot be read or is not wisdom. */
-int mel_wisdom_load(const char *path, gr_err *err);
+/* What a wisdom function did. Each value but the failure belongs to one
+ * function, so a result says the same wherever it is read. */
+typedef enum mel_wisdom_result {
+    MEL_WISDOM_FAILED = -1, /* err says why (GR_EFILE for the file's faults) */
+    MEL_WISDOM_LOADED,      /* load: the file's wisdom was added */
+    MEL_WISDOM_NO_FILE,     /* load: no such file, or nothing in it (/dev/null) */
+    MEL_WISDOM_LEARNED,     /* learn: the plan was measured; the wisdom grew */
+    MEL_WISDOM_KNOWN,       /* learn: the wisdom had the plan already */
+    MEL_WISDOM_SAVED,       /* save: the wisdom was written */
+    MEL_WISDOM_NOT_KEPT,    /* save: path is not a regular file (/dev/null):
+                             * nothing written, as asked */
+} mel_wisdom_result;
+
+/* Adds the wisdom in the file at path: LOADED, NO_FILE, or FAILED if it
+ * cannot be read or is not wisdom. */
+mel_wisdom_result mel_wisdom_load(const char *path, gr_err *err);
 /* 1 if the wisdom has the measured plan p needs (cheap), else 0. */
 int mel_wisdom_has(const mel_params *p);
-/* Measures the plan p needs unless the wisdom has it already (~0.2 s).
- * Returns 1 if the wisdom grew, 0 if it had the plan, -1 on failure. */
-int mel_wisdom_learn(const mel_params *p, gr_err *err);
+/* Measures the plan p needs unless the wisdom has it already (~0.2 s):
+ * LEARNED, KNOWN, or FAILED. */
+mel_wisdom_result mel_wisdom_learn(const mel_params *p, gr_err *err);
 /* Writes all wisdom to path atomically (a temporary file renamed over it),
- * creating its directory. Writes nothing, returning 0, where path exists
- * and is not a regular file (/dev/null: keep nothing); 1 when written. */
-int mel_wisdom_save(const char *path, gr_err *err);
+ * creating its directory: SAVED, NOT_KEPT where path exists and is not a
+ * regular file (/dev/null: keep nothing), or FAILED. */
+mel_wisdom_result mel_wisdom_save(const char *path, gr_err *err);
 
 const mel_params *mel_get_params(const mel *m);
 

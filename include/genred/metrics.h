@@ -11,6 +11,8 @@
 
 #include <stddef.h>
 
+#include "genred/err.h"
+
 typedef struct metrics metrics;
 struct batcher_stats;
 struct model;
@@ -23,12 +25,13 @@ typedef enum metrics_stage {
     STAGE_COUNT_
 } metrics_stage;
 
-/* Caller owns the result; free with metrics_free(). NULL on ENOMEM. */
-metrics *metrics_create(void);
+/* Caller owns the result; free with metrics_free(). NULL (GR_EINTERNAL)
+ * when out of memory. */
+metrics *metrics_create(gr_err *err);
 void metrics_free(metrics *m);
 
-/* route: a fixed route name such as "/v1/classify" (unknown routes are
- * counted as "other"). All functions accept m == NULL and do nothing. */
+/* route: a route's label (routes.h), e.g. "/v1/classify"; anything else
+ * counts as "other". All functions accept m == NULL and do nothing. */
 void metrics_observe_request(metrics *m, const char *route, int status,
                              double seconds, size_t bytes_in);
 void metrics_observe_stage(metrics *m, metrics_stage stage, double seconds);

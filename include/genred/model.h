@@ -108,10 +108,10 @@ void model_workspace_free(model_workspace *ws);
 /* Runs batch (<= ws's max_batch) items: in holds batch * model_input_floats()
  * floats, out receives batch rows of model_output_floats(): the genre
  * probabilities (the last layer's output, softmax or sigmoid) and the
- * exported values. Never allocates. Returns 0, or -1 if batch is out of
- * range. */
+ * exported values. Never allocates. Returns 0, or -1 (GR_EINTERNAL) if batch
+ * is out of range or ws was made for another model. */
 int model_forward(const model *m, model_workspace *ws, const float *in,
-                  int batch, float *out);
+                  int batch, float *out, gr_err *err);
 
 /* Profiling, for bench/: the ops model_forward() runs (layers after
  * folding), a label for each ("depthwise 5x5/2 384ch 10x38 -> 5x19"), and a

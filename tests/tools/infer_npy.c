@@ -78,8 +78,8 @@ int main(int argc, char **argv) {
     }
     for (size_t i = 0; i < n; i += (size_t)max_batch) {
         int b = n - i < (size_t)max_batch ? (int)(n - i) : max_batch;
-        if (model_forward(m, ws, in + i * item, b, out + i * g) < 0) {
-            fprintf(stderr, "infer_npy: model_forward refused a batch of %d\n", b);
+        if (model_forward(m, ws, in + i * item, b, out + i * g, &err) < 0) {
+            fail("model_forward", &err);
             goto done;
         }
     }

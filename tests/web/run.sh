@@ -6,7 +6,7 @@
 # one install at a time: build/ and build-asan/ may run this together), then
 # runs the test under node's own runner, whose TAP output meson counts.
 # Needs node (>= 18), npm, ffmpeg, espeak-ng, python3 and /usr/bin/chromium;
-# .ci/install-deps installs them. Anything missing fails the test with a
+# .ci/install-deps test installs them. Anything missing fails the test with a
 # message; only the backbone's tests skip (with the reason) when ../shared
 # lacks its checkpoint.
 set -eu
@@ -14,7 +14,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 
 for tool in node npm ffmpeg ffprobe espeak-ng python3 /usr/bin/chromium flock; do
   if ! command -v "$tool" >/dev/null 2>&1; then
-    echo "Bail out! $tool is missing (run .ci/install-deps)"
+    echo "Bail out! $tool is missing (run .ci/install-deps test)"
     exit 1
   fi
 done

@@ -1,12 +1,13 @@
-/* test_perf_decode.c - the fast decode path gives the reference's samples.
+/* test_range_identity.c - range decoding gives the reference's samples, bit
+ * for bit.
  *
- * audio_source_decode() decodes only a window of a file, cut into segments
+ * audio_source_decode() decodes only a window of a file, cut into spans
  * decoded on several threads after a short pre-roll and stitched at the
  * positions the timestamps give (audio.h). Its promise is that this changes
  * nothing: the samples, and so the model's features, are those of the one
  * sequential decode of the whole file that audio_decode() does. Tolerance:
  * none. Samples and features must be bit-identical, which they are because
- * a segment's decoder and resampler reach the whole decode's exact state
+ * a span's decoder and resampler reach the whole decode's exact state
  * within the pre-roll; any drift would be a bug in the stitching, not
  * rounding.
  *
@@ -75,7 +76,7 @@ static uint8_t *read_file(const char *path, size_t *len) {
 }
 
 /* The four tracks one after the other (2 minutes), as `name` with the
- * codec options given: long enough for several segments and a trim. */
+ * codec options given: long enough for several spans and a trim. */
 static void make_song(const fixture *fx, const char *name, const char *rate,
                       const char *channels, char *const codec[]) {
     char out[PATH_MAX], *argv[64];
@@ -123,9 +124,9 @@ static double correlation(const float *x, const float *y, size_t n) {
 }
 
 /* Decodes `name` whole (the reference) and in windows on 1..4 threads.
- * exact: the index must know the length and the segments must be used (no
+ * exact: the index must know the length and the spans must be used (no
  * fallback), giving the reference's samples. Otherwise (damaged files): a
- * fallback must give the reference; segments may be used only where no
+ * fallback must give the reference; spans may be used only where no
  * damage lies inside the window, and then they place samples by their
  * timestamps, i.e. where the reference has them once the frames its
  * sequential decode dropped before the window are counted back in. */
@@ -138,7 +139,7 @@ static void check_file(const fixture *fx, const char *name, int exact) {
     audio ref;
     if (audio_decode(data, len, RATE, NULL, &ref, &err) != 0) fail_msg("%s: %s", name, err.msg);
     assert_true(ref.n_samples > 20 * RATE);
-    assert_int_equal(ref.segments, 0);
+    assert_int_equal(ref.spans, 0);
 
     audio_source *src;
     if (audio_open(data, len, RATE, NULL, &src, &err) != 0) fail_msg("%s: %s", name, err.msg);
@@ -152,20 +153,21 @@ static void check_file(const fixture *fx, const char *name, int exact) {
     for (size_t r = 0; r < sizeof ranges / sizeof *ranges; r++) {
         for (int threads = 1; threads <= 4; threads++) {
             audio a;
-            if (audio_source_decode(src, ranges[r][0], ranges[r][1], threads, &a, &err) != 0)
+            if (audio_source_decode(src, ranges[r][0], ranges[r][1], threads, NULL, &a,
+                                    &err) != 0)
                 fail_msg("%s: range %zu, %d threads: %s", name, r, threads, err.msg);
             char what[128];
             snprintf(what, sizeof what, "%s, range [%zu, +%zu), %d threads", name,
                      ranges[r][0], ranges[r][1], threads);
             if (exact) {
                 size_t want = ranges[r][1] < n - ranges[r][0] ? ranges[r][1] : n - ranges[r][0];
-                if (a.segments < 1) fail_msg("%s: fell back to the sequential decode", what);
+                if (a.spans < 1) fail_msg("%s: fell back to the sequential decode", what);
                 assert_int_equal(a.first, ranges[r][0]);
                 assert_int_equal(a.n_samples, want);
-                /* Long ranges are split as asked (4 s per segment at least). */
-                if (want >= (size_t)threads * 4 * RATE) assert_int_equal(a.segments, threads);
+                /* Long ranges are split as asked (4 s per span at least). */
+                if (want >= (size_t)threads * 4 * RATE) assert_int_equal(a.spans, threads);
             }
-            if (a.segments == 0) {
+            if (a.spans == 0) {
                 assert_int_equal(a.first, 0);
                 assert_int_equal(a.n_samples, ref.n_samples);
                 assert_int_equal(a.total, ref.n_samples);
@@ -201,7 +203,7 @@ static void check_file(const fixture *fx, const char *name, int exact) {
 static int group_setup(void **state) {
     const char *shared = getenv("GENRED_SHARED");
     if (!shared || !*shared) {
-        fprintf(stderr, "test_perf_decode: GENRED_SHARED is not set (it must point at "
+        fprintf(stderr, "test_range_identity: GENRED_SHARED is not set (it must point at "
                         "the shared folder holding data/gtzan16k)\n");
         return -1;
     }
@@ -210,16 +212,16 @@ static int group_setup(void **state) {
     for (int i = 0; i < 4; i++) {
         snprintf(fx->track[i], PATH_MAX, "%s/data/gtzan16k/%s", shared, TRACKS[i]);
         if (access(fx->track[i], R_OK) != 0) {
-            fprintf(stderr, "test_perf_decode: missing %s: %s\n", fx->track[i],
+            fprintf(stderr, "test_range_identity: missing %s: %s\n", fx->track[i],
                     strerror(errno));
             free(fx);
             return -1;
         }
     }
     const char *tmp = getenv("TMPDIR");
-    snprintf(fx->dir, sizeof fx->dir, "%s/genred-perf-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+    snprintf(fx->dir, sizeof fx->dir, "%s/genred-range-XXXXXX", tmp && *tmp ? tmp : "/tmp");
     if (!mkdtemp(fx->dir)) {
-        fprintf(stderr, "test_perf_decode: mkdtemp: %s\n", strerror(errno));
+        fprintf(stderr, "test_range_identity: mkdtemp: %s\n", strerror(errno));
         free(fx);
         return -1;
     }
@@ -323,7 +325,7 @@ static void test_damaged_mp3s_give_the_reference(void **state) {
 }
 
 /* The model's input itself: features_compute() (trim first, then the window
- * in segments) against the chunks of the whole sequential decode. */
+ * in spans) against the chunks of the whole sequential decode. */
 static void test_features_match_whole_decode(void **state) {
     fixture *fx = *state;
     char *codec[] = {"-c:a", "libmp3lame", "-b:a", "192k", NULL};
@@ -356,11 +358,11 @@ static void test_features_match_whole_decode(void **state) {
         for (int threads = 1; threads <= 3; threads++) {
             features_opts o = {.trim = trim, .trim_start_s = 15, .trim_end_s = 15,
                                .trim_min_keep_s = 30, .decode_threads = threads};
-            features f;
+            analysis f;
             if (features_compute(fz, &o, data, len, &f, &err) != 0) fail_msg("%s", err.msg);
             assert_int_equal(f.n_chunks, n);
-            /* The streamed path: blocks of the window only, in pieces. */
-            assert_true(f.segments > 1);
+            /* Span by span: the window only, in several spans. */
+            assert_true(f.spans > 1);
             assert_int_equal(f.trimmed, trim);
             assert_true(f.start_s == (double)start / RATE);
             assert_true(f.duration_s == ref.duration_s);
@@ -370,7 +372,7 @@ static void test_features_match_whole_decode(void **state) {
             if (worst != 0)
                 fail_msg("trim %d, %d threads: features differ by up to %g", trim, threads,
                          worst);
-            features_free(&f);
+            analysis_free(&f);
         }
         free(want);
     }
