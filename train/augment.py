@@ -10,7 +10,8 @@ key):
       two tracks summed (b delayed by S seconds and wrapped around, b's share
       W of the amplitude, the sum's peak kept at a's): a new piece of music
       that no label describes but the teacher can;
-  {"kind": "file", "path": P, "fx": FX}        unlabelled music (music.py)
+  {"kind": "file", "path": P, "start": S, "seconds": D, "fx": FX}
+      D seconds of unlabelled music (music.py) from S on
 FX is a list of re-recording steps, applied in order by one ffmpeg run:
 gain (dB), an equaliser (bass and treble shelves, one peaking band), a pitch
 shift (semitones) or a tempo change (ratio) by rubberband, and an MP3 round
@@ -88,7 +89,9 @@ def render(source, tracks_by_id, tmpdir):
         src = tracks_by_id[source["track"]].path if kind == "track" else source["path"]
         if not af and "libmp3lame" not in codec and kind == "track":
             return src
-        cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", src, "-ac", "1",
+        span = (["-ss", str(source["start"]), "-t", str(source["seconds"])]
+                if "seconds" in source else [])
+        cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", *span, "-i", src, "-ac", "1",
                "-ar", str(SR), *af, *codec, dst]
         stdin = None
     elif kind == "mix":
@@ -180,7 +183,10 @@ def plan(tracks, n_fx, n_mixes, seed, files=()):
         out.append({"kind": "mix", "a": a.id, "b": b.id, "weight": round(rng.uniform(0.25, 0.6), 2),
                     "offset": round(rng.uniform(0, 10), 2), "fx": random_fx(rng, mp3=0.2)})
     for f in files:
-        out.append({"kind": "file", "path": f, "fx": random_fx(rng, pitch_tempo=0.0, mp3=0.0)})
+        # 57 s from 15 s in: past a soundtrack's intro, and under the 60 s
+        # from which genred's trim rule would cut another 15 s off each end.
+        out.append({"kind": "file", "path": f, "start": 15, "seconds": 57,
+                    "fx": random_fx(rng, pitch_tempo=0.0, mp3=0.0)})
     return out
 
 

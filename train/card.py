@@ -81,6 +81,82 @@ def designs_table(designs):
     return "\n".join(rows)
 
 
+def _row(name, params, mflops, v, cv):
+    f = lambda d: f"{100 * d['mean']:.1f} ± {100 * d['std']:.1f} %"  # noqa: E731
+    return (f"| {name} | {params} | {mflops} | {pct(v['track_accuracy_votes'])} | "
+            f"{pct(v['balanced_accuracy_votes'])} | {pct(v['chunk_accuracy'])} | "
+            f"{f(cv['track_accuracy_votes'])} | {f(cv['balanced_accuracy_votes'])} | "
+            f"{f(cv['chunk_accuracy'])} |")
+
+
+def _brief(v):
+    return {"track_accuracy_votes": v["votes"]["accuracy"],
+            "balanced_accuracy_votes": v["votes"]["balanced_accuracy"],
+            "chunk_accuracy": v["chunk"]["accuracy"]}
+
+
+def teacher_section(r):
+    """The teacher, where its weights came from, and the student beside it
+    and beside the model it replaces (only for a distilled model)."""
+    t = r.get("teacher")
+    if not t:
+        return []
+    s, v, cv = r["shipped"], r["valid"], r["cv"]
+    lines = [
+        "## The teacher",
+        "",
+        f"The student learned from a teacher: **{t['backbone']}**, {t['parameters']:,} "
+        f"parameters, {t['mflops_per_chunk']:.1f} MFLOPs per chunk, checkpoint "
+        f"`{t['checkpoint']}` (sha256 `{t['sha256'][:16]}...`, {t['license']} license), published "
+        f"by the EfficientAT project ({t['source']}); scripts/get-model converts it and "
+        f"train/reproduce takes it from `--teacher` (default ../shared/models/efficientat-mn04/). "
+        f"genred itself ran it ({t['run_by']}) on the same audio as the student's features. "
+        "None of its weights are in the student's file or the repository: the student is a "
+        "network of our own, trained on the teacher's answers.",
+        "",
+        f"Genre head of the teacher: in the runs scored below (valid.txt, every CV fold) "
+        f"{t['valid_head']}; for the shipped model {t['shipped_head']}.",
+        "",
+        f"What the valid.txt run learned from: {t['valid_pool']['chunks']:,} chunks, "
+        f"{t['valid_pool']['chunks_by_kind']['track']:,} of them from {t['valid_pool']['sources']['track']} "
+        f"training tracks (original, MP3, re-recordings), "
+        f"{t['valid_pool']['chunks_by_kind']['mix']:,} from {t['valid_pool']['sources']['mix']} "
+        "mixes of two training tracks"
+        + (f", {t['valid_pool']['chunks_by_kind']['file']:,} from "
+           f"{t['valid_pool']['sources']['file']} unlabelled music files" if
+           t['valid_pool']['sources']['file'] else "") + ".",
+        "",
+    ]
+    if t.get("music_packages"):
+        lines += ["Unlabelled music (Debian packages, fetched at training time, never committed): "
+                  + ", ".join(f"{p['name']} {p['version']}" for p in t["music_packages"]) + ".",
+                  ""]
+    lines += [
+        "## Student, teacher and the previous model",
+        "",
+        "Same tracks, same splits, same scoring (track accuracy by chunk votes, balanced "
+        "accuracy, 3 s chunk accuracy).",
+        "",
+        "| model | parameters | MFLOPs/chunk | valid.txt track | valid.txt balanced | "
+        "valid.txt chunk | CV track | CV balanced | CV chunk |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    b = r.get("baseline")
+    if b:
+        lines.append(_row(f"{b['name']} {b['version']} (the previous bundled model: true "
+                          "labels alone)", f"{b['parameters']:,}", f"{b['mflops_per_chunk']:.1f}",
+                          b["valid"], b["cv"]))
+    lines.append(_row("teacher (backbone + head fitted on the run's training tracks)",
+                      f"{t['parameters']:,}", f"{t['mflops_per_chunk']:.1f}",
+                      _brief(t["valid"]), t["cv"]))
+    lines.append(_row(f"**{s['name']} {s['version']}** (this student)", f"{s['parameters']:,}",
+                      f"{s['mflops_per_chunk']:.1f}", _brief(v), cv))
+    lines.append("")
+    if r.get("sizes"):
+        lines += ["### Student size against accuracy (valid.txt)", "", r["sizes"], ""]
+    return lines
+
+
 def render(r, designs, png_name):
     g = r["genres"]
     v, cv, s = r["valid"], r["cv"], r["shipped"]
@@ -174,6 +250,7 @@ def render(r, designs, png_name):
         "## WAV versus MP3",
         "",
     ]
+    lines += teacher_section(r)
     a = r["agreement"]
     lines += [
         f"The same track as lossless audio and as a 128 kbit/s MP3 (ffmpeg, libmp3lame) should "

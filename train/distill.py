@@ -83,9 +83,9 @@ class Recipe:
     freq_masks: int = 2
     freq_mask: int = 16
     hop: float = 1.0               # seconds between training chunk starts
-    n_fx: int = 2                  # random re-recordings per track
-    n_mixes: int = 3000            # two-track mixes drawn among all tracks (a run uses its own)
-    music_hop: float = 3.0         # chunk hop on the unlabelled music
+    n_fx: int = 1                  # random re-recordings per track
+    n_mixes: int = 600            # two-track mixes drawn among all tracks (a run uses its own)
+    music_hop: float = 1.5         # chunk hop on the unlabelled music
     seed: int = 1234
     threads: int = 2
 
@@ -309,13 +309,19 @@ def run(world, recipe, fit_tracks, test_tracks, log=print):
     return model, mean, std, ev, tev, head, secs, summary
 
 
-def cross_validate(world, recipe, tracks, k=5, log=print):
+def cross_validate(world, recipe, tracks, k=5, log=print, keep=None):
+    """k-fold CV by track (dataset.folds): each fold's student learns from
+    the other folds' tracks, their mixes and re-recordings, with a teacher
+    head fitted on them alone. keep, a list, receives ((model, mean, std),
+    test tracks) of every fold."""
     parts = dataset.folds(tracks, k, seed=recipe.seed)
     per_fold, out = [], {"student": ([], [], []), "teacher": ([], [], [])}
     for i, test_t in enumerate(parts):
         fit_t = [t for j, p in enumerate(parts) if j != i for t in p]
         log(f"fold {i + 1}/{k}: {len(fit_t)} tracks to learn from, {len(test_t)} to score")
-        _, _, _, ev, tev, _, secs, _ = run(world, recipe, fit_t, test_t, log)
+        model, mean, std, ev, tev, _, secs, _ = run(world, recipe, fit_t, test_t, log)
+        if keep is not None:
+            keep.append(((model, mean, std), test_t))
         row = {"fold": i + 1, "tracks": len(test_t), "train_seconds": round(secs, 1)}
         for who, e in (("student", ev), ("teacher", tev)):
             row[who] = {"track_accuracy_votes": e["votes"]["accuracy"],
@@ -342,6 +348,36 @@ def cross_validate(world, recipe, tracks, k=5, log=print):
         res[who]["out_of_fold_votes"] = evaluate.metrics(labels, out[who][0], world.genres)
         res[who]["out_of_fold_mean_prob"] = evaluate.metrics(labels, out[who][1], world.genres)
     return res
+
+
+HEAD_WORDS = {
+    "zero": "the zero-shot head (softmax over the 10 AudioSet genre logits; no labels)",
+    "calib": "the AudioSet genre logits calibrated (a scale and a bias per genre) on the "
+             "run's training tracks only",
+    "committed": "the committed genre head (models/efficientat-mn04-genre-head.json, "
+                 "trained on every track)",
+}
+
+
+def recipe_words(r):
+    kd = (f"loss {1 - r.alpha:g} x T^2 x KL(teacher || student) at temperature T = "
+          f"{r.temperature:g} + {r.alpha:g} x cross-entropy with the true genre (on chunks of "
+          "labelled tracks)" if r.alpha else
+          f"loss T^2 x KL(teacher || student) at temperature T = {r.temperature:g} (the true "
+          "labels unused)")
+    return (f"design ({r.arch}) distilled from the backbone with {HEAD_WORDS[r.head]}; {kd}; "
+            f"{r.epochs} epochs of {r.epoch_chunks} chunks, {1 - r.mix_share - r.unl_share:g} "
+            f"of them from the tracks (class-balanced, genre weight n_tracks^{1 - r.balance:g}; "
+            f"each track as it is, as a 128 kbit/s MP3 and {r.n_fx} random re-recording(s): "
+            "gain, EQ, pitch or tempo, MP3), "
+            f"{r.mix_share:g} from two-track mixes (of {r.n_mixes} drawn, those whose tracks the "
+            "run may learn from)"
+            + (f", {r.unl_share:g} from unlabelled music" if r.unl_share else "")
+            + f"; training chunks every {r.hop:g} s; batch {r.batch}, AdamW lr "
+            f"{r.learning_rate():g} one-cycle, weight decay {r.weight_decay:g}, SpecAugment "
+            f"{r.time_masks} x <= {r.time_mask} frames + {r.freq_masks} x <= {r.freq_mask} "
+            f"bands, gain +-{r.gain_db:g} dB" + (f", mixup {r.mixup:g}" if r.mixup else "")
+            + f"; seed {r.seed}.")
 
 
 def add_recipe_args(ap):

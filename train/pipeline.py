@@ -36,8 +36,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train  # noqa: E402  (sets OMP_WAIT_POLICY before torch loads)
 import card  # noqa: E402
 import dataset  # noqa: E402
+import distill  # noqa: E402
 import evaluate  # noqa: E402
 import models  # noqa: E402
+import teacher as teachers  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -154,7 +156,47 @@ def cv_mp3_agreement(ctx, recipe, genres, tracks, cv_models):
     return {"tracks": n, "top_agreement": same / max(n, 1)}
 
 
+class Learner:
+    """The student's recipe behind one interface: distill.py's (the teacher's
+    soft targets, world holds what it learns from) or, with world None,
+    train.py's (the true labels alone). Teacher scores and heads of every
+    run are kept for the card."""
+
+    def __init__(self, ctx, world, recipe, genres, log):
+        self.ctx, self.world, self.recipe, self.genres, self.log = ctx, world, recipe, genres, log
+        self.teacher_evals, self.heads, self.pools = [], [], []
+
+    def run(self, recipe, fit_tracks, test_tracks):
+        """(model, mean, std, evaluation or None, training seconds)."""
+        if self.world is None:
+            return train.train_and_evaluate(self.ctx, recipe, self.genres, fit_tracks,
+                                            test_tracks, self.log)
+        model, mean, std, ev, tev, head, secs, pool = distill.run(self.world, recipe, fit_tracks,
+                                                                  test_tracks, self.log)
+        self.teacher_evals.append(tev)
+        self.heads.append(head)
+        self.pools.append(pool)
+        return model, mean, std, ev, secs
+
+    def cross_validate(self, tracks, k, keep):
+        if self.world is None:
+            return train.cross_validate(self.ctx, self.recipe, self.genres, tracks, k, self.log,
+                                        keep=keep)
+        res = distill.cross_validate(self.world, self.recipe, tracks, k, self.log, keep=keep)
+        self.teacher_cv = {key: v for key, v in res["teacher"].items()
+                           if not key.startswith("out_of_fold")}
+        self.teacher_cv["out_of_fold_votes"] = res["teacher"]["out_of_fold_votes"]
+        out = {key: res[key] for key in ("k", "tracks", "stratified_by", "artist_aware")}
+        out["folds"] = [{"fold": f["fold"], "tracks": f["tracks"],
+                         "train_seconds": f["train_seconds"], **f["student"]}
+                        for f in res["folds"]]
+        out.update(res["student"])
+        return out
+
+
 def recipe_words(r):
+    if isinstance(r, distill.Recipe):
+        return distill.recipe_words(r)
     v = ", ".join(x for x in r.variants if x != "orig")
     return (f"design ({r.arch}), {r.epochs} epochs of {r.epoch_chunks} chunks drawn "
             f"class-balanced (genre weight n_tracks^{1 - r.balance:g}), batch {r.batch}, AdamW "
@@ -193,12 +235,22 @@ def main():
                     help="design (d)'s epochs; 0: train.dsae_recipe's")
     ap.add_argument("--command", default="train/reproduce",
                     help="how this run was started, for the card")
-    train.add_recipe_args(ap)
+    ap.add_argument("--teacher", default=teachers.CHECKPOINT,
+                    help="the backbone checkpoint the student learns from (distill.py); "
+                    "'none': design (e) on the true labels alone (train.py), for data whose "
+                    "genres the backbone does not know")
+    ap.add_argument("--music", default="",
+                    help="a folder of unlabelled music for the student (music.py fetch)")
+    known, _ = ap.parse_known_args()
+    distilling = known.teacher != "none"
+    (distill if distilling else train).add_recipe_args(ap)
     args = ap.parse_args()
     args.name = args.name or os.path.splitext(os.path.basename(args.model))[0]
     t_start = time.time()
-    recipe = train.recipe_from_args(args)
-    dsae = train.dsae_recipe(recipe)
+    recipe = (distill if distilling else train).recipe_from_args(args)
+    dsae = train.dsae_recipe(recipe if not distilling else train.Recipe(
+        seed=recipe.seed, threads=recipe.threads, epoch_chunks=recipe.epoch_chunks,
+        batch=recipe.batch))
     if args.dsae_epochs:
         dsae.epochs = args.dsae_epochs
     ctx = train.Context(data=args.data, genred=args.genred, cache=args.cache, jobs=recipe.threads)
@@ -219,7 +271,7 @@ def main():
     # MP3 for the WAV/MP3 agreement. Each re-recording is made once.
     t = time.time()
     plan = {}
-    for rec in (recipe, dsae):
+    for rec in ((dsae,) if distilling else (recipe, dsae)):
         for v in rec.variants:
             plan.setdefault(v, set()).add((train.PARAMS[rec.kind()], rec.chunk_hop))
         plan.setdefault("orig", set()).add((train.PARAMS[rec.kind()], None))
@@ -227,18 +279,27 @@ def main():
     for v, targets in plan.items():
         dataset.extract_many(ctx.genred, sorted(targets, key=str), everything, ctx.cache,
                              ctx.jobs, v)
+    world = None
+    if distilling:
+        music = ()
+        if args.music:
+            import music as music_mod
+            music = tuple(music_mod.files(args.music))
+        dctx = distill.Context(data=args.data, genred=args.genred, checkpoint=args.teacher,
+                               cache=args.cache, jobs=recipe.threads, music=music)
+        world = distill.World(dctx, recipe, genres, everything, log)
     timing["features_s"] = time.time() - t
     log(f"features ready ({timing['features_s']:.0f} s)")
+    learner = Learner(ctx, world, recipe, genres, log)
 
     with tempfile.TemporaryDirectory(prefix="genred-pipeline-") as tmp:
         # 2. valid.txt, with more seeds to show how much of it is luck
         t = time.time()
-        model, mean, std, valid_ev, secs = train.train_and_evaluate(ctx, recipe, genres, train_t,
-                                                                    valid_t, log)
+        model, mean, std, valid_ev, _ = learner.run(recipe, train_t, valid_t)
         seed_runs = [valid_ev]
         for k in range(1, args.valid_seeds):
             other = dataclasses.replace(recipe, seed=recipe.seed + k)
-            seed_runs.append(train.train_and_evaluate(ctx, other, genres, train_t, valid_t, log)[3])
+            seed_runs.append(learner.run(other, train_t, valid_t)[3])
         valid_model = os.path.join(tmp, "valid.gmodel")
         train.export(valid_model, model, genres, recipe, mean, std, {"trained_on": "train.txt"},
                      args.name + "-valid", args.version)
@@ -247,20 +308,25 @@ def main():
         # 3. cross-validation (models kept for the MP3 agreement)
         t = time.time()
         cv_models = []
-        cv = train.cross_validate(ctx, recipe, genres, everything, args.cv, log,
-                                  keep=cv_models)
+        cv = learner.cross_validate(everything, args.cv, cv_models)
         mp3_cv = cv_mp3_agreement(ctx, recipe, genres, everything, cv_models)
         del cv_models
         timing["cv_s"] = time.time() - t
 
         # 4. the shipped model
         t = time.time()
-        model_all, mean_all, std_all, _, secs_all = train.train_and_evaluate(
-            ctx, recipe, genres, everything, [], log)
+        shipped_recipe = recipe
+        if distilling and teachers.committed_head() is not None:
+            # Only the shipped model may learn from the head that saw valid.txt.
+            shipped_recipe = dataclasses.replace(recipe, head="committed")
+        model_all, mean_all, std_all, _, secs_all = learner.run(shipped_recipe, everything, [])
         meta = {
             "dataset": os.path.basename(os.path.normpath(args.data)),
             "trained_on": f"train.txt + valid.txt ({len(everything)} tracks)",
-            "recipe": dataclasses.asdict(recipe), "train_seconds": round(secs_all, 1),
+            "recipe": dataclasses.asdict(shipped_recipe), "train_seconds": round(secs_all, 1),
+            **({"teacher": {**world.teacher.describe(),
+                            "genre_head": learner.heads[-1].get("training", {})}}
+               if distilling else {}),
             "valid_txt_same_recipe_trained_on_train_txt": {
                 "track_accuracy_votes": valid_ev["votes"]["accuracy"],
                 "track_accuracy_mean_prob": valid_ev["mean_prob"]["accuracy"],
@@ -300,6 +366,7 @@ def main():
         # 6. the daemon's view
         t = time.time()
         info, dinfo = describe(args.genred, args.model), describe(args.genred, args.dsae_model)
+        tinfo = describe(args.genred, world.teacher.model) if distilling else None
         agree = daemon_agreement(args.genred, valid_model, valid_t, genres, valid_ev)
         log(f"daemon: WAV/MP3 agreement {agree['top_agreement']:.3f}, matches PyTorch "
             f"{agree['matches_pytorch']:.3f}")
@@ -385,6 +452,29 @@ def main():
             "is the check on that choice.",
         ],
     }
+    if distilling:
+        tv = learner.teacher_evals[0]
+        results["teacher"] = {
+            **world.teacher.describe(),
+            "valid_head": distill.HEAD_WORDS[recipe.head],
+            "shipped_head": distill.HEAD_WORDS[shipped_recipe.head],
+            "valid": {k: tv[k] for k in ("votes", "mean_prob", "chunk")},
+            "cv": learner.teacher_cv,
+            "valid_pool": learner.pools[0],
+            "music": [os.path.basename(f) for f in world.ctx.music],
+            **{k: tinfo[k] for k in ("parameters", "mflops_per_chunk")},
+        }
+        if args.music:
+            import music as music_mod
+            results["teacher"]["music_packages"] = music_mod.packages(args.music)
+        baseline = os.path.join(train.HERE, "results", "gtzan-cnn-2.0.0.json")
+        if os.path.exists(baseline):
+            with open(baseline) as f:
+                results["baseline"] = json.load(f)
+        results["limitations"][-1] = (
+            "The recipe was chosen on valid.txt (train/results/distill.md); the CV estimate "
+            "is the check on that choice. Both teachers' heads are fitted on the run's own "
+            "training tracks, so neither estimate saw its test tracks through the teacher.")
     timing["eval_s"] = time.time() - t
     timing["total_s"] = time.time() - t_start
     timing["load_avg"] = os.getloadavg()[0]
