@@ -52,6 +52,7 @@ TITLES = {
     "d": "deep softmax autoencoder on the raw waveform (500 -> 64 -> 500, softmax on the code)",
     "e": "small all-convolutional CNN: 2x2 average pool, 5 x conv 3x3 (16-128), global "
          "average pool, dropout 0.5",
+    **{k: f"design (e) at {w:g} x its width" for k, w in models.E_WIDTHS.items()},
 }
 
 
