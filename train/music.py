@@ -73,11 +73,35 @@ def packages(folder):
     return out
 
 
+MIN_SECONDS = 30.0   # shorter files are jingles and stingers, not music to learn from
+
+
+def duration(path):
+    r = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of",
+                        "csv=p=0", path], capture_output=True, text=True)
+    try:
+        return float(r.stdout.strip())
+    except ValueError:
+        return 0.0
+
+
 def files(folder):
-    """Every audio file of the fetched packages, sorted."""
+    """Every audio file of the fetched packages of at least MIN_SECONDS,
+    sorted (durations are cached beside the files)."""
     out = []
     for p in packages(folder):
-        out += _audio(os.path.join(folder, p["name"]))
+        cache = os.path.join(folder, p["name"], ".durations.json")
+        known = {}
+        if os.path.exists(cache):
+            with open(cache) as f:
+                known = json.load(f)
+        found = _audio(os.path.join(folder, p["name"]))
+        for f in found:
+            if f not in known:
+                known[f] = duration(f)
+        with open(cache, "w") as f:
+            json.dump(known, f)
+        out += [f for f in found if known[f] >= MIN_SECONDS]
     if not out:
         raise SystemExit(f"{folder}: no fetched music (train/music.py fetch {folder})")
     return out

@@ -45,6 +45,25 @@ WIDTHS = {"embedding": mn04.LAST_CHANNELS, "audioset_logits": mn04.N_CLASSES}
 GENRES = mn04.GENRES
 
 
+def fetch_checkpoint(path, cache):
+    """path if it is a file; else the published checkpoint, downloaded once
+    into cache/teacher/ (scripts/get-model's source; its sha256 is checked
+    by Teacher)."""
+    if os.path.isfile(path):
+        return path
+    dst = os.path.join(cache, "teacher", mn04.CHECKPOINT["file"])
+    if not os.path.isfile(dst):
+        import urllib.request
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        print(f"{path} is missing: downloading {mn04.CHECKPOINT['url']}", file=sys.stderr)
+        with urllib.request.urlopen(mn04.CHECKPOINT["url"], timeout=60) as r, \
+                open(dst + ".part", "wb") as f:
+            for block in iter(lambda: r.read(1 << 16), b""):
+                f.write(block)
+        os.replace(dst + ".part", dst)
+    return dst
+
+
 class Teacher:
     """The backbone converted for genred, and where its outputs are cached.
 
@@ -52,6 +71,7 @@ class Teacher:
     change to either is another teacher and never reuses stale outputs."""
 
     def __init__(self, genred, checkpoint, cache):
+        checkpoint = fetch_checkpoint(checkpoint, cache)
         digest = dataset._file_digest(checkpoint)
         if digest != mn04.CHECKPOINT["sha256"]:
             raise SystemExit(f"{checkpoint}: sha256 {digest} is not the published "
