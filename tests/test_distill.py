@@ -158,6 +158,7 @@ def test_pipeline_distills(shared, small, tmp_path):
            "--results", str(out / "results.json"), "--designs", str(out / "none.json"),
            "--cv", "2", "--epochs", "1", "--epoch-chunks", "32", "--batch", "16",
            "--n-fx", "1", "--n-mixes", "8", "--valid-seeds", "1", "--dsae-epochs", "2",
+           "--sizes", "e_s,e",
            "--name", "tiny-student", "--version", "9.9.9", "--command", "pytest"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -169,10 +170,14 @@ def test_pipeline_distills(shared, small, tmp_path):
     # Only mixes of two train.txt tracks: 8 drawn among 20 tracks, fewer usable.
     assert t["valid_pool"]["sources"]["mix"] <= 8
     assert res["agreement"]["daemon"]["matches_pytorch"] == 1.0
+    sizes = {z["arch"]: z for z in t["sizes"]}
+    assert sizes["e"]["shipped"] and not sizes["e_s"]["shipped"]
+    assert sizes["e_s"]["mflops_per_chunk"] < sizes["e"]["mflops_per_chunk"]
     model, header = gmodel.load(out / "m.gmodel")
     assert header["version"] == "9.9.9" and header["genres"] == mn04.GENRES
     assert header["training"]["teacher"]["sha256"] == mn04.CHECKPOINT["sha256"]
     text = (out / "card.md").read_text()
     for section in ("## The teacher", "## Student, teacher and the previous model",
+                    "### Student size against accuracy",
                     "mn04_as_mAP_432.pt", "MIT", "(this student)"):
         assert section in text, section

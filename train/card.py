@@ -152,8 +152,24 @@ def teacher_section(r):
     lines.append(_row(f"**{s['name']} {s['version']}** (this student)", f"{s['parameters']:,}",
                       f"{s['mflops_per_chunk']:.1f}", _brief(v), cv))
     lines.append("")
-    if r.get("sizes"):
-        lines += ["### Student size against accuracy (valid.txt)", "", r["sizes"], ""]
+    if t.get("sizes"):
+        lines += [
+            "### Student size against accuracy",
+            "",
+            "The same recipe at other widths of design (e), trained on train.txt (with the "
+            "same teacher) and scored on valid.txt; MFLOPs per chunk as `GET /v1/model` reports.",
+            "",
+            "| student | parameters | MFLOPs/chunk | valid.txt track | valid.txt balanced | "
+            "valid.txt chunk | training s |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for z in t["sizes"]:
+            name = f"**{z['arch']}** (shipped)" if z["shipped"] else z["arch"]
+            lines.append(f"| {name}: {z['title']} | {z['parameters']:,} | "
+                         f"{z['mflops_per_chunk']:.1f} | {pct(z['track_accuracy_votes'])} | "
+                         f"{pct(z['balanced_accuracy_votes'])} | {pct(z['chunk_accuracy'])} | "
+                         f"{z['train_seconds']:.0f} |")
+        lines.append("")
     return lines
 
 
@@ -308,8 +324,11 @@ def render(r, designs, png_name):
         f"`{r['command']}` rebuilt everything above from the audio in "
         f"**{t['total_s'] / 60:.1f} minutes** of wall time on this machine (2 CPU cores, "
         f"shared with other work; load average {t['load_avg']:.1f} at the end): features "
-        f"{t['features_s'] / 60:.1f} min, valid.txt model {t['valid_s'] / 60:.1f} min, "
-        f"cross-validation {t['cv_s'] / 60:.1f} min, shipped model {t['final_s'] / 60:.1f} min, "
+        + ("and the teacher's outputs on every source " if r.get("teacher") else "")
+        + f"{t['features_s'] / 60:.1f} min, valid.txt model {t['valid_s'] / 60:.1f} min, "
+        f"cross-validation {t['cv_s'] / 60:.1f} min, "
+        + (f"student sizes {t['sizes_s'] / 60:.1f} min, " if t.get("sizes_s") else "")
+        + f"shipped model {t['final_s'] / 60:.1f} min, "
         f"design (d) {t['dsae_s'] / 60:.1f} min, evaluation and card {t['eval_s'] / 60:.1f} min. "
         "Seeds are fixed; the features cache lives in train/.cache, keyed on the feature "
         "parameters and the genred binary (delete it to time a cold start).",

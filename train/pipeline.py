@@ -240,6 +240,9 @@ def main():
                     help="the backbone checkpoint the student learns from (distill.py); "
                     "'none': design (e) on the true labels alone (train.py), for data whose "
                     "genres the backbone does not know")
+    ap.add_argument("--sizes", default="e_s,e,e_l",
+                    help="student sizes (train/models.py) scored on valid.txt for the card; "
+                    "'': none")
     ap.add_argument("--music", default="",
                     help="a folder of unlabelled music for the student (music.py fetch)")
     known, _ = ap.parse_known_args()
@@ -296,7 +299,7 @@ def main():
     with tempfile.TemporaryDirectory(prefix="genred-pipeline-") as tmp:
         # 2. valid.txt, with more seeds to show how much of it is luck
         t = time.time()
-        model, mean, std, valid_ev, _ = learner.run(recipe, train_t, valid_t)
+        model, mean, std, valid_ev, secs = learner.run(recipe, train_t, valid_t)
         seed_runs = [valid_ev]
         for k in range(1, args.valid_seeds):
             other = dataclasses.replace(recipe, seed=recipe.seed + k)
@@ -305,6 +308,24 @@ def main():
         train.export(valid_model, model, genres, recipe, mean, std, {"trained_on": "train.txt"},
                      args.name + "-valid", args.version)
         timing["valid_s"] = time.time() - t
+
+        # 2b. the student's size against accuracy, on valid.txt (same recipe)
+        t = time.time()
+        sizes = []
+        for arch in [a for a in args.sizes.split(",") if a] if distilling else []:
+            if arch == recipe.arch:
+                m, mn, sd, ev, sec = model, mean, std, valid_ev, secs
+            else:
+                m, mn, sd, ev, sec = learner.run(dataclasses.replace(recipe, arch=arch),
+                                                 train_t, valid_t)
+            path = os.path.join(tmp, f"size-{arch}.gmodel")
+            train.export(path, m, genres, dataclasses.replace(recipe, arch=arch), mn, sd,
+                         {"trained_on": "train.txt"}, f"{args.name}-{arch}", args.version)
+            d = describe(args.genred, path)
+            sizes.append({"arch": arch, "title": TITLES[arch], "shipped": arch == recipe.arch,
+                          "parameters": d["parameters"], "mflops_per_chunk": d["mflops_per_chunk"],
+                          "train_seconds": round(sec, 1), **distill.brief(ev)})
+        timing["sizes_s"] = time.time() - t
 
         # 3. cross-validation (models kept for the MP3 agreement)
         t = time.time()
@@ -463,6 +484,7 @@ def main():
             "cv": learner.teacher_cv,
             "valid_pool": learner.pools[0],
             "music": [os.path.basename(f) for f in world.ctx.music],
+            "sizes": sizes,
             **{k: tinfo[k] for k in ("parameters", "mflops_per_chunk")},
         }
         if args.music:
