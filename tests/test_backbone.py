@@ -40,6 +40,8 @@ import efficientat  # noqa: E402
 import mn04  # noqa: E402
 
 PARITY_ATOL = 1e-4
+# genred refuses GENRED_* variables it does not know; meson sets some for pytest.
+GENRED_ENV = {k: v for k, v in os.environ.items() if not k.startswith("GENRED_")}
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +195,7 @@ def test_c_equals_pytorch_on_real_chunks(genred_bin, backbone_model, checkpoint,
     for i, f in enumerate(files):
         out = tmp_path / f"f{i}.npy"
         r = subprocess.run([str(genred_bin), "features", "--model", str(backbone_model), str(f),
-                            "-o", str(out)], capture_output=True, text=True, timeout=120)
+                            "-o", str(out)], capture_output=True, text=True, timeout=120, env=GENRED_ENV)
         assert r.returncode == 0, r.stderr
         feats.append(np.load(out))
     x = np.concatenate(feats)
@@ -230,7 +232,7 @@ def test_features_values_are_the_networks_inner_values(genred_bin, backbone_mode
     for name, args in (("x", []), ("v", ["--values", "embedding,audioset_logits"])):
         r = subprocess.run([str(genred_bin), "features", "--model", str(backbone_model), *args,
                             str(song), "-o", str(tmp_path / f"{name}.npy")],
-                           capture_output=True, text=True, timeout=120)
+                           capture_output=True, text=True, timeout=120, env=GENRED_ENV)
         assert r.returncode == 0, r.stderr
     x, v = np.load(tmp_path / "x.npy"), np.load(tmp_path / "v.npy")
     assert v.shape == (len(x), mn04.LAST_CHANNELS + mn04.N_CLASSES)
@@ -241,7 +243,7 @@ def test_features_values_are_the_networks_inner_values(genred_bin, backbone_mode
     assert np.abs(v[:, mn04.LAST_CHANNELS:] - logits.numpy()).max() <= PARITY_ATOL
     r = subprocess.run([str(genred_bin), "features", "--model", str(backbone_model), "--values",
                         "nope", str(song), "-o", str(tmp_path / "n.npy")],
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=120, env=GENRED_ENV)
     assert r.returncode == 1 and "named 'nope'" in r.stderr
 
 
@@ -308,11 +310,11 @@ def test_embedding_is_the_mean_of_the_chunks(backbone_daemon, genred_bin, backbo
     ans = classify(backbone_daemon, audio.excerpt_flac, "?embedding=1")
     r = subprocess.run([str(genred_bin), "features", "--model", str(backbone_model),
                         str(audio.excerpt_flac), "-o", str(tmp_path / "f.npy")],
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=120, env=GENRED_ENV)
     assert r.returncode == 0, r.stderr
     r = subprocess.run([os.environ["GENRED_TOOL_INFER"], str(backbone_model),
                         str(tmp_path / "f.npy"), str(tmp_path / "o.npy")],
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=120, env=GENRED_ENV)
     assert r.returncode == 0, r.stderr
     rows = np.load(tmp_path / "o.npy")
     g = len(mn04.GENRES)
