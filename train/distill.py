@@ -64,7 +64,7 @@ PARAMS = train.PARAMS["logmel"]
 @dataclasses.dataclass
 class Recipe:
     arch: str = "e"
-    epochs: int = 40
+    epochs: int = 24
     epoch_chunks: int = 1024
     batch: int = 32
     lr: float = 0.0                # 0: the design's own (models.LR)
