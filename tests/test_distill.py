@@ -124,11 +124,13 @@ def test_sources_render_and_align(teacher, small):
         assert abs(len(faster) - len(xa) / 1.1) < 0.05 * augment.SR
     cache = os.path.dirname(os.path.dirname(teacher.model))
     params = str(ROOT / "train" / "features.json")
-    out = augment.extract([mix, fx], by_id, teacher.genred, params, teacher, cache, 1.0)
+    out, fresh = augment.extract([mix, fx], by_id, teacher.genred, params, teacher, cache, 1.0)
+    assert fresh == 2
     for x, t in out:
         assert x.shape[1:] == (128, 128) and t.shape[1] == 911 and len(x) == len(t) > 20
     # Cached: a second call renders nothing and returns the same arrays.
-    again = augment.extract([mix, fx], by_id, teacher.genred, params, teacher, cache, 1.0)
+    again, fresh = augment.extract([mix, fx], by_id, teacher.genred, params, teacher, cache, 1.0)
+    assert fresh == 0
     assert all(np.array_equal(p[0], q[0]) for p, q in zip(out, again))
     assert augment.usable(mix, {a.id, b.id}) and not augment.usable(mix, {a.id})
     assert augment.usable(fx, {a.id}) and not augment.usable(fx, {b.id})

@@ -123,7 +123,7 @@ def extract(sources, tracks_by_id, genred, params, teacher, cache, chunk_hop, jo
     """For every source: (student chunks [n, 128, 128] float16, teacher
     values [n, 911] float32), rendered and computed once and cached under
     cache/sources/<student key>-<teacher key>/hop<S>/. Returns a list in the
-    order of sources."""
+    order of sources and how many of them were rendered now (not cached)."""
     d = os.path.join(cache, "sources", f"{dataset.features_key(genred, params)}-{teacher.key}",
                      f"hop{chunk_hop:g}")
     os.makedirs(d, exist_ok=True)
@@ -160,7 +160,7 @@ def extract(sources, tracks_by_id, genred, params, teacher, cache, chunk_hop, jo
     for p in paths:
         with np.load(p) as z:
             out.append((z["x"], z["t"]))
-    return out
+    return out, len(todo)
 
 
 def plan(tracks, n_fx, n_mixes, seed, files=()):

@@ -331,7 +331,11 @@ def render(r, designs, png_name):
         + f"shipped model {t['final_s'] / 60:.1f} min, "
         f"design (d) {t['dsae_s'] / 60:.1f} min, evaluation and card {t['eval_s'] / 60:.1f} min. "
         "Seeds are fixed; the features cache lives in train/.cache, keyed on the feature "
-        "parameters and the genred binary (delete it to time a cold start).",
+        "parameters and the genred binary (delete it to time a cold start)."
+        + (f" Of the {r['teacher']['sources']:,} rendered sources (re-recordings and mixes, "
+           f"with their student features and teacher outputs), "
+           f"{r['teacher']['sources_rendered']:,} were rendered in this run, the rest came "
+           "from that cache." if r.get("teacher") else ""),
         "",
         "## Data",
         "",

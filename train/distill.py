@@ -116,12 +116,13 @@ class World:
         self.teacher = teachers.Teacher(ctx.genred, ctx.checkpoint, ctx.cache)
         t0 = time.time()
         self.sources = augment.plan(tracks, recipe.n_fx, recipe.n_mixes, recipe.seed)
-        self.data = augment.extract(self.sources, self.by_id, ctx.genred, PARAMS, self.teacher,
+        self.data, fresh = augment.extract(self.sources, self.by_id, ctx.genred, PARAMS, self.teacher,
                                     ctx.cache, recipe.hop, ctx.jobs, log)
         self.music_sources = augment.plan([], 0, 0, recipe.seed, files=ctx.music)
-        self.music = augment.extract(self.music_sources, self.by_id, ctx.genred, PARAMS,
-                                     self.teacher, ctx.cache, recipe.music_hop, ctx.jobs, log) \
-            if ctx.music else []
+        self.music, fresh_music = augment.extract(
+            self.music_sources, self.by_id, ctx.genred, PARAMS, self.teacher, ctx.cache,
+            recipe.music_hop, ctx.jobs, log) if ctx.music else ([], 0)
+        self.rendered = fresh + fresh_music     # sources not found in the cache
         # Back-to-back chunks of the original tracks: the daemon's view, for
         # scoring the teacher and fitting a calibrated head.
         self.track_values = self.teacher.track_values(tracks, ctx.jobs)

@@ -231,7 +231,7 @@ def main():
                          "the first one's details are shown, all of their spread")
     ap.add_argument("--name", help="the shipped model's name (default: --model's file name "
                     "without .gmodel)")
-    ap.add_argument("--version", default="2.0.0")
+    ap.add_argument("--version", default="3.0.0")
     ap.add_argument("--dsae-epochs", type=int, default=0,
                     help="design (d)'s epochs; 0: train.dsae_recipe's")
     ap.add_argument("--command", default="train/reproduce",
@@ -485,6 +485,8 @@ def main():
             "valid_pool": learner.pools[0],
             "music": [os.path.basename(f) for f in world.ctx.music],
             "sizes": sizes,
+            "sources": len(world.sources) + len(world.music_sources),
+            "sources_rendered": world.rendered,
             **{k: tinfo[k] for k in ("parameters", "mflops_per_chunk")},
         }
         if args.music:
