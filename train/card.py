@@ -263,12 +263,12 @@ def render(r, designs, png_name):
         f"{pct(vm['accuracy'])}; in cross-validation {spread(cv['track_accuracy_votes'])} and "
         f"{spread(cv['track_accuracy_mean_prob'])}. {r['aggregation_words']}",
         "",
-        "## WAV versus MP3",
-        "",
     ]
     lines += teacher_section(r)
     a = r["agreement"]
     lines += [
+        "## WAV versus MP3",
+        "",
         f"The same track as lossless audio and as a 128 kbit/s MP3 (ffmpeg, libmp3lame) should "
         f"get the same answer. Through the daemon's own path (`genred classify`, "
         f"{a['daemon']['model']}) on the {a['daemon']['tracks']} valid.txt tracks, the top "
