@@ -2,16 +2,23 @@
 """The whole training pipeline behind the bundled model; train/reproduce runs
 it with the defaults that made models/gtzan-cnn.gmodel.
 
-  1. features: `genred features` for every track (dataset.py, cached);
-  2. the winning recipe trained on train.txt, scored on valid.txt (held out);
-  3. 5-fold cross-validation of the same recipe over train + valid;
-  4. the shipped model: the same recipe trained on train + valid, exported
-     to models/ (the numbers to quote for it are 2 and 3: nothing is left to
-     hold out once it has seen every track);
+  1. features: `genred features` for every track (dataset.py, cached), and
+     with a teacher (--teacher, the default) every source the student
+     learns from, rendered, with the teacher's outputs (distill.World);
+  2. the student distilled (distill.py; --teacher none: train.py's
+     true-label recipe) on train.txt, with a teacher head fitted on
+     train.txt alone, scored on valid.txt beside the teacher, with
+     --valid-seeds seeds; 2b. other sizes of the student the same way
+     (--sizes);
+  3. 5-fold cross-validation of the same recipe over train + valid, each
+     fold's teacher head fitted on its training folds;
+  4. the shipped model: the same recipe on train + valid (the committed
+     genre head of the backbone when there is one), exported to models/
+     (the numbers to quote for it are 2 and 3);
   5. design (d), the raw-waveform softmax autoencoder, the same way (valid.txt
      score, then trained on everything), exported as an alternative model;
   6. the daemon's own view: `genred serve` reports parameters and MFLOPs of
-     both files; `genred classify` answers the valid.txt tracks as WAV and
+     the files; `genred classify` answers the valid.txt tracks as WAV and
      as 128 kbit/s MP3 with the valid.txt model (agreement, and a check that
      the daemon's answers equal PyTorch's);
   7. docs/model-card.md and its PNG (card.py), from train/results/model-card.json.
