@@ -87,9 +87,15 @@ def sha256_of(path):
     return h.hexdigest()
 
 
-def decode_32k(path):
-    """Mono float32 at 32 kHz through ffmpeg's libswresample (default
-    options, as src/audio.c uses it)."""
+def decode_32k(path, resampler="swr"):
+    """Mono float32 at 32 kHz. "swr": ffmpeg's libswresample with its
+    default options, as src/audio.c uses it (what genred computes).
+    "torchaudio": torchaudio's sinc resampler, only to measure how much the
+    answers hang on the resampler (see backbone-heads.md)."""
+    if resampler == "torchaudio":
+        import torchaudio
+        w, rate = torchaudio.load(path)
+        return torchaudio.functional.resample(w.mean(0), rate, SR).numpy()
     r = subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", path, "-ac", "1",
                         "-ar", str(SR), "-f", "f32le", "-"], capture_output=True)
     if r.returncode != 0:
@@ -119,7 +125,7 @@ def logmel_chunks(signal, hop_s):
 class Reference:
     """The PyTorch reference of the backbone, loaded once."""
 
-    def __init__(self, checkpoint=CHECKPOINT):
+    def __init__(self, checkpoint):
         self.net = ea.load_checkpoint(checkpoint)
 
     @torch.no_grad()
@@ -136,29 +142,28 @@ class Reference:
         return torch.cat(embs).numpy(), torch.cat(logits).numpy(), torch.cat(trunks).numpy()
 
 
-def _cache_path(track, hop_s, checkpoint_sha):
-    return os.path.join(CACHE, checkpoint_sha[:16], f"hop{hop_s:g}",
-                        f"{track.genre}__{track.id}.npz")
+def _cache_path(track, hop_s, checkpoint_sha, resampler):
+    variant = f"hop{hop_s:g}" + ("" if resampler == "swr" else f"-{resampler}")
+    return os.path.join(CACHE, checkpoint_sha[:16], variant, f"{track.genre}__{track.id}.npz")
 
 
-_REFERENCE = {}
+_NETS, _SHAS = {}, {}     # checkpoint path -> Reference, sha256
 
 
-def backbone_outputs(tracks, hop_s, checkpoint=CHECKPOINT, with_trunk=False, log=None):
+def backbone_outputs(tracks, hop_s, with_trunk=False, resampler="swr", log=None):
     """THE source of per-chunk backbone outputs. Returns one dict per track:
     {"embedding": [chunks, 384], "logits": [chunks, 527]} (+ "trunk"
     [chunks, 64, 4, 10] with with_trunk, PyTorch reference only), for chunks
     every hop_s seconds as described in the header. Computes what is not
     cached yet with the PyTorch reference."""
-    sha = _REFERENCE.get(("sha", checkpoint)) or sha256_of(checkpoint)
-    _REFERENCE[("sha", checkpoint)] = sha
+    if CHECKPOINT not in _SHAS:
+        _SHAS[CHECKPOINT] = sha256_of(CHECKPOINT)
     out, t0, done = [], time.time(), 0
     for t in tracks:
-        path = _cache_path(t, hop_s, sha)
+        path = _cache_path(t, hop_s, _SHAS[CHECKPOINT], resampler)
         if not os.path.exists(path):
-            if checkpoint not in _REFERENCE:
-                _REFERENCE[checkpoint] = Reference(checkpoint)
-            emb, logits, trunk = _REFERENCE[checkpoint].run(logmel_chunks(decode_32k(t.path), hop_s))
+            x = logmel_chunks(decode_32k(t.path, resampler), hop_s)
+            emb, logits, trunk = _reference().run(x)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             tmp = path + ".tmp.npz"
             np.savez(tmp, embedding=emb, logits=logits, trunk=trunk)
@@ -175,16 +180,20 @@ def backbone_outputs(tracks, hop_s, checkpoint=CHECKPOINT, with_trunk=False, log
     return out
 
 
-# ---- data ----------------------------------------------------------------
+def _reference():
+    if CHECKPOINT not in _NETS:
+        _NETS[CHECKPOINT] = Reference(CHECKPOINT)
+    return _NETS[CHECKPOINT]
+
 
 class ChunkSet:
     """Every chunk of some tracks: E [N, 384] embeddings, Z [N, 527]
     AudioSet logits, y [N] genre labels, owner [N] track index; T [N, 64, 4,
     10] (the input of features.14) when asked for."""
 
-    def __init__(self, tracks, hop_s=None, with_trunk=False, arrays=None):
+    def __init__(self, tracks, hop_s=None, with_trunk=False, arrays=None, resampler="swr"):
         if arrays is None:
-            outs = backbone_outputs(tracks, hop_s, with_trunk=with_trunk)
+            outs = backbone_outputs(tracks, hop_s, with_trunk, resampler)
             counts = [len(o["embedding"]) for o in outs]
             arrays = {"E": np.concatenate([o["embedding"] for o in outs]),
                       "Z": np.concatenate([o["logits"] for o in outs]),
@@ -507,7 +516,7 @@ def run_layers(inputs, layers, E, Z):
 # The L2 grid of the dense heads, from where it barely matters to where the
 # correction is nearly zero, on the mean-loss scale (weights of 1 on
 # standardised inputs).
-LAMS = [1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, 10.0, 30.0, 100.0]
+LAMS = [1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0]
 
 # AudioSet's "Music genre" branch: Pop music (216) .. Independent music (265).
 MUSIC_GENRE_LOGITS = list(range(216, 266))
@@ -534,10 +543,13 @@ HEADS = {
     "calib_mlp_emb": ({"calib": "fit", "inputs": ["embedding"]},
                       {"lam": [1e-3, 1e-2, 1e-1, 1.0], "hidden": [32, 128]},
                       {"lam_cal": 1e-3, "dropout": 0.3, "epochs": 40}),
+    # Ablation: calib with every track weighing the same (no genre balance).
+    "calib_unbalanced": ({"calib": "fit", "inputs": []},
+                         {"lam_cal": [1e-4, 1e-3, 1e-2, 1e-1]}, {"balance": 0.0}),
     # features.14-16 + classifier + calibrated genre logits, fine-tuned;
     # not committable (see fit_finetune)
-    "finetune": ({"finetune": True}, {"lr": [3e-5, 1e-4, 3e-4]},
-                 {"epochs": 6, "lam_cal": 1e-2}),
+    "finetune": ({"finetune": True}, {"lr": [1e-4, 3e-4]},
+                 {"epochs": 3, "lam_cal": 1e-3}),
 }
 
 
@@ -615,11 +627,12 @@ class Sets:
         self.eval = ChunkSet(tracks, EVAL_HOP_S, with_trunk)
 
 
-def heldout_probs(name, hps, train_tracks, test_tracks, sets, genres, seed):
-    """Chunk probabilities on test_tracks' back-to-back chunks of head
-    `name` trained on train_tracks, for each hp in hps (convex heads
-    warm-start from the previous hp)."""
-    tr, te = sets.train.subset(train_tracks), sets.eval.subset(test_tracks)
+def heldout_probs(name, hps, train_tracks, test_tracks, sets, genres, seed, test_set=None):
+    """Chunk probabilities on test_tracks' back-to-back chunks (or on
+    test_set's) of head `name` trained on train_tracks, for each hp in hps
+    (convex heads warm-start from the previous hp)."""
+    tr = sets.train.subset(train_tracks)
+    te = test_set.subset(test_tracks) if test_set else sets.eval.subset(test_tracks)
     out, prev = [], None
     for hp in hps:
         head = fit_head(name, tr, genres, hp, seed, init=prev if is_convex(name) else None)
@@ -682,15 +695,17 @@ def seeds_for(name, n_seeds):
 
 
 def eval_valid(name, sets, train_tracks, valid_tracks, genres, n_seeds, inner, log,
-               selected=None):
+               selected=None, test_set=None):
     """Hyper-parameters by 5-fold CV on train.txt (or `selected`, the
     (hp, table) of such a choice made before), then trained on all of
-    train.txt and scored on valid.txt, once per seed."""
+    train.txt and scored on valid.txt (test_set: other backbone outputs of
+    its tracks), once per seed."""
     t0 = time.time()
     hp, table = selected or select_hp(name, train_tracks, sets, genres, inner, log=log)
     runs = []
     for seed in seeds_for(name, n_seeds):
-        (p,), te = heldout_probs(name, [hp], train_tracks, valid_tracks, sets, genres, seed)
+        (p,), te = heldout_probs(name, [hp], train_tracks, valid_tracks, sets, genres, seed,
+                                 test_set)
         runs.append(dict(scores(p, te, genres), seed=seed))
     s = runs[0]
     log(f"  {name} valid: {s['track_correct']}/{s['tracks']} = {s['track_accuracy']:.3f}, "
@@ -757,6 +772,18 @@ def merge_results(path, name, mode, result, meta):
     os.replace(path + ".tmp", path)
 
 
+def stored_selection(path, name, inner):
+    """A hyper-parameter choice of `name` kept by an earlier run, made on
+    the same grid; None if there is none."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        got = json.load(f).get("heads", {}).get(name, {}).get("selection-inner-" + inner)
+    if not got or [r["hp"] for r in got["selection"]] != hp_grid(name):
+        return None
+    return got["hp"], got["selection"]
+
+
 def cmd_compare(args):
     genres, train_tracks, valid_tracks = load_data(args.data)
     names = args.heads.split(",")
@@ -768,22 +795,35 @@ def cmd_compare(args):
     for name in names:
         fixed_hp, selected = None, None
         if HEADS[name][0].get("finetune"):
-            # One choice, by CV on train.txt, for every evaluation.
-            fixed_hp, table = select_hp(name, train_tracks, sets, genres, args.inner,
-                                        seed=0, log=log_to_stderr)
-            selected = (fixed_hp, table)
+            # One choice, by CV on train.txt, for every evaluation; kept in
+            # the results file, as it takes a while.
+            selected = stored_selection(args.results, name, args.inner)
+            if selected is None:
+                t0 = time.time()
+                selected = select_hp(name, train_tracks, sets, genres, args.inner, seed=0,
+                                     log=log_to_stderr)
+                merge_results(args.results, name, "selection-inner-" + args.inner,
+                              {"hp": selected[0], "selection": selected[1],
+                               "seconds": round(time.time() - t0, 1)}, {})
+            fixed_hp = selected[0]
         for mode in args.eval.split(","):
             log_to_stderr(f"{name} / {mode}")
             if mode == "valid":
                 r = eval_valid(name, sets, train_tracks, valid_tracks, genres, args.seeds,
                                args.inner, log_to_stderr, selected)
+            elif mode == "valid-torchaudio":
+                shifted = ChunkSet(valid_tracks, EVAL_HOP_S, with_trunk=sets.eval.T is not None,
+                                   resampler="torchaudio")
+                r = eval_valid(name, sets, train_tracks, valid_tracks, genres, args.seeds,
+                               args.inner, log_to_stderr, selected, test_set=shifted)
             elif mode in ("cv", "gcv"):
                 r = eval_cv(name, sets, train_tracks + valid_tracks, genres, args.seeds,
                             args.inner, log_to_stderr,
                             outer="stratified" if mode == "cv" else "grouped",
                             fixed_hp=fixed_hp)
             else:
-                raise SystemExit(f"unknown --eval {mode!r}: valid, cv, gcv")
+                raise SystemExit(f"unknown --eval {mode!r}: valid, cv, gcv, "
+                                 f"valid-torchaudio")
             if args.inner != "grouped":
                 mode += "-inner-" + args.inner
             meta = {"command": " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
@@ -833,7 +873,7 @@ def fit_finetune(train_set, genres, hp, seed):
     trains everything with Adam on class-balanced draws of chunks."""
     calib = fit_head("calib", train_set, genres, {"lam_cal": hp["lam_cal"]}, seed)
     torch.manual_seed(seed)
-    model = FineTuned(_reference_net(), calib, genres)
+    model = FineTuned(_reference().net, calib, genres)
     w = chunk_weights(train_set, 1.0, len(genres))
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=hp["lr"])
@@ -849,43 +889,63 @@ def fit_finetune(train_set, genres, hp, seed):
     return model
 
 
-def _reference_net(checkpoint=CHECKPOINT):
-    if checkpoint not in _REFERENCE:
-        _REFERENCE[checkpoint] = Reference(checkpoint)
-    return _REFERENCE[checkpoint].net
-
-
 # ---- the shipped head ----------------------------------------------------------
+
+def train_recipe(name, tracks, sets, genres, seed, log=None):
+    """The shipped recipe: hyper-parameters by grouped 5-fold CV over
+    `tracks`, then the head trained on all of them."""
+    hp, _ = select_hp(name, tracks, sets, genres, "grouped", log=log)
+    return fit_head(name, sets.train.subset(tracks), genres, hp, seed), hp
+
 
 def cmd_train(args):
     """Trains head --head on train.txt (--on train: scored on valid.txt) or
-    on train + valid (--on all: nothing held out; quote the CV numbers of
-    the same recipe) and writes it as a JSON layer list."""
+    on train + valid (--on all: nothing held out; the numbers to quote are
+    the same recipe's on valid.txt when trained on train.txt only, which
+    this also measures, and its cross-validation from the results file)
+    and writes it as a JSON layer list."""
     t0 = time.time()
     genres, train_tracks, valid_tracks = load_data(args.data)
     tracks = train_tracks + (valid_tracks if args.on == "all" else [])
     sets = Sets(train_tracks + valid_tracks, args.train_hop)
-    hp, table = select_hp(args.head, tracks, sets, genres, "grouped", log=log_to_stderr)
-    head = fit_head(args.head, sets.train.subset(tracks), genres, hp, args.seed)
+    head, hp = train_recipe(args.head, tracks, sets, genres, args.seed, log_to_stderr)
     inputs, layers = head.export_layers()
-    accuracies = {}
-    for split_name, ts in (("train", tracks), ("valid", valid_tracks)):
+
+    def measured(h, ts):
         cs = sets.eval.subset(ts)
-        p = head.probs(cs)
-        q = run_layers(inputs, layers, cs.E.numpy(), cs.Z.numpy())
+        p = h.probs(cs)
+        ins, ls = h.export_layers()
+        q = run_layers(ins, ls, cs.E.numpy(), cs.Z.numpy())
         if np.abs(p - q).max() > 1e-4:
             raise SystemExit(f"exported layers disagree with the trained head by "
                              f"{np.abs(p - q).max():.2e}")
         s = scores(q, cs, genres)
-        key = ("valid" if args.on == "train" else "valid (trained on)") \
-            if split_name == "valid" else "training tracks"
-        accuracies[key] = {m: s[m] for m in ("track_accuracy", "balanced_accuracy",
-                                             "chunk_accuracy")}
-        if split_name == "valid" and args.on == "all":
-            break
-    sha = sha256_of(args.checkpoint) if args.checkpoint else sha256_of(CHECKPOINT)
+        return {m: round(s[m], 4) for m in ("track_accuracy", "balanced_accuracy",
+                                             "chunk_accuracy")} | {
+            "tracks": s["tracks"], "track_correct": s["track_correct"]}
+
+    accuracies = {"training tracks (resubstitution, not an estimate)": measured(head, tracks)}
+    if args.on == "train":
+        accuracies["valid.txt"] = measured(head, valid_tracks)
+    else:
+        twin, _ = train_recipe(args.head, train_tracks, sets, genres, args.seed)
+        accuracies["valid.txt, same recipe trained on train.txt only"] = \
+            measured(twin, valid_tracks)
+    if os.path.exists(args.results):
+        with open(args.results) as f:
+            got = json.load(f).get("heads", {}).get(args.head, {})
+        for mode, label in (("cv", "5-fold CV over train + valid, stratified by genre "
+                                   "(not artist-aware)"),
+                            ("gcv", "5-fold CV over train + valid, grouped by id runs "
+                                    "(artist proxy)")):
+            if mode in got:
+                accuracies[label] = {m: round(got[mode]["summary"][m][0], 4) for m in
+                                     ("track_accuracy", "balanced_accuracy",
+                                      "chunk_accuracy")}
+    sha = sha256_of(CHECKPOINT)
     doc = {
         "inputs": inputs,
+        "input_widths": {"embedding": ea.LAST_CHANNELS, "audioset_logits": ea.N_CLASSES},
         "layers": layers,
         "genres": genres,
         "training": {
@@ -898,7 +958,10 @@ def cmd_train(args):
             "data": os.path.relpath(args.data, ROOT),
             "split": "train.txt" if args.on == "train" else "train.txt + valid.txt",
             "tracks": len(tracks),
-            "train_chunks": f"3 s every {args.train_hop:g} s; weights balanced by genre",
+            "train_chunks": f"3 s every {args.train_hop:g} s, genre balance "
+                            f"{hp.get('balance', 1.0):g} (chunk_weights)",
+            "evaluation": "3 s chunks back to back; a track's genre is the argmax of its "
+                          "chunks' mean probability",
             "backbone": f"EfficientAT mn04_as, checkpoint sha256 {sha}, outputs from "
                         f"{BACKBONE_SOURCE}",
             "seed": args.seed,
@@ -924,10 +987,7 @@ HEAD_NOTES = {
     "calib_emb": "calibrated genre logits plus a linear correction from the embedding "
                  "(L2 pulls the correction to zero)",
     "calib_logits": "calibrated genre logits plus a linear correction from all 527 logits",
-    "calib_music": ({"calib": "fit", "inputs": ["audioset_logits"],
-                     "logit_subset": MUSIC_GENRE_LOGITS}, {"lam": LAMS}, {"lam_cal": 1e-3}),
-    "calib_emb_music": ({"calib": "fit", "inputs": ["embedding", "audioset_logits"],
-                         "logit_subset": MUSIC_GENRE_LOGITS}, {"lam": LAMS}, {"lam_cal": 1e-3}),
+    "calib_unbalanced": "calib trained with every track weighing the same",
     "calib_music": "calibrated genre logits plus a linear correction from AudioSet's 50 "
                    "music-genre logits (216-265)",
     "calib_emb_music": "calibrated genre logits plus a linear correction from the embedding "
@@ -938,6 +998,45 @@ HEAD_NOTES = {
 }
 BACKBONE_SOURCE = ("train/efficientat.py (PyTorch reference) on ffmpeg/libswresample "
                    "32 kHz audio, log-mel framed over the whole track")
+
+
+def cmd_table(args):
+    """The comparison as a Markdown table, from the results file."""
+    with open(args.results) as f:
+        heads = json.load(f)["heads"]
+
+    def pct(r, m):
+        mean, std = r["summary"][m]
+        return f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if len(r["runs"]) > 1 else "")
+
+    def cell(r, with_count=False):
+        if r is None:
+            return ["-"] * 3
+        first = pct(r, "track_accuracy")
+        if with_count and len(r["runs"]) == 1:
+            first += f" ({r['runs'][0]['track_correct']}/{r['runs'][0]['tracks']})"
+        return [first, pct(r, "balanced_accuracy"), pct(r, "chunk_accuracy")]
+
+    def hp_text(hp):
+        return ", ".join(f"{k} {v:g}" for k, v in hp.items()
+                         if k in HEADS_GRID_KEYS) or "-"
+
+    print("| head | valid track | valid balanced | valid chunk | CV track | CV balanced "
+          "| CV chunk | grouped CV track | grouped CV balanced | grouped CV chunk "
+          "| hyper-parameters (valid run) | seeds | s (valid / CV / grouped CV) |")
+    print("|" + "---|" * 13)
+    for name in HEADS:
+        if name not in heads:
+            continue
+        r = heads[name]
+        v, c, g = r.get("valid"), r.get("cv"), r.get("gcv")
+        secs = " / ".join(f"{x['seconds']:.0f}" if x else "-" for x in (v, c, g))
+        n_seeds = max(len(x["runs"]) for x in (v, c, g) if x)
+        print(f"| {name} | " + " | ".join(cell(v, True) + cell(c, True) + cell(g, True))
+              + f" | {hp_text(v['hp']) if v else '-'} | {n_seeds} | {secs} |")
+
+
+HEADS_GRID_KEYS = ("lam", "lam_cal", "hidden", "lr")
 
 
 def main():
@@ -951,20 +1050,26 @@ def main():
     c.add_argument("--heads", default=",".join(HEADS))
     c.add_argument("--eval", default="valid,cv,gcv",
                    help="valid: train.txt -> valid.txt; cv: 5-fold stratified CV over "
-                        "train + valid; gcv: 5-fold CV grouped by id runs")
+                        "train + valid; gcv: 5-fold CV grouped by id runs; "
+                        "valid-torchaudio: as valid, but valid.txt resampled to 32 kHz "
+                        "by torchaudio instead of libswresample")
     c.add_argument("--inner", choices=sorted(FOLDS), default="grouped",
                    help="folds of the CV that chooses hyper-parameters")
     c.add_argument("--seeds", type=int, default=5, help="seeds of non-convex heads")
     c.add_argument("--results", default=os.path.join(HERE, "results", "backbone-heads.json"))
+    tb = sub.add_parser("table", help="print the comparison as a Markdown table")
+    tb.add_argument("--results", default=os.path.join(HERE, "results", "backbone-heads.json"))
     t = sub.add_parser("train", help="train one head and write it as JSON")
-    t.add_argument("--head", default="calib", choices=sorted(HEADS))
+    t.add_argument("--head", default="calib",
+                   choices=sorted(h for h in HEADS if not HEADS[h][0].get("finetune")))
     t.add_argument("--on", choices=("train", "all"), default="all")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--checkpoint", default=None)
+    t.add_argument("--results", default=os.path.join(HERE, "results", "backbone-heads.json"),
+                   help="where the CV numbers quoted in the head's metadata come from")
     t.add_argument("--out", required=True)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    {"compare": cmd_compare, "train": cmd_train}[args.cmd](args)
+    {"compare": cmd_compare, "train": cmd_train, "table": cmd_table}[args.cmd](args)
 
 
 if __name__ == "__main__":
