@@ -321,12 +321,41 @@ static void render_locked(const metrics *m, sbuf *b) {
     sb_histogram(b, "genred_chunks_per_request", "", &m->chunks_per_request);
 }
 
-static void render_batcher(const batcher_stats *st, sbuf *b) {
-    sb_family(b, "genred_queue_depth", "gauge", "Requests waiting for inference.");
-    sb_printf(b, "genred_queue_depth %zu\n", st->queued_requests);
+static void render_load(const metrics_load *l, sbuf *b) {
+    sb_family(b, "genred_connections", "gauge", "Connections open on the API port.");
+    sb_printf(b, "genred_connections %d\n", l->connections);
+    sb_family(b, "genred_max_connections", "gauge",
+              "Connections the API port serves; more get 503 or are closed.");
+    sb_printf(b, "genred_max_connections %d\n", l->max_connections);
+    sb_family(b, "genred_queue_depth", "gauge",
+              "Whole uploads waiting for a classification slot.");
+    sb_printf(b, "genred_queue_depth %zu\n", l->queue_depth);
     sb_family(b, "genred_queue_capacity", "gauge",
-              "Most requests that may wait; more get 503.");
-    sb_printf(b, "genred_queue_capacity %zu\n", st->queue_capacity);
+              "Most uploads that may wait; more get 503, and /readyz is 503 when full.");
+    sb_printf(b, "genred_queue_capacity %zu\n", l->queue_capacity);
+    sb_family(b, "genred_active_requests", "gauge", "Classifications running.");
+    sb_printf(b, "genred_active_requests %d\n", l->active_requests);
+    sb_family(b, "genred_max_active_requests", "gauge", "Most classifications running at once.");
+    sb_printf(b, "genred_max_active_requests %d\n", l->max_active_requests);
+    sb_family(b, "genred_upload_memory_bytes", "gauge",
+              "Bytes of uploads held (received, waiting or classifying).");
+    sb_printf(b, "genred_upload_memory_bytes %zu\n", l->upload_memory);
+    sb_family(b, "genred_max_upload_memory_bytes", "gauge",
+              "Most bytes of uploads held at once; more get 503, and /readyz is 503 at it.");
+    sb_printf(b, "genred_max_upload_memory_bytes %zu\n", l->max_upload_memory);
+    sb_family(b, "genred_header_timeouts_total", "counter",
+              "Connections closed for not completing a request's header block within "
+              "header_timeout_s (slow clients, and keep-alive connections idle that long).");
+    sb_printf(b, "genred_header_timeouts_total %llu\n", l->header_timeouts);
+    sb_family(b, "genred_slow_uploads_total", "counter",
+              "Uploads cut with 408 for falling under min_upload_rate.");
+    sb_printf(b, "genred_slow_uploads_total %llu\n", l->slow_uploads);
+}
+
+static void render_batcher(const batcher_stats *st, sbuf *b) {
+    sb_family(b, "genred_inference_queue_depth", "gauge",
+              "Classifications waiting for the model (at most max_active_requests).");
+    sb_printf(b, "genred_inference_queue_depth %zu\n", st->queued_requests);
     sb_family(b, "genred_workers", "gauge", "Inference worker threads.");
     sb_printf(b, "genred_workers %d\n", st->workers);
     sb_family(b, "genred_max_batch", "gauge", "Most chunks per model forward pass.");
@@ -357,7 +386,7 @@ static void render_model(const model *mod, sbuf *b) {
     sb_puts(b, "\"} 1\n");
 }
 
-char *metrics_render(metrics *m, const struct batcher_stats *st,
+char *metrics_render(metrics *m, const struct batcher_stats *st, const metrics_load *load,
                      const struct model *model) {
     sbuf b = {malloc(16384), 0, 16384, 0};
     if (!b.p) return NULL;
@@ -367,6 +396,7 @@ char *metrics_render(metrics *m, const struct batcher_stats *st,
         render_locked(m, &b);
         pthread_mutex_unlock(&m->mu);
     }
+    if (load) render_load(load, &b);
     if (st) render_batcher(st, &b);
     if (model) render_model(model, &b);
     if (b.failed) {

@@ -22,8 +22,8 @@ settings it needs and drives it with real clients:
 - slow clients: a client stalled in its headers or its body is dropped after
   idle_timeout_s while others are served.
 - overload: connections beyond max_connections are closed at once; a flood
-  of classifications beyond queue_capacity gets 503 + Retry-After while
-  /healthz keeps answering fast.
+  of classifications beyond max_active_requests plus queue_capacity gets 503
+  + Retry-After while /healthz keeps answering fast.
 
 Every wait is bounded. Long requests are the 10-minute WAV of conftest's
 `audio` with trim=0 on one worker with batches of one chunk: ~200 forward
@@ -75,8 +75,9 @@ def log_events(d):
 
 
 def queue_depth(d):
+    """Classifications waiting for the model (admitted, past decoding)."""
     text = d.request("GET", "/metrics", timeout=10).text
-    m = re.search(r"^genred_queue_depth (\d+)$", text, flags=re.M)
+    m = re.search(r"^genred_inference_queue_depth (\d+)$", text, flags=re.M)
     return int(m.group(1)) if m else 0
 
 
@@ -503,7 +504,10 @@ def test_connections_beyond_the_limit(start_daemon):
 
 
 def test_overload_sheds_work_and_healthz_stays_responsive(start_daemon, long_body):
-    d = start_daemon({**LONG, "queue-capacity": 1, "max-connections": 64})
+    # 2 running and 1 waiting, whatever the machine's cores: of 8, some are
+    # refused.
+    d = start_daemon({**LONG, "max-active-requests": 2, "queue-capacity": 1,
+                      "max-connections": 64})
     stop = threading.Event()
     probes = []
 

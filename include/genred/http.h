@@ -30,6 +30,9 @@ server *server_start(const config *cfg, engine *e, metrics *met, gr_err *err);
 /* The port actually bound (useful with port 0). */
 int server_port(const server *s);
 
+/* The ops listener's port as bound, or -1 without ops_port. */
+int server_ops_port(const server *s);
+
 /* Reads api_keys_file again (SIGHUP) and swaps the keys in atomically. A
  * file that does not load leaves the old keys in place and fails with its
  * error. Nothing to do (0) without API keys. Thread-safe. */
