@@ -119,6 +119,12 @@ typedef struct listener {
     atomic_int connections;    /* open right now (MHD's connection notices) */
 } listener;
 
+/* What genred keeps per connection: MHD's socket context for it. */
+typedef struct conn {
+    sockwatch_entry *watch;    /* its header deadline */
+    struct request *open;      /* made by request_open(), not yet completed */
+} conn;
+
 /* A whole upload waiting for a classification slot (admit()). */
 typedef struct waiter {
     pthread_cond_t wake;       /* CLOCK_MONOTONIC */
@@ -871,8 +877,8 @@ static int request_begin(server *s, struct MHD_Connection *c, request *r, const 
     return 0;
 }
 
-/* The sockwatch entry of a connection (connection_notice()), or NULL. */
-static sockwatch_entry *watch_entry_of(struct MHD_Connection *c) {
+/* What genred keeps for a connection (connection_notice()), or NULL. */
+static conn *conn_of(struct MHD_Connection *c) {
     const union MHD_ConnectionInfo *i =
         MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
     return i ? i->socket_context : NULL;
@@ -895,6 +901,11 @@ static void *request_open(void *cls, const char *uri, struct MHD_Connection *c) 
                  QUERY_MAX_BYTES, QUERY_MAX_PARAMS);
         respond_now(c, r, GR_ETOOLONG, msg);
     }
+    /* MHD drops a request it fails to parse without completing it (a
+     * query that exhausts its memory is one): the connection's end
+     * finishes it then (connection_notice()). */
+    conn *k = conn_of(c);
+    if (k) k->open = r;
     return r;
 }
 
@@ -906,8 +917,8 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
     request *r = *con_cls;
     if (!r || r->answered) return MHD_NO; /* out of memory, or answered: close */
     if (!r->begun) { /* the header block is complete */
-        sockwatch_entry *w = watch_entry_of(c);
-        if (w && sockwatch_disarm(s->watch, w)) return MHD_NO; /* too late: cut already */
+        conn *k = conn_of(c);
+        if (k && sockwatch_disarm(s->watch, k->watch)) return MHD_NO; /* cut already */
         r->begun = 1;
         r->window_start = monotonic_now();
         request_id_take_clients(c, r->id);
@@ -967,12 +978,8 @@ static void log_request(const server *s, const request *r, double seconds) {
     json_decref(line);
 }
 
-static void request_completed(void *cls, struct MHD_Connection *c, void **con_cls,
-                              enum MHD_RequestTerminationCode toe) {
-    (void)toe;
-    server *s = cls;
-    request *r = *con_cls;
-    if (!r) return;
+/* Logs and counts a request that has ended, and frees it. */
+static void request_finish(server *s, request *r) {
     double dt = monotonic_now() - r->t_start;
     /* status 0: the client went away (or was cut) before an answer. */
     metrics_observe_request(s->met, route_label(r), r->status, dt, r->bytes_in);
@@ -981,16 +988,26 @@ static void request_completed(void *cls, struct MHD_Connection *c, void **con_cl
     upload_free(s, r);
     int begun = r->begun;
     free(r);
-    *con_cls = NULL;
     if (begun) {
         pthread_mutex_lock(&s->mu);
         if (--s->active == 0) pthread_cond_broadcast(&s->idle);
         pthread_mutex_unlock(&s->mu);
     }
+}
+
+static void request_completed(void *cls, struct MHD_Connection *c, void **con_cls,
+                              enum MHD_RequestTerminationCode toe) {
+    (void)toe;
+    server *s = cls;
+    request *r = *con_cls;
+    if (!r) return;
+    *con_cls = NULL;
+    conn *k = conn_of(c);
+    if (k && k->open == r) k->open = NULL;
+    request_finish(s, r);
     /* Kept alive, the connection owes its next request's header block
      * within header_timeout_s from now. */
-    sockwatch_entry *w = watch_entry_of(c);
-    if (w) sockwatch_arm(s->watch, w, monotonic_now() + s->cfg.header_timeout_s);
+    if (k) sockwatch_arm(s->watch, k->watch, monotonic_now() + s->cfg.header_timeout_s);
 }
 
 /* ---- lifecycle ---------------------------------------------------------- */
@@ -1022,10 +1039,11 @@ static enum MHD_Result accept_policy(void *cls, const struct sockaddr *addr, soc
 }
 
 /* A connection starts: counted, and watched with its first header
- * deadline (a connection genred cannot watch is refused); it ends:
- * counted, and a cut by the deadline counted too. The sockwatch entry is
- * the connection's socket context; the socket stays open until after the
- * CLOSED notice, as sockwatch.h requires. */
+ * deadline (one genred cannot keep track of is refused); it ends: counted,
+ * a cut by the deadline counted too, and a request MHD dropped without
+ * completing it finished. Both notices run on the connection's own thread
+ * (its completions run between them), and the socket stays open until
+ * after the CLOSED one, as sockwatch.h requires. */
 static void connection_notice(void *cls, struct MHD_Connection *c, void **socket_context,
                               enum MHD_ConnectionNotificationCode code) {
     listener *l = cls;
@@ -1034,14 +1052,23 @@ static void connection_notice(void *cls, struct MHD_Connection *c, void **socket
         atomic_fetch_add(&l->connections, 1);
         const union MHD_ConnectionInfo *fdi =
             MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
-        sockwatch_entry *w = fdi ? sockwatch_add(s->watch, fdi->connect_fd) : NULL;
-        if (w) sockwatch_arm(s->watch, w, monotonic_now() + s->cfg.header_timeout_s);
-        else if (fdi) shutdown(fdi->connect_fd, SHUT_RDWR);
-        *socket_context = w;
+        conn *k = fdi ? calloc(1, sizeof *k) : NULL;
+        if (k) k->watch = sockwatch_add(s->watch, fdi->connect_fd);
+        if (k && k->watch) {
+            sockwatch_arm(s->watch, k->watch, monotonic_now() + s->cfg.header_timeout_s);
+        } else {
+            free(k);
+            k = NULL;
+            if (fdi) shutdown(fdi->connect_fd, SHUT_RDWR);
+        }
+        *socket_context = k;
     } else if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
         atomic_fetch_sub(&l->connections, 1);
-        if (*socket_context && sockwatch_remove(s->watch, *socket_context))
-            atomic_fetch_add(&s->header_timeouts, 1);
+        conn *k = *socket_context;
+        if (!k) return;
+        if (k->open) request_finish(s, k->open);
+        if (sockwatch_remove(s->watch, k->watch)) atomic_fetch_add(&s->header_timeouts, 1);
+        free(k);
         *socket_context = NULL;
     }
 }
@@ -1163,6 +1190,7 @@ static int listener_start(server *s, listener *l, int port, gr_err *err) {
      * accepting and leave clients hanging in the backlog. */
     l->daemon = MHD_start_daemon(
         flags, (uint16_t)port, accept_policy, l, handle, s,
+        MHD_OPTION_EXTERNAL_LOGGER, log_mhd, s, /* first, or MHD says so on stderr */
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned int)l->accept_max + 1,
         MHD_OPTION_PER_IP_CONNECTION_LIMIT,
@@ -1170,7 +1198,6 @@ static int listener_start(server *s, listener *l, int port, gr_err *err) {
         MHD_OPTION_NOTIFY_CONNECTION, connection_notice, l,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)cfg->idle_timeout_s,
         MHD_OPTION_URI_LOG_CALLBACK, request_open, s,
-        MHD_OPTION_EXTERNAL_LOGGER, log_mhd, s,
         MHD_OPTION_NOTIFY_COMPLETED, request_completed, s,
         MHD_OPTION_ARRAY, s->tls_cert ? tls : tls + 2,
         MHD_OPTION_END);
