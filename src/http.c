@@ -952,6 +952,9 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
                    r->err.status == GR_OK) {
             gr_fail(&r->err, GR_EBADREQ, "malformed multipart/form-data body");
         }
+        /* Refused: the rest is discarded, and what arrived goes back to
+         * max_upload_memory now, not when the client is done sending. */
+        if (r->err.status != GR_OK) upload_free(s, r);
         return MHD_YES;
     }
     return dispatch(s, c, r);
