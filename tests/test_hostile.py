@@ -158,16 +158,19 @@ def read_responses(data):
     return out
 
 
-def exchange(port, data, timeout=60.0):
+def exchange(port, data, timeout=60.0, half_close=True):
     """Sends data on a fresh connection from a thread (the server may answer
     and close before reading it all), half-closes, and reads until the server
-    closes. Returns every answer read."""
+    closes. Returns every answer read. Without half_close (a proxy takes a
+    half-close for a client gone) it reads until the server closes or is
+    quiet for `timeout`."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
 
     def send():
         try:
             sock.sendall(data)
-            sock.shutdown(socket.SHUT_WR)
+            if half_close:
+                sock.shutdown(socket.SHUT_WR)
         except OSError:
             pass  # answered and closed before the request was all sent
 
@@ -182,6 +185,9 @@ def exchange(port, data, timeout=60.0):
             got += chunk
     except ConnectionResetError:
         pass  # a reset after the answer (unread request bytes); judged by what came
+    except socket.timeout:
+        if half_close:
+            raise
     finally:
         sock.close()
         sender.join(timeout)

@@ -600,24 +600,6 @@ def test_nginx_keeps_slow_clients_off_the_replicas(nginx_pair, audio):
     assert max(held) <= 16 + 2, held
 
 
-def exchange_via(port, data, quiet_s=2.0):
-    """Sends data on one connection without closing our side (nginx takes
-    a half-close for a client gone), reads until the server closes or is
-    quiet for quiet_s; returns the answers."""
-    got = b""
-    with socket.create_connection(("127.0.0.1", port), timeout=quiet_s) as sock:
-        sock.sendall(data)
-        try:
-            while True:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                got += chunk
-        except (socket.timeout, ConnectionResetError):
-            pass
-    return th.read_responses(got)
-
-
 SMUGGLED = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
 CLASSIFY_HEAD = b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: audio/wav\r\n"
 SHAPES = {
@@ -642,7 +624,7 @@ def test_nginx_refuses_every_smuggling_shape(nginx_pair):
     n, a, b = nginx_pair
     seen = []
     for name, (data, status) in SHAPES.items():
-        answers = exchange_via(n.port, data)
+        answers = th.exchange(n.port, data, timeout=2.0, half_close=False)
         assert answers and answers[0][0] == status, (name, [r[:2] for r in answers])
         assert len(answers) == 1, (name, [r[:2] for r in answers])
         assert b"genred_build_info" not in answers[0][2], name
