@@ -447,6 +447,8 @@ static int admit(server *s, gr_err *err) {
         int cancelled = s->cancelled;
         pthread_mutex_unlock(&s->mu);
         if (cancelled) return gr_fail(err, GR_EBUSY, "server is shutting down");
+        if (s->cfg.queue_capacity == 0)
+            return gr_fail(err, GR_EBUSY, "every classification slot is busy, retry later");
         return gr_fail(err, GR_EBUSY, "every classification slot is busy and %zu uploads "
                        "wait already, retry later", s->cfg.queue_capacity);
     }
