@@ -1132,17 +1132,19 @@ def test_sigterm_lets_waiting_uploads_finish(start_daemon, api, check_classify, 
 
 
 def test_sigterm_out_of_time_cancels_waiting_uploads_and_counts_them(start_daemon, api, inputs):
-    """Past shutdown_timeout_s, the uploads still waiting (and the one
-    running) get 503 "server is shutting down", each counted in the exit
-    log line's requests_cancelled (which said 0), and the daemon exits 0."""
+    """Past shutdown_timeout_s, the uploads still waiting get 503 "server is
+    shutting down" at once, each counted in the exit log line's
+    requests_cancelled (which said 0), and the daemon exits 0. The one
+    running gives up at its next check (503), or, in a decode slower than
+    the grace after the timeout (sanitizer builds), is cut with the
+    connection; it is counted either way."""
     d, rc, answers = queued_uploads_then_sigterm(start_daemon, inputs, 0.5)
     assert rc == 0, d.log_tail()
-    refused = 0
-    for i, a in enumerate(answers):
-        assert isinstance(a, tuple), (i, a)
-        if a[0] == 200 and i == 0:
-            continue  # the holder may have just finished
+    holder, waiting = answers[0], answers[1:]
+    for a in waiting:
+        assert isinstance(a, tuple), a
         check_error(api, *a, 503, "busy", "shutting down")
-        refused += 1
-    assert refused >= len(answers) - 1
-    assert stopped_line(d)["requests_cancelled"] == refused, (refused, stopped_line(d))
+    if isinstance(holder, tuple) and holder[0] != 200:
+        check_error(api, *holder, 503, "busy", "shutting down")
+    cancelled = len(waiting) + (not isinstance(holder, tuple) or holder[0] != 200)
+    assert stopped_line(d)["requests_cancelled"] == cancelled, (answers, stopped_line(d))
