@@ -33,6 +33,7 @@ typedef enum key_kind {
     KIND_OPT_PATH,  /* char[]: a KIND_PATH, or "" for none */
     KIND_LOG_LEVEL, /* log_level: error | warn | info | debug */
     KIND_INT,       /* int */
+    KIND_OPT_PORT,  /* int: a TCP port, or "off" (-1) */
     KIND_COUNT,     /* size_t, plain integer */
     KIND_BYTES,     /* size_t, integer with optional K/M/G suffix */
     KIND_SECONDS,   /* double, non-negative decimal */
@@ -52,18 +53,23 @@ typedef struct key {
 static const key keys[] = {
     {"listen", KIND_ADDRESS, FIELD(listen), 0, 0},
     {"port", KIND_INT, FIELD(port), 0, 65535},
+    {"ops_port", KIND_OPT_PORT, FIELD(ops_port), 0, 65535},
     {"model", KIND_PATH, FIELD(model), 0, 0},
     {"workers", KIND_INT, FIELD(workers), 0, 256},
     {"max_batch", KIND_INT, FIELD(max_batch), 1, 1024},
-    {"queue_capacity", KIND_COUNT, FIELD(queue_capacity), 1, 1000000},
+    {"queue_capacity", KIND_COUNT, FIELD(queue_capacity), 0, 1000000},
     {"max_upload_bytes", KIND_BYTES, FIELD(max_upload_bytes), 1, 4294967296.0},
+    {"max_upload_memory", KIND_BYTES, FIELD(max_upload_memory), 1, 1099511627776.0},
     {"max_duration_s", KIND_SECONDS, FIELD(max_duration_s), 1, 86400},
     {"trim_start_s", KIND_SECONDS, FIELD(trim_start_s), 0, 3600},
     {"trim_end_s", KIND_SECONDS, FIELD(trim_end_s), 0, 3600},
     {"trim_min_keep_s", KIND_SECONDS, FIELD(trim_min_keep_s), 0, 86400},
     {"max_connections", KIND_INT, FIELD(max_connections), 1, 65536},
+    {"max_connections_per_client", KIND_INT, FIELD(max_connections_per_client), 0, 65536},
     {"max_active_requests", KIND_INT, FIELD(max_active_requests), 0, 65536},
     {"idle_timeout_s", KIND_INT, FIELD(idle_timeout_s), 1, 86400},
+    {"header_timeout_s", KIND_SECONDS, FIELD(header_timeout_s), 0.5, 3600},
+    {"min_upload_rate", KIND_BYTES, FIELD(min_upload_rate), 0, 1073741824.0},
     {"request_timeout_s", KIND_SECONDS, FIELD(request_timeout_s), 0, 86400},
     {"shutdown_timeout_s", KIND_SECONDS, FIELD(shutdown_timeout_s), 0, 3600},
     {"api_keys_file", KIND_OPT_PATH, FIELD(api_keys_file), 0, 0},
@@ -99,17 +105,21 @@ void config_defaults(config *c) {
     memset(c, 0, sizeof *c);
     memcpy(c->listen, "127.0.0.1", sizeof "127.0.0.1");
     c->port = 8080;
+    c->ops_port = -1;
     memcpy(c->model, GENRED_DEFAULT_MODEL, sizeof GENRED_DEFAULT_MODEL);
     c->workers = 0;
     c->max_batch = 8;
     c->queue_capacity = 64;
     c->max_upload_bytes = (size_t)64 << 20;
+    c->max_upload_memory = (size_t)256 << 20;
     c->max_duration_s = 1200;
     c->trim_start_s = 15;
     c->trim_end_s = 15;
     c->trim_min_keep_s = 30;
     c->max_connections = 256;
     c->idle_timeout_s = 30;
+    c->header_timeout_s = 10;
+    c->min_upload_rate = 1024;
     c->request_timeout_s = 60;
     c->shutdown_timeout_s = 30;
     c->log_level = LOG_LEVEL_INFO;
@@ -287,13 +297,20 @@ int config_set(config *c, const char *key_name, const char *value, gr_err *err) 
         return gr_fail(err, GR_ECONFIG, "%s: expected one of error, warn, info, debug, got '%s'",
                        k->name, shown(value, show));
     case KIND_INT:
+    case KIND_OPT_PORT:
     case KIND_COUNT: {
+        if (k->kind == KIND_OPT_PORT && strcmp(value, "off") == 0) {
+            int off = -1;
+            memcpy(field, &off, sizeof off);
+            return 0;
+        }
         unsigned long long v;
         if (parse_uint(value, strlen(value), &v) < 0 || (double)v < k->min ||
             (double)v > k->max)
-            return gr_fail(err, GR_ECONFIG, "%s: expected an integer in %.0f..%.0f, got '%s'",
-                           k->name, k->min, k->max, shown(value, show));
-        if (k->kind == KIND_INT) {
+            return gr_fail(err, GR_ECONFIG, "%s: expected %san integer in %.0f..%.0f, got '%s'",
+                           k->name, k->kind == KIND_OPT_PORT ? "off or " : "", k->min, k->max,
+                           shown(value, show));
+        if (k->kind != KIND_COUNT) {
             int iv = (int)v;
             memcpy(field, &iv, sizeof iv);
         } else {
@@ -490,10 +507,12 @@ void config_print(const config *c, FILE *f) {
             print_string(f, s);
             break;
         }
-        case KIND_INT: {
+        case KIND_INT:
+        case KIND_OPT_PORT: {
             int v;
             memcpy(&v, field, sizeof v);
-            fprintf(f, "%d", v);
+            if (v < 0) fputs("off", f);
+            else fprintf(f, "%d", v);
             break;
         }
         case KIND_COUNT: {
@@ -528,6 +547,13 @@ int config_validate(const config *c, gr_err *err) {
         return gr_fail(err, GR_ECONFIG, "tls_cert_file and tls_key_file must be set "
                        "together (both for HTTPS, neither for HTTP)");
     return 0;
+}
+
+int config_max_active_requests(const config *c) {
+    if (c->max_active_requests > 0) return c->max_active_requests;
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    if (n < 1) return 2;
+    return 2 * (n > 4096 ? 4096 : (int)n);
 }
 
 int config_workers(const config *c) {

@@ -432,9 +432,13 @@ static int cmd_serve(engine *e, metrics *met, const config *cfg) {
         fprintf(stderr, "genred: %s\n", err.msg);
         return 1;
     }
-    printf("genred: listening on %s://%s%s%s:%d\n", cfg->tls_cert_file[0] ? "https" : "http",
-           strchr(cfg->listen, ':') ? "[" : "", cfg->listen,
-           strchr(cfg->listen, ':') ? "]" : "", server_port(s));
+    /* The ops line first: whoever waits for "listening on" has both. */
+    const char *scheme = cfg->tls_cert_file[0] ? "https" : "http";
+    const char *lb = strchr(cfg->listen, ':') ? "[" : "", *rb = *lb ? "]" : "";
+    if (server_ops_port(s) >= 0)
+        printf("genred: ops listening on %s://%s%s%s:%d\n", scheme, lb, cfg->listen, rb,
+               server_ops_port(s));
+    printf("genred: listening on %s://%s%s%s:%d\n", scheme, lb, cfg->listen, rb, server_port(s));
     fflush(stdout);
     /* The model is loaded (engine_create) and the port bound: ready. */
     notify_service("READY=1");
@@ -515,7 +519,7 @@ int main(int argc, char **argv) {
         return rc;
     }
     if (!is_serve) { /* offline: never refuse, never give up */
-        cfg.queue_capacity = (size_t)-1 / 2;
+        cfg.max_active_requests = 65536; /* the batcher's queue: never full */
         cfg.request_timeout_s = 0;
     }
 

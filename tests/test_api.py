@@ -636,13 +636,14 @@ def test_audio_longer_than_max_duration(start_daemon, api, check_classify, audio
 
 
 def test_full_queue_answers_503_with_retry_after(start_daemon, api, check_classify, audio):
-    """One worker, one batch slot, one queued request: eight simultaneous
-    10-minute uploads (trim=0, 200 chunks each, one chunk per forward pass)
-    reach the queue within the time the first one holds it, so some must be
-    refused with 503 + Retry-After and every other one answered in full.
-    Bounded: at most two waves, 120 s per request."""
-    d = start_daemon({"workers": 1, "queue-capacity": 1, "max-batch": 1,
-                      "max-upload-bytes": "32M", "max-duration-s": 900})
+    """One classification slot, one waiting upload, one worker with one
+    batch slot: eight simultaneous 10-minute uploads (trim=0, 200 chunks
+    each, one chunk per forward pass) arrive within the time the first one
+    holds the slot, so some must be refused with 503 + Retry-After and every
+    other one answered in full. Bounded: at most two waves, 120 s per
+    request."""
+    d = start_daemon({"workers": 1, "max-active-requests": 1, "queue-capacity": 1,
+                      "max-batch": 1, "max-upload-bytes": "32M", "max-duration-s": 900})
     body = audio.long_wav.read_bytes()
     want_chunks = int(audio.long_duration_s // 3)
     threads = 8

@@ -18,18 +18,23 @@ extern char **environ;
 static void assert_config_equal(const config *a, const config *b) {
     assert_string_equal(a->listen, b->listen);
     assert_int_equal(a->port, b->port);
+    assert_int_equal(a->ops_port, b->ops_port);
     assert_string_equal(a->model, b->model);
     assert_int_equal(a->workers, b->workers);
     assert_int_equal(a->max_batch, b->max_batch);
     assert_int_equal(a->queue_capacity, b->queue_capacity);
     assert_int_equal(a->max_upload_bytes, b->max_upload_bytes);
+    assert_int_equal(a->max_upload_memory, b->max_upload_memory);
     assert_true(a->max_duration_s == b->max_duration_s);
     assert_true(a->trim_start_s == b->trim_start_s);
     assert_true(a->trim_end_s == b->trim_end_s);
     assert_true(a->trim_min_keep_s == b->trim_min_keep_s);
     assert_int_equal(a->max_connections, b->max_connections);
+    assert_int_equal(a->max_connections_per_client, b->max_connections_per_client);
     assert_int_equal(a->max_active_requests, b->max_active_requests);
     assert_int_equal(a->idle_timeout_s, b->idle_timeout_s);
+    assert_true(a->header_timeout_s == b->header_timeout_s);
+    assert_int_equal(a->min_upload_rate, b->min_upload_rate);
     assert_true(a->request_timeout_s == b->request_timeout_s);
     assert_true(a->shutdown_timeout_s == b->shutdown_timeout_s);
     assert_string_equal(a->api_keys_file, b->api_keys_file);
@@ -70,6 +75,7 @@ static void test_defaults(void **state) {
     config_defaults(&c);
     assert_string_equal(c.listen, "127.0.0.1");
     assert_int_equal(c.port, 8080);
+    assert_int_equal(c.ops_port, -1);
     /* The installed model under the prefix meson was configured with. */
     assert_string_equal(c.model, GENRED_DEFAULT_MODEL);
     assert_true(c.model[0] == '/');
@@ -80,12 +86,17 @@ static void test_defaults(void **state) {
     assert_int_equal(c.max_batch, 8);
     assert_int_equal(c.queue_capacity, 64);
     assert_int_equal(c.max_upload_bytes, 64u << 20);
+    assert_int_equal(c.max_upload_memory, 256u << 20);
     assert_true(c.max_duration_s == 1200);
     assert_true(c.trim_start_s == 15);
     assert_true(c.trim_end_s == 15);
     assert_true(c.trim_min_keep_s == 30);
     assert_int_equal(c.max_connections, 256);
+    assert_int_equal(c.max_connections_per_client, 0);
+    assert_int_equal(c.max_active_requests, 0);
     assert_int_equal(c.idle_timeout_s, 30);
+    assert_true(c.header_timeout_s == 10);
+    assert_int_equal(c.min_upload_rate, 1024);
     assert_true(c.request_timeout_s == 60);
     assert_true(c.shutdown_timeout_s == 30);
     assert_string_equal(c.api_keys_file, "");
@@ -114,6 +125,24 @@ static void test_set_every_key(void **state) {
     assert_int_equal(c.port, 0);
     set_ok(&c, "port", "65535");
     assert_int_equal(c.port, 65535);
+    set_ok(&c, "ops_port", "0");
+    assert_int_equal(c.ops_port, 0);
+    set_ok(&c, "ops-port", "9090");
+    assert_int_equal(c.ops_port, 9090);
+    set_ok(&c, "ops_port", "off");
+    assert_int_equal(c.ops_port, -1);
+    set_ok(&c, "max_upload_memory", "1G");
+    assert_int_equal(c.max_upload_memory, (size_t)1 << 30);
+    set_ok(&c, "max_connections_per_client", "16");
+    assert_int_equal(c.max_connections_per_client, 16);
+    set_ok(&c, "header_timeout_s", "2.5");
+    assert_true(c.header_timeout_s == 2.5);
+    set_ok(&c, "min_upload_rate", "0");
+    assert_int_equal(c.min_upload_rate, 0);
+    set_ok(&c, "min_upload_rate", "4K");
+    assert_int_equal(c.min_upload_rate, 4096);
+    set_ok(&c, "queue_capacity", "0");
+    assert_int_equal(c.queue_capacity, 0);
     set_ok(&c, "model", "/srv/models/other model.gmodel");
     assert_string_equal(c.model, "/srv/models/other model.gmodel");
     set_ok(&c, "workers", "256");
@@ -195,7 +224,13 @@ static void test_bad_values_refused(void **state) {
         {"model", "tab\there"},   {"workers", "257"},
         {"workers", "-1"},        {"workers", "1.5"},
         {"max_batch", "0"},       {"max_batch", "1025"},
-        {"max_batch", "abc"},     {"queue_capacity", "0"},
+        {"max_batch", "abc"},     {"ops_port", "65536"},
+        {"ops_port", "-1"},       {"ops_port", "Off"},
+        {"ops_port", ""},         {"max_upload_memory", "0"},
+        {"max_upload_memory", "2048G"}, {"max_connections_per_client", "-1"},
+        {"header_timeout_s", "0"}, {"header_timeout_s", "0.4"},
+        {"header_timeout_s", "3601"}, {"min_upload_rate", "2G"},
+        {"min_upload_rate", "-1"},
         {"queue_capacity", "1000001"}, {"queue_capacity", "1K"},
         {"max_upload_bytes", "0"}, {"max_upload_bytes", "5G"},
         {"max_upload_bytes", "1T"}, {"max_upload_bytes", "K"},
@@ -476,17 +511,23 @@ static void test_print_round_trip(void **state) {
      * forgot would come back as the default and fail. */
     set_ok(&c, "listen", "fe80::1");
     set_ok(&c, "port", "0");
+    set_ok(&c, "ops_port", "9191");
     set_ok(&c, "model", " #odd \"path\" with \\ and 'quotes' ");
     set_ok(&c, "workers", "3");
     set_ok(&c, "max_batch", "5");
     set_ok(&c, "queue_capacity", "7");
     set_ok(&c, "max_upload_bytes", "1536K");
+    set_ok(&c, "max_upload_memory", "3000001");
     set_ok(&c, "max_duration_s", "1.1");
     set_ok(&c, "trim_start_s", "0.1");
     set_ok(&c, "trim_end_s", "1e-7");
     set_ok(&c, "trim_min_keep_s", "33.333333333333336");
     set_ok(&c, "max_connections", "9");
+    set_ok(&c, "max_connections_per_client", "4");
+    set_ok(&c, "max_active_requests", "6");
     set_ok(&c, "idle_timeout_s", "11");
+    set_ok(&c, "header_timeout_s", "0.75");
+    set_ok(&c, "min_upload_rate", "3M");
     set_ok(&c, "request_timeout_s", "2.5");
     set_ok(&c, "shutdown_timeout_s", "0.5");
     set_ok(&c, "api_keys_file", "/k # keys");

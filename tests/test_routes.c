@@ -154,7 +154,7 @@ static void test_metrics_count_the_table_labels(void **state) {
     metrics *m = metrics_create(NULL);
     assert_non_null(m);
     metrics_observe_request(m, "/no/such/route", 404, 0.001, 0);
-    char *text = metrics_render(m, NULL, NULL);
+    char *text = metrics_render(m, NULL, NULL, NULL);
     assert_non_null(text);
     size_t labels = 0;
     for (const char *p = text; (p = strstr(p, "genred_request_duration_seconds_count{")); p++)

@@ -7,8 +7,8 @@
  * the timeline and the spectrogram must show exactly what the API answers for
  * the same bytes; random bytes named .mp3 must show the API's 415 message, a
  * 2-second WAV dropped on the page its 422 message, an upload over the limit
- * its 413 message, an upload to a daemon whose one-request queue is held by a
- * 10-minute file its 503 message (and "Try again" must then succeed); with
+ * its 413 message, an upload to a daemon whose one classification slot is held
+ * by a 10-minute file (and no queue) its 503 message (and "Try again" must then succeed); with
  * API keys on, the page must load without one, ask for one, refuse a wrong
  * one with the API's message, and work once given the right one; the page
  * must fit a phone's width. Screenshots (desktop and phone) go to
@@ -429,10 +429,12 @@ test('the page fits a phone', { timeout: TEST_TIMEOUT_MS }, async () => {
 });
 
 test('a busy server\'s 503 is shown, and "Try again" then works', { timeout: TEST_TIMEOUT_MS }, async (t) => {
-  /* One worker, one chunk per pass, one request in the queue: while a
-   * 10-minute upload (200 chunks) is in inference, /readyz says 503 and so
-   * must the page's upload. Bounded: at most five tries to hit that window. */
-  const busy = await startDaemon(['--workers', '1', '--max-batch', '1', '--queue-capacity', '1',
+  /* One worker, one chunk per pass, one classification at a time and no
+   * queue: while a 10-minute upload (200 chunks) is classified, /readyz says
+   * 503 and so must the page's upload. Bounded: at most five tries to hit
+   * that window. */
+  const busy = await startDaemon(['--workers', '1', '--max-batch', '1',
+                                  '--max-active-requests', '1', '--queue-capacity', '0',
                                   '--max-duration-s', '900', '--max-upload-bytes', '32M']);
   const { context, page, problems } = await openPage({ viewport: { width: 1280, height: 900 } }, busy);
   try {
