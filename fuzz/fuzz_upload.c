@@ -36,6 +36,7 @@
 
 #include <libavutil/log.h>
 
+#include "genred/audio.h"
 #include "genred/config.h"
 #include "genred/engine.h"
 #include "genred/http.h"
@@ -74,6 +75,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     signal(SIGPIPE, SIG_IGN);
     verbose = getenv("GENRED_FUZZ_VERBOSE") != NULL;
     av_log_set_level(AV_LOG_QUIET);
+    audio_limit_libav();
     config cfg;
     config_defaults(&cfg);
     gr_err err = {0};

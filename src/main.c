@@ -19,6 +19,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "genred/audio.h"
 #include "genred/clock.h"
 #include "genred/config.h"
 #include "genred/engine.h"
@@ -508,6 +509,7 @@ int main(int argc, char **argv) {
     }
 
     av_log_set_level(cfg.log_level >= LOG_LEVEL_DEBUG ? AV_LOG_WARNING : AV_LOG_QUIET);
+    audio_limit_libav();
     wisdom_load(&cfg);
     if (is_features) {
         int rc = cmd_features(&cfg, &o);
