@@ -315,7 +315,8 @@ static body_kind body_kind_of(const char *ct) {
     static const char *const raw[] = {"audio/mpeg", "audio/mp3", "audio/wav", "audio/x-wav",
                                       "audio/wave", "audio/vnd.wave", "audio/flac",
                                       "audio/x-flac", "audio/ogg", "application/ogg",
-                                      "application/octet-stream"};
+                                      "audio/mp4", "audio/x-m4a", "audio/aiff",
+                                      "audio/x-aiff", "application/octet-stream"};
     if (!ct) return BODY_RAW; /* no type given: the bytes decide (415 if not audio) */
     if (media_type_is(ct, "multipart/form-data")) return BODY_MULTIPART;
     for (size_t i = 0; i < sizeof raw / sizeof *raw; i++)
@@ -502,8 +503,8 @@ static int request_begin(server *s, struct MHD_Connection *c, request *r, const 
     if (r->kind == BODY_NONE) {
         *ret = fail(c, r, GR_EUNSUPPORTED,
                     "unsupported Content-Type: send multipart/form-data (field 'file') "
-                    "or audio/mpeg, audio/wav, audio/flac, audio/ogg, "
-                    "application/octet-stream");
+                    "or audio/mpeg, audio/wav, audio/flac, audio/ogg, audio/mp4, "
+                    "audio/aiff, application/octet-stream");
         return 1;
     }
     if (r->kind == BODY_MULTIPART) {

@@ -25,7 +25,7 @@ import pytest
 
 CLASSIFY = "/v1/classify"
 CONTENT_TYPES = {".mp3": "audio/mpeg", ".wav": "audio/wav", ".flac": "audio/flac",
-                 ".ogg": "audio/ogg"}
+                 ".ogg": "audio/ogg", ".m4a": "audio/mp4", ".aiff": "audio/aiff"}
 UPLOAD_LIMIT = 8 * 1024 * 1024  # the daemons' --max-upload-bytes 8M
 TRIM_S = 15.0                    # the default trim at each end
 
@@ -164,7 +164,9 @@ def test_web_page_is_served(daemon, api, source_dir, route):
 
 EXCERPTS = [("excerpt_mp3", "audio/mpeg", 0.1), ("excerpt_mp3", "application/octet-stream", 0.1),
             ("excerpt_wav", "audio/wav", 0.01), ("excerpt_wav", "audio/x-wav", 0.01),
-            ("excerpt_flac", "audio/flac", 0.01), ("excerpt_ogg", "audio/ogg", 0.1)]
+            ("excerpt_flac", "audio/flac", 0.01), ("excerpt_ogg", "audio/ogg", 0.1),
+            ("excerpt_m4a", "audio/mp4", 0.05), ("excerpt_m4a", "audio/x-m4a", 0.05),
+            ("excerpt_aiff", "audio/aiff", 0.01), ("excerpt_aiff", "audio/x-aiff", 0.01)]
 
 
 @pytest.mark.parametrize("name,content_type,duration_tol", EXCERPTS,
@@ -205,6 +207,20 @@ def test_multipart_equals_raw_upload(daemon, api, check_classify, audio, classif
     raw = classified("excerpt_mp3")
     for key in ("genres", "top", "chunks", "duration_s", "analyzed", "model"):
         assert ans[key] == raw[key], key
+
+
+def test_every_documented_content_type_is_accepted(daemon, api, check_classify, audio):
+    """openapi.yaml's raw Content-Types are the ones http.c accepts: each
+    gets an answer (the bytes decide the format, so one file serves all)."""
+    body = audio.excerpt_wav.read_bytes()
+    types = [t for t in api.doc["paths"][CLASSIFY]["post"]["requestBody"]["content"]
+             if t != "multipart/form-data"]
+    assert {"audio/mp4", "audio/x-m4a", "audio/aiff", "audio/x-aiff"} <= set(types), types
+    for ctype in types:
+        expect_answer(api, check_classify, post_audio(daemon, body, ctype))
+    for ctype in ("audio/x-ms-wma", "video/mp4", "audio/aac", "text/plain"):
+        r = post_audio(daemon, body, ctype)
+        assert r.status_code == 415, (ctype, r.status_code)
 
 
 def test_no_content_type_is_octet_stream(daemon, api, check_classify, audio, classified):
