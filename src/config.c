@@ -4,7 +4,9 @@
  * the conf file, GENRED_* variables and command-line flags all end in
  * config_set(), so a value is validated the same way wherever it comes from.
  * config_print() writes the conf-file syntax config_load_file() reads, so a
- * printed configuration loads back to the same struct.
+ * printed configuration loads back to the same struct (from the working
+ * directory: a relative path in a conf file names a file beside it, so one
+ * printed into another folder names other files).
  *
  * What it does not do: decide precedence (main() calls the layers in order)
  * or parse argv (main() splits --key=value and hands the pair over). */
@@ -382,6 +384,26 @@ static conf_line split_line(char *s, char **key_out, char **value_out, const cha
     return CONF_SETTING;
 }
 
+/* A path in a conf file names a file beside it when it is relative: it is
+ * joined to the folder of the conf file (as the conf file was named), so
+ * the file reads the same from any working directory. */
+static int set_from_file(config *c, const char *conf, const char *key_name, const char *value,
+                         gr_err *err) {
+    const key *k = find_key(key_name);
+    const char *slash = strrchr(conf, '/');
+    if (!k || (k->kind != KIND_PATH && k->kind != KIND_OPT_PATH) || value[0] == '\0' ||
+        value[0] == '/' || !slash)
+        return config_set(c, key_name, value, err);
+    char joined[sizeof c->model];
+    size_t dir = (size_t)(slash - conf) + 1, n = strlen(value);
+    if (dir + n >= sizeof joined || dir + n >= k->size)
+        return gr_fail(err, GR_ECONFIG, "%s: path too long once joined to the conf file's folder",
+                       k->name);
+    memcpy(joined, conf, dir);
+    memcpy(joined + dir, value, n + 1);
+    return config_set(c, key_name, joined, err);
+}
+
 int config_load_file(config *c, const char *path, gr_err *err) {
     FILE *f = fopen(path, "r");
     if (!f) return gr_fail(err, GR_EFILE, "%s: cannot open: %s", path, strerror(errno));
@@ -404,7 +426,7 @@ int config_load_file(config *c, const char *path, gr_err *err) {
         gr_err e;
         if (kind == CONF_MALFORMED)
             rc = gr_fail(err, GR_ECONFIG, "%s:%u: %s", path, lines.lineno, why);
-        else if (kind == CONF_SETTING && config_set(c, k, v, &e) < 0)
+        else if (kind == CONF_SETTING && set_from_file(c, path, k, v, &e) < 0)
             rc = gr_fail(err, e.status, "%s:%u: %s", path, lines.lineno, e.msg);
     }
     if (rc == 0 && got == LINE_FAILED) rc = -1;

@@ -53,7 +53,10 @@ void config_defaults(config *c);
 /* Sets one key from its text value. Unknown key or bad value -> -1. */
 int config_set(config *c, const char *key, const char *value, gr_err *err);
 
-/* Applies a conf file; errors name the file and line. */
+/* Applies a conf file; errors name the file and line. A relative path in
+ * it (model, api_keys_file, tls_*_file, fftw_wisdom) is relative to the
+ * folder holding the file; in the environment or a flag, to the working
+ * directory. */
 int config_load_file(config *c, const char *path, gr_err *err);
 
 /* Applies every GENRED_<KEY> variable of the environment (key upper-cased,
