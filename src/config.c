@@ -13,6 +13,7 @@
 #include "genred/config.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -33,6 +34,7 @@ typedef enum key_kind {
     KIND_ADDRESS,   /* char[]: literal IPv4 or IPv6 address */
     KIND_PATH,      /* char[]: non-empty, no control characters */
     KIND_OPT_PATH,  /* char[]: a KIND_PATH, or "" for none */
+    KIND_ORIGINS,   /* char[]: web origins, comma or space separated; "*"; or "" */
     KIND_LOG_LEVEL, /* log_level: error | warn | info | debug */
     KIND_INT,       /* int */
     KIND_COUNT,     /* size_t, plain integer */
@@ -69,6 +71,7 @@ static const key keys[] = {
     {"request_timeout_s", KIND_SECONDS, FIELD(request_timeout_s), 0, 86400},
     {"shutdown_timeout_s", KIND_SECONDS, FIELD(shutdown_timeout_s), 0, 3600},
     {"api_keys_file", KIND_OPT_PATH, FIELD(api_keys_file), 0, 0},
+    {"cors_origins", KIND_ORIGINS, FIELD(cors_origins), 0, 0},
     {"tls_cert_file", KIND_OPT_PATH, FIELD(tls_cert_file), 0, 0},
     {"tls_key_file", KIND_OPT_PATH, FIELD(tls_key_file), 0, 0},
     {"log_level", KIND_LOG_LEVEL, FIELD(log_level), 0, 0},
@@ -229,6 +232,75 @@ static void format_seconds(double v, char buf[40]) {
     }
 }
 
+/* Separators of a cors_origins list. */
+static int is_origin_separator(char ch) { return ch == ',' || ch == ' ' || ch == '\t'; }
+
+/* An origin exactly as a browser sends it in Origin (RFC 6454's
+ * serialisation): http or https, a lower-case host name or a bracketed
+ * IPv6 address, a port only when it is not the scheme's default, nothing
+ * after. Anything else would never match, so it is refused. */
+static int origin_valid(const char *s, size_t n) {
+    size_t at;
+    unsigned default_port;
+    if (n > 7 && memcmp(s, "http://", 7) == 0) at = 7, default_port = 80;
+    else if (n > 8 && memcmp(s, "https://", 8) == 0) at = 8, default_port = 443;
+    else return 0;
+    size_t host = at;
+    if (s[at] == '[') {
+        while (++at < n && s[at] != ']')
+            if (!strchr("0123456789abcdef:.", s[at])) return 0;
+        if (at == n || at == host + 1) return 0;
+        at++;
+    } else {
+        while (at < n && (islower((unsigned char)s[at]) || isdigit((unsigned char)s[at]) ||
+                          s[at] == '-' || s[at] == '.'))
+            at++;
+        if (at == host) return 0;
+    }
+    if (at == n) return 1;
+    if (s[at] != ':' || n - at < 2 || n - at > 6 || s[at + 1] == '0') return 0;
+    unsigned long port = 0;
+    for (size_t i = at + 1; i < n; i++) {
+        if (!isdigit((unsigned char)s[i])) return 0;
+        port = port * 10 + (unsigned long)(s[i] - '0');
+    }
+    return port >= 1 && port <= 65535 && port != default_port;
+}
+
+/* cors_origins: "", "*", or origins separated by commas and blanks. */
+static int origins_valid(const char *value, char show[64], const char **why) {
+    if (strcmp(value, "*") == 0) return 1;
+    for (const char *p = value; *p;) {
+        while (is_origin_separator(*p)) p++;
+        size_t n = 0;
+        while (p[n] && !is_origin_separator(p[n])) n++;
+        if (n == 0) break;
+        if (!origin_valid(p, n)) {
+            snprintf(show, 64, "%.*s%s", n > 48 ? 48 : (int)n, p, n > 48 ? "..." : "");
+            for (char *q = show; *q; q++)
+                if ((unsigned char)*q < 0x20 || *q == 0x7f) *q = '?';
+            *why = strcmp(show, "*") == 0 ? "'*' stands alone, for any origin" : NULL;
+            return 0;
+        }
+        p += n;
+    }
+    return 1;
+}
+
+int config_origin_allowed(const config *c, const char *origin) {
+    if (!origin || !origin[0] || !c->cors_origins[0]) return 0;
+    if (strcmp(c->cors_origins, "*") == 0) return 1;
+    size_t want = strlen(origin);
+    for (const char *p = c->cors_origins; *p;) {
+        while (is_origin_separator(*p)) p++;
+        size_t n = 0;
+        while (p[n] && !is_origin_separator(p[n])) n++;
+        if (n == want && memcmp(p, origin, n) == 0) return 1;
+        p += n;
+    }
+    return 0;
+}
+
 static int set_string(const key *k, char *field, const char *value,
                       gr_err *err) {
     char show[64];
@@ -244,6 +316,17 @@ static int set_string(const key *k, char *field, const char *value,
             return gr_fail(err, GR_ECONFIG,
                            "%s: expected a literal IPv4 or IPv6 address, got '%s'",
                            k->name, shown(value, show));
+        break;
+    }
+    case KIND_ORIGINS: {
+        char bad[64];
+        const char *why = NULL;
+        if (!origins_valid(value, bad, &why))
+            return gr_fail(err, GR_ECONFIG,
+                           "%s: '%s' is not an origin as browsers send it: %s", k->name, bad,
+                           why ? why
+                               : "scheme://host[:port], http or https, lower case, no path, "
+                                 "no default port (e.g. https://app.example.com)");
         break;
     }
     case KIND_PATH:
@@ -278,6 +361,7 @@ int config_set(config *c, const char *key_name, const char *value, gr_err *err) 
     case KIND_ADDRESS:
     case KIND_PATH:
     case KIND_OPT_PATH:
+    case KIND_ORIGINS:
         return set_string(k, field, value, err);
     case KIND_LOG_LEVEL:
         for (size_t i = 0; i < LOG_LEVEL_COUNT; i++) {
@@ -503,7 +587,8 @@ void config_print(const config *c, FILE *f) {
         }
         case KIND_ADDRESS:
         case KIND_PATH:
-        case KIND_OPT_PATH: {
+        case KIND_OPT_PATH:
+        case KIND_ORIGINS: {
             /* Bounded even if the struct was filled without config_set(). */
             char s[sizeof c->model];
             size_t n = strnlen(field, k->size - 1);

@@ -33,6 +33,7 @@ static void assert_config_equal(const config *a, const config *b) {
     assert_true(a->request_timeout_s == b->request_timeout_s);
     assert_true(a->shutdown_timeout_s == b->shutdown_timeout_s);
     assert_string_equal(a->api_keys_file, b->api_keys_file);
+    assert_string_equal(a->cors_origins, b->cors_origins);
     assert_string_equal(a->tls_cert_file, b->tls_cert_file);
     assert_string_equal(a->tls_key_file, b->tls_key_file);
     assert_int_equal(a->log_level, b->log_level);
@@ -156,6 +157,12 @@ static void test_set_every_key(void **state) {
     assert_string_equal(c.api_keys_file, "/etc/genred/keys");
     set_ok(&c, "api-keys-file", ""); /* optional paths may be emptied again */
     assert_string_equal(c.api_keys_file, "");
+    set_ok(&c, "cors_origins", "https://app.example.com, http://127.0.0.1:3000 http://[::1]:8000");
+    assert_string_equal(c.cors_origins,
+                        "https://app.example.com, http://127.0.0.1:3000 http://[::1]:8000");
+    set_ok(&c, "cors-origins", "*");
+    set_ok(&c, "cors_origins", "");
+    assert_string_equal(c.cors_origins, "");
     set_ok(&c, "tls_cert_file", "/etc/genred/cert.pem");
     assert_string_equal(c.tls_cert_file, "/etc/genred/cert.pem");
     set_ok(&c, "tls_key_file", "key.pem");
@@ -217,6 +224,16 @@ static void test_bad_values_refused(void **state) {
         {"tls_key_file", "\t"},  {"log_level", "DEBUG"},
         {"log_level", "trace"},   {"log_level", ""},
         {"log_level", "info "},
+        /* Origins a browser never sends as written: they would never match. */
+        {"cors_origins", "app.example.com"}, {"cors_origins", "https://app.example.com/"},
+        {"cors_origins", "https://App.example.com"}, {"cors_origins", "HTTPS://a.example"},
+        {"cors_origins", "https://a.example:443"}, {"cors_origins", "http://a.example:80"},
+        {"cors_origins", "http://a.example:0"}, {"cors_origins", "http://a.example:65536"},
+        {"cors_origins", "http://a.example:08080"}, {"cors_origins", "http://a.example:"},
+        {"cors_origins", "ftp://a.example"},  {"cors_origins", "null"},
+        {"cors_origins", "https://a.example, *"}, {"cors_origins", "http://[::1"},
+        {"cors_origins", "http://[]"},        {"cors_origins", "http://a.example;b"},
+        {"cors_origins", "http://a\nhttp://b"}, {"cors_origins", "https://"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         config c, before;
@@ -501,6 +518,7 @@ static void test_print_round_trip(void **state) {
     set_ok(&c, "request_timeout_s", "2.5");
     set_ok(&c, "shutdown_timeout_s", "0.5");
     set_ok(&c, "api_keys_file", "/k # keys");
+    set_ok(&c, "cors_origins", "http://127.0.0.1:3000 https://a.example");
     set_ok(&c, "tls_cert_file", "c.pem");
     set_ok(&c, "tls_key_file", "'k.pem'");
     set_ok(&c, "log_level", "error");
@@ -543,6 +561,29 @@ static void test_validate(void **state) {
     assert_int_equal(config_validate(&c, &err), 0);
     set_ok(&c, "tls_cert_file", "");
     assert_int_equal(config_validate(&c, &err), -1);
+}
+
+/* cors_origins matches an Origin header byte for byte, one listed origin
+ * at a time; "*" matches any; "" none. */
+static void test_origin_allowed(void **state) {
+    (void)state;
+    config c;
+    config_defaults(&c);
+    assert_false(config_origin_allowed(&c, "https://app.example.com"));
+    set_ok(&c, "cors_origins", " https://app.example.com,http://127.0.0.1:3000 ,\thttp://[::1]:8 ");
+    static const char *const yes[] = {"https://app.example.com", "http://127.0.0.1:3000",
+                                      "http://[::1]:8"};
+    for (size_t i = 0; i < sizeof yes / sizeof *yes; i++) assert_true(config_origin_allowed(&c, yes[i]));
+    static const char *const no[] = {"", "https://app.example.co", "https://app.example.com.evil",
+                                     "http://app.example.com", "http://127.0.0.1:300",
+                                     "http://127.0.0.1:30000", "https://app.example.com,", "null",
+                                     "http://[::1]:80", "*"};
+    for (size_t i = 0; i < sizeof no / sizeof *no; i++)
+        if (config_origin_allowed(&c, no[i])) fail_msg("'%s' allowed", no[i]);
+    assert_false(config_origin_allowed(&c, NULL));
+    set_ok(&c, "cors_origins", "*");
+    assert_true(config_origin_allowed(&c, "https://anywhere.example"));
+    assert_false(config_origin_allowed(&c, ""));
 }
 
 /* Relative paths in a conf file name files beside it; elsewhere (flags,
@@ -652,6 +693,7 @@ int main(void) {
         cmocka_unit_test(test_print_round_trip),
         cmocka_unit_test(test_validate),
         cmocka_unit_test(test_paths_relative_to_the_file),
+        cmocka_unit_test(test_origin_allowed),
         cmocka_unit_test(test_shipped_conf_is_defaults),
         cmocka_unit_test(test_workers),
     };
