@@ -18,7 +18,8 @@
  *
  * The model is models/gtzan-cnn.gmodel of the source tree (compiled in), or
  * $GENRED_FUZZ_MODEL. Limits are small so valid audio costs little: 1 MiB
- * uploads, 60 s of audio, one worker.
+ * uploads, 60 s of audio, one worker; one origin may call it from a browser
+ * (cors_origins), so CORS headers and preflights are on the path too.
  *
  * What it does not do: TLS, API keys, signals (the daemon's own tests). */
 #include <arpa/inet.h>
@@ -88,6 +89,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
         config_set(&cfg, "max_upload_bytes", "1M", &err) != 0 ||
         config_set(&cfg, "max_duration_s", "60", &err) != 0 ||
         config_set(&cfg, "idle_timeout_s", "5", &err) != 0 ||
+        config_set(&cfg, "cors_origins", "http://127.0.0.1:3000", &err) != 0 ||
         config_set(&cfg, "log_level", "error", &err) != 0)
         die("config", err.msg);
     if (!(fx.met = metrics_create(&err))) die("metrics_create", err.msg);
