@@ -7,8 +7,9 @@
  *   genred --check-config FILE
  *
  * Settings come in layers: defaults, the conf file (--config or
- * $GENRED_CONFIG), GENRED_* environment variables, then flags. This is the
- * only file with process-wide concerns: signals, exit codes, stdout. */
+ * $GENRED_CONFIG; for the binary run from its build folder, the checkout's),
+ * GENRED_* environment variables, then flags. This is the only file with
+ * process-wide concerns: signals, exit codes, stdout, libav's globals. */
 #include <errno.h>
 #include <libavutil/log.h>
 #include <limits.h>
@@ -56,7 +57,8 @@ static void usage(FILE *f) {
             "  genred --check-config FILE                        validate and print a config\n"
             "  genred --version | --help\n\n"
             "options:\n"
-            "  --config FILE      conf file (default: $GENRED_CONFIG, else built-in defaults)\n"
+            "  --config FILE      conf file (default: $GENRED_CONFIG, else none; run from\n"
+            "                     its build folder, the checkout's conf/genred.conf)\n"
             "  --trim 0|1         classify/features: apply the trim rule (default 1)\n"
             "  --segments 0|1     classify: add the per-chunk timeline (default 0)\n"
             "  --params FILE      features: feature parameters (JSON) instead of the model's\n"
