@@ -207,7 +207,7 @@ static int header_claims_fit(const char *format, const uint8_t *p, size_t len) {
  *
  * The mov demuxer reads far more than music files need. Before it runs, the
  * file's top-level boxes (and the moov box's children) are walked here with
- * lavf's own rules for box sizes, and three kinds of file are refused:
+ * lavf's own rules for box sizes, and four kinds of file are refused:
  *   - fragmented MP4 (a top-level moof, sidx or mfra, or an mvex in moov):
  *     streaming segments, not music files, whose fragment index lavf grows
  *     one moof at a time; 415, with the remux that fixes it;
@@ -217,7 +217,10 @@ static int header_claims_fit(const char *format, const uint8_t *p, size_t len) {
  *     in the upload proves no cmov can be inflated, wherever it is nested;
  *   - a top-level box other than mdat that claims more bytes than were
  *     uploaded, i.e. a moov cut short: 422. An mdat cut short decodes what
- *     is there, as a truncated MP3 or WAV does.
+ *     is there, as a truncated MP3 or WAV does;
+ *   - a track whose sample table claims more samples than the upload has
+ *     bytes (mp4_samples_fit()): 422. Tables hidden elsewhere in the moov,
+ *     where lavf reads them too, are bounded by audio_limit_libav().
  * After the header is read, job_open_container() refuses a video track (an
  * attached picture, i.e. cover art, is not one).
  *
@@ -225,8 +228,8 @@ static int header_claims_fit(const char *format, const uint8_t *p, size_t len) {
  * lavf would open for the samples) are never followed: enable_drefs is set
  * to 0 explicitly (lavf's default), nested opens are refused
  * (refuse_nested_open()) and the protocol whitelist is empty. A track whose
- * data lies elsewhere has no packets: 422 (tests/test_audio.c proves no
- * open is even attempted). */
+ * data lies elsewhere has no packets: 422 (tests/test_hostile.py proves,
+ * with inotify, that no open is even attempted). */
 
 #define BOX(a, b, c, d) ((uint32_t)(a) << 24 | (uint32_t)(b) << 16 | (uint32_t)(c) << 8 | (uint32_t)(d))
 
