@@ -35,6 +35,12 @@
  * with WWW-Authenticate. Headers are never logged, so keys never reach the
  * logs.
  *
+ * Browsers (CORS): a page of an origin cors_origins lists may call the API;
+ * every answer to it carries Access-Control-Allow-Origin, errors included,
+ * and OPTIONS, which every route answers without a key, tells its preflight
+ * the route's methods and the headers it may send. An origin not listed
+ * gets no CORS headers, and the browser keeps the answer from its page.
+ *
  * Connections: beyond max_connections open at once, requests get 503 busy
  * (Retry-After, Connection: close) at once, except /healthz and /readyz,
  * which PROBE_HEADROOM more connections keep answerable under overload; past
@@ -178,17 +184,50 @@ typedef struct request {
     size_t bytes_out;            /* response body bytes queued */
     int close;                   /* answer with Connection: close */
     apikeys_verdict auth;        /* why a 401 was sent (WWW-Authenticate) */
+    const char *origin;          /* Origin, when cors_origins allows it (MHD's copy) */
+    int options;                 /* an OPTIONS request: respond_options() answers */
     char top[64];                /* top genre, for the log line */
 } request;
 
+/* ---- CORS ----------------------------------------------------------------- */
+
+/* What a page of an allowed origin may send besides what CORS always lets
+ * it (Authorization too when keys are on), and read of an answer besides
+ * the CORS-safelisted headers. */
+#define CORS_REQUEST_HEADERS "Content-Type, X-Request-Id"
+#define CORS_EXPOSED_HEADERS "X-Request-Id, Retry-After, WWW-Authenticate, Allow"
+#define CORS_MAX_AGE_S "600" /* how long a browser may keep a preflight's answer */
+
+/* The request's Origin when cors_origins allows that origin, else NULL. */
+static const char *cors_origin(const server *s, struct MHD_Connection *c) {
+    if (!s->cfg.cors_origins[0]) return NULL;
+    const char *origin = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Origin");
+    return config_origin_allowed(&s->cfg, origin) ? origin : NULL;
+}
+
+/* On every answer: whom it is for. With "*" any origin may read it, so the
+ * header says "*" rather than echo what the client sent; otherwise the
+ * origin, which matched a listed one byte for byte. Vary keeps caches from
+ * handing one origin's answer to another. */
+static void add_cors_headers(struct MHD_Response *resp, const request *r) {
+    const config *cfg = &r->srv->cfg;
+    if (!cfg->cors_origins[0]) return;
+    MHD_add_response_header(resp, "Vary", "Origin");
+    if (!r->origin) return;
+    MHD_add_response_header(resp, "Access-Control-Allow-Origin",
+                            strcmp(cfg->cors_origins, "*") == 0 ? "*" : r->origin);
+    MHD_add_response_header(resp, "Access-Control-Expose-Headers", CORS_EXPOSED_HEADERS);
+}
+
 /* ---- responses ---------------------------------------------------------- */
 
-/* Headers every answer carries: the request id, and, while stopping or when
- * refused for too many connections, the request to close the connection (a
- * keep-alive client would otherwise send its next request to a server that
- * is going away, or keep holding a slot it was refused). */
+/* Headers every answer carries: the request id, CORS's, and, while stopping
+ * or when refused for too many connections, the request to close the
+ * connection (a keep-alive client would otherwise send its next request to
+ * a server that is going away, or keep holding a slot it was refused). */
 static void add_common_headers(struct MHD_Response *resp, const request *r) {
     MHD_add_response_header(resp, "X-Request-Id", r->id);
+    add_cors_headers(resp, r);
     if (r->close || atomic_load(&r->srv->stopping))
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
 }
@@ -600,7 +639,8 @@ static body_kind body_kind_of(const char *ct) {
     static const char *const raw[] = {"audio/mpeg", "audio/mp3", "audio/wav", "audio/x-wav",
                                       "audio/wave", "audio/vnd.wave", "audio/flac",
                                       "audio/x-flac", "audio/ogg", "application/ogg",
-                                      "application/octet-stream"};
+                                      "audio/mp4", "audio/x-m4a", "audio/aiff",
+                                      "audio/x-aiff", "application/octet-stream"};
     if (!ct) return BODY_RAW; /* no type given: the bytes decide (415 if not audio) */
     if (media_type_is(ct, "multipart/form-data")) return BODY_MULTIPART;
     for (size_t i = 0; i < sizeof raw / sizeof *raw; i++)
@@ -716,10 +756,42 @@ static enum MHD_Result handle_openapi(struct MHD_Connection *c, request *r) {
     return respond(c, r, 200, "application/yaml", copy, asset_openapi_yaml_len);
 }
 
+/* OPTIONS, on any route: the methods it answers (Allow), and, for a CORS
+ * preflight of an allowed origin, what its page may then send: the route's
+ * methods, the headers (Authorization among them when keys are on) and for
+ * how long the browser may keep this answer. A browser sends no key with a
+ * preflight, so none is asked. Chromium's Private Network Access asks the
+ * same of a public page calling genred on a private address. */
+static enum MHD_Result respond_options(server *s, struct MHD_Connection *c, request *r) {
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+    if (!resp) return MHD_NO;
+    add_common_headers(resp, r);
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, route_allow_header(r->route));
+    if (r->origin &&
+        MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Access-Control-Request-Method")) {
+        MHD_add_response_header(resp, "Access-Control-Allow-Methods",
+                                route_allow_header(r->route));
+        MHD_add_response_header(resp, "Access-Control-Allow-Headers",
+                                s->cfg.api_keys_file[0] ? CORS_REQUEST_HEADERS ", Authorization"
+                                                        : CORS_REQUEST_HEADERS);
+        MHD_add_response_header(resp, "Access-Control-Max-Age", CORS_MAX_AGE_S);
+        const char *pna = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+                                                      "Access-Control-Request-Private-Network");
+        if (pna && strcmp(pna, "true") == 0)
+            MHD_add_response_header(resp, "Access-Control-Allow-Private-Network", "true");
+    }
+    r->status = MHD_HTTP_NO_CONTENT;
+    enum MHD_Result ret = MHD_queue_response(c, MHD_HTTP_NO_CONTENT, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
 /* The last callback of a request that was not refused early: the handler
  * its route names. No default: a handler added to routes.h and not here is
  * a compile error (-Wswitch), never a route that answers something else. */
 static enum MHD_Result dispatch(server *s, struct MHD_Connection *c, request *r) {
+    if (r->options) return respond_options(s, c, r);
     switch (r->route->handler) {
     case HANDLE_CLASSIFY: return handle_classify(s, c, r);
     case HANDLE_HEALTH: return respond_json(c, r, 200, json_pack("{s:s}", "status", "ok"));
@@ -800,6 +872,7 @@ static const listener *listener_of(const server *s, struct MHD_Connection *c) {
  * queued already (early refusal). */
 static int request_begin(server *s, struct MHD_Connection *c, request *r, const char *url,
                          const char *method, const char *version, enum MHD_Result *ret) {
+    r->origin = cors_origin(s, c);
     if (framing_check(c, version, &r->err) != 0 || r->bad_target) {
         if (r->bad_target)
             gr_fail(&r->err, GR_EBADREQ, "the request target holds a control character "
@@ -822,6 +895,10 @@ static int request_begin(server *s, struct MHD_Connection *c, request *r, const 
         r->close = 1;
         *ret = fail(c, r, GR_EBUSY, "too many connections, retry later");
         return 1;
+    }
+    if (strcmp(method, MHD_HTTP_METHOD_OPTIONS) == 0) {
+        r->options = 1; /* answered once the request is read: keep-alive */
+        return 0;
     }
     if (r->route->access == ROUTE_KEYED && !authorized(s, c, r)) {
         *ret = fail(c, r, GR_EUNAUTHORIZED,
@@ -865,8 +942,8 @@ static int request_begin(server *s, struct MHD_Connection *c, request *r, const 
     if (r->kind == BODY_NONE) {
         *ret = fail(c, r, GR_EUNSUPPORTED,
                     "unsupported Content-Type: send multipart/form-data (field 'file') "
-                    "or audio/mpeg, audio/wav, audio/flac, audio/ogg, "
-                    "application/octet-stream");
+                    "or audio/mpeg, audio/wav, audio/flac, audio/ogg, audio/mp4, "
+                    "audio/aiff, application/octet-stream");
         return 1;
     }
     if (r->kind == BODY_MULTIPART) {

@@ -26,13 +26,13 @@ int route_allows(const route *r, const char *method) {
     if (strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0)
         return (r->methods & ROUTE_GET) != 0;
     if (strcmp(method, "POST") == 0) return (r->methods & ROUTE_POST) != 0;
-    return 0;
+    return strcmp(method, "OPTIONS") == 0;
 }
 
 const char *route_allow_header(const route *r) {
     switch (r->methods & (ROUTE_GET | ROUTE_POST)) {
-    case ROUTE_GET: return "GET, HEAD";
-    case ROUTE_POST: return "POST";
-    default: return "GET, HEAD, POST";
+    case ROUTE_GET: return "GET, HEAD, OPTIONS";
+    case ROUTE_POST: return "POST, OPTIONS";
+    default: return "GET, HEAD, POST, OPTIONS";
     }
 }

@@ -420,6 +420,17 @@ class Audio:
                             "-c:a", "libvorbis", "-q:a", "5")
 
     @functools.cached_property
+    def excerpt_m4a(self):
+        """AAC in M4A, as iTunes libraries and most downloads hold music."""
+        return self._ffmpeg("excerpt.m4a", "-i", self.excerpt_flac, "-ar", "44100", "-ac", "2",
+                            "-c:a", "aac", "-b:a", "192k")
+
+    @functools.cached_property
+    def excerpt_aiff(self):
+        return self._ffmpeg("excerpt.aiff", "-i", self.excerpt_flac, "-ar", "44100", "-ac", "2",
+                            "-c:a", "pcm_s16be")
+
+    @functools.cached_property
     def song_sources(self):
         return self.excerpts(6)
 

@@ -47,14 +47,27 @@ max_connections_per_client, on the main port) and a classification
 completing; 200 uploads of a byte a second hold no classification slot and
 get 408; SIGTERM with uploads waiting for the slot lets them finish within
 shutdown_timeout_s, and past it answers "shutting down" and counts them.
+  MP4 with a video track only, or video and audio ...... 415 (audio files only)
+  fragmented MP4 (moof) ................................ 415
+  MP4 with a compressed moov (cmov, a zlib bomb) ....... 415
+  MP4 whose moov is cut short .......................... 422
+  MP4 whose data reference (dref) names /etc/passwd .... 422: the track has no
+    samples, nothing is opened (test_mp4_data_reference_opens_nothing)
+  MP4 with a 'url ' data reference to a file ........... 200: lavf reads those
+    tracks from the upload itself
+  MP4 sample table claiming 80 million samples ......... 422 (was 1.9 GB of
+    memory and 5 s); hidden outside its stbl: 422 within AUDIO_LIBAV_MAX_ALLOC
+    (test_mp4_sample_table_bombs_cost_little_memory)
 
 What it does not do: the limits of other configurations (test_api.py), load
 over time (soak.py), arbitrary bytes (fuzz/).
 """
+import ctypes
 import http.client
 import io
 import json
 import math
+import os
 import pathlib
 import random
 import re
@@ -62,6 +75,7 @@ import select
 import signal
 import socket
 import struct
+import subprocess
 import threading
 import time
 import zipfile
@@ -70,6 +84,7 @@ import zlib
 import pytest
 
 import conftest
+import mp4box
 
 CLASSIFY = "/v1/classify"
 UPLOAD_LIMIT = 32 * 1024 * 1024   # this module's daemon: room for the 8-channel case
@@ -306,7 +321,48 @@ class Inputs:
         self.zip = zip_bytes()
         self.float8 = float_8ch_192k()
         self.cover = cover_art_tag(5 * 1024 * 1024) + self.mp3
+        self.m4a = audio.excerpt_m4a.read_bytes()     # 30 s AAC, moov after mdat
         self._silence = None
+        self._mp4 = {}
+
+    def mp4(self, name, *args):
+        """An MP4 made by the ffmpeg CLI with args (input options and all)."""
+        if name not in self._mp4:
+            self._mp4[name] = self.audio._ffmpeg(name, *args).read_bytes()
+        return self._mp4[name]
+
+    def video_only_mp4(self):
+        return self.mp4("video.mp4", "-f", "lavfi", "-i", "testsrc=size=64x48:rate=5",
+                        "-t", "2", "-c:v", "mpeg4")
+
+    def video_and_audio_mp4(self):
+        return self.mp4("video-audio.mp4", "-f", "lavfi", "-i", "testsrc=size=64x48:rate=5",
+                        "-i", self.audio.excerpt_m4a, "-t", "10", "-c:v", "mpeg4",
+                        "-c:a", "copy")
+
+    def fragmented_m4a(self):
+        return self.mp4("fragmented.m4a", "-i", self.audio.excerpt_m4a, "-c", "copy",
+                        "-movflags", "frag_keyframe+empty_moov")
+
+    def faststart_m4a(self):
+        return self.mp4("faststart.m4a", "-i", self.audio.excerpt_m4a, "-c", "copy",
+                        "-movflags", "faststart")
+
+    def sample_table_bomb(self, hidden, count=80_000_000):
+        """The m4a with a constant-size stsz claiming count samples, all in
+        its first chunk: in its stbl, or (hidden) moved to an edts box
+        before it, where lavf reads it all the same."""
+        top = mp4box.root(self.m4a)
+        trak = mp4box.audio_track(top)
+        stbl = trak.find(b"mdia", b"minf", b"stbl")
+        bomb = [mp4box.Box(b"stsz", b"\0\0\0\0" + struct.pack(">II", 16, count)),
+                mp4box.Box(b"stsc", b"\0\0\0\0" + struct.pack(">IIII", 1, 1, count, 1))]
+        stbl.boxes = [b for b in stbl.boxes if b.kind not in (b"stsz", b"stsc")]
+        if hidden:
+            trak.boxes.insert(0, mp4box.Box(b"edts", boxes=bomb))
+        else:
+            stbl.boxes += bomb
+        return mp4box.write(top.boxes)
 
     @property
     def silence_hour(self):
@@ -727,6 +783,73 @@ def query_parameter_flood(d, api, cc, inp):
     (r,) = exchange(d.port, request_bytes(d.port, inp.tone, "audio/wav",
                                           path=f"{CLASSIFY}?trim=1&segments=0&mel=0"))
     check_answer(api, cc, *r, chunks=1)
+@case
+def mp4_video_track_only(d, api, cc, inp):
+    check_error(api, *post(d, inp.video_only_mp4(), "audio/mp4"), 415, "unsupported_media",
+                "video track")
+
+
+@case
+def mp4_video_and_audio(d, api, cc, inp):
+    check_error(api, *post(d, inp.video_and_audio_mp4(), "application/octet-stream"), 415,
+                "unsupported_media", "video track")
+
+
+@case
+def mp4_fragmented(d, api, cc, inp):
+    check_error(api, *post(d, inp.fragmented_m4a(), "audio/mp4"), 415, "unsupported_media",
+                "fragmented MP4")
+
+
+@case
+def mp4_compressed_moov(d, api, cc, inp):
+    # 256 KB that lavf would inflate into 256 MB and parse as a moov.
+    body = mp4box.with_compressed_moov(inp.m4a, 256 << 20)
+    check_error(api, *post(d, body, "audio/mp4"), 415, "unsupported_media", "cmov")
+
+
+@case
+def mp4_moov_cut_short(d, api, cc, inp):
+    data = inp.faststart_m4a()
+    moov = data.index(b"moov") - 4
+    size = struct.unpack(">I", data[moov:moov + 4])[0]
+    check_error(api, *post(d, data[:moov + size // 2], "audio/mp4"), 422,
+                "unprocessable_audio", "'moov' box claims more bytes")
+
+
+@case
+def mp4_mdat_cut_short(d, api, cc, inp):
+    # moov first: the samples that arrived (a third of them) are analysed.
+    data = inp.faststart_m4a()
+    mdat = data.index(b"mdat") + 4
+    ans = check_answer(api, cc, *post(d, data[:mdat + (len(data) - mdat) // 3], "audio/mp4"))
+    assert 9.0 < ans["duration_s"] < 11.0, ans
+
+
+@case
+def mp4_dref_to_etc_passwd(d, api, cc, inp):
+    body = mp4box.with_alias(inp.m4a, "/etc/passwd")
+    err = check_error(api, *post(d, body, "audio/mp4"), 422, "unprocessable_audio")
+    assert "root:" not in err["error"]["message"], err
+
+
+@case
+def mp4_url_dref(d, api, cc, inp):
+    """lavf reads no 'url ' reference: the track's samples come from the upload."""
+    check_answer(api, cc, *post(d, mp4box.with_url(inp.m4a, "file:///etc/passwd"), "audio/mp4"),
+                 chunks=10)
+
+
+@case
+def mp4_sample_table_claims(d, api, cc, inp):
+    check_error(api, *post(d, inp.sample_table_bomb(hidden=False), "audio/mp4"), 422,
+                "unprocessable_audio", "sample table claims more")
+
+
+@case
+def mp4_sample_table_hidden(d, api, cc, inp):
+    check_error(api, *post(d, inp.sample_table_bomb(hidden=True), "audio/mp4"), 422,
+                "unprocessable_audio")
 
 
 def good_upload_works(d, api, cc, inp):
@@ -1148,3 +1271,76 @@ def test_sigterm_out_of_time_cancels_waiting_uploads_and_counts_them(start_daemo
         check_error(api, *holder, 503, "busy", "shutting down")
     cancelled = len(waiting) + (not isinstance(holder, tuple) or holder[0] != 200)
     assert stopped_line(d)["requests_cancelled"] == cancelled, (answers, stopped_line(d))
+# --- MP4: what the cases cannot see from the answer alone --------------------
+
+IN_ACCESS, IN_OPEN = 0x1, 0x20
+
+
+class Watch:
+    """An inotify watch on one file: opened() says whether anyone opened or
+    read it since the watch began (or since the last call)."""
+
+    def __init__(self, path):
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = self.libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        assert self.fd >= 0, os.strerror(ctypes.get_errno())
+        wd = self.libc.inotify_add_watch(self.fd, str(path).encode(), IN_OPEN | IN_ACCESS)
+        assert wd >= 0, os.strerror(ctypes.get_errno())
+
+    def opened(self):
+        try:
+            return len(os.read(self.fd, 65536)) > 0
+        except BlockingIOError:
+            return False
+
+    def close(self):
+        os.close(self.fd)
+
+
+def test_mp4_data_reference_opens_nothing(hd, api, inputs, tmp_path):
+    """An MP4 whose track says its samples lie in another file: the daemon
+    must not open it. The file named is the very M4A, watched with inotify.
+    The control: ffprobe with data references enabled (lavf's enable_drefs
+    and use_absolute_path) opens it and reads the track's packets from it,
+    so the upload is a working reference and the watch sees its use."""
+    target = tmp_path / "target.m4a"
+    target.write_bytes(inputs.m4a)
+    upload = tmp_path / "alias.m4a"
+    upload.write_bytes(mp4box.with_alias(inputs.m4a, str(target)))
+    watch = Watch(target)
+    try:
+        status, headers, body = post(hd, upload.read_bytes(), "audio/mp4")
+        check_error(api, status, headers, body, 422, "unprocessable_audio", "no audio samples")
+        assert not watch.opened(), f"the daemon opened {target}"
+
+        probe = subprocess.run(["ffprobe", "-v", "error", "-enable_drefs", "1",
+                                "-use_absolute_path", "1", "-count_packets", "-show_entries",
+                                "stream=nb_read_packets", "-of", "csv=p=0", str(upload)],
+                               capture_output=True, timeout=60)
+        assert probe.returncode == 0, probe.stderr
+        assert int(probe.stdout) > 1000, probe.stdout
+        assert watch.opened(), "ffprobe followed the reference unseen: the watch is blind"
+    finally:
+        watch.close()
+    assert hd.alive()
+
+
+def vm_kb(d, field):
+    return rss_kb(d, field)
+
+
+def test_mp4_sample_table_bombs_cost_little_memory(start_daemon, api, inputs):
+    """A sample table claiming 80 million samples made lavf fill a 1.9 GB
+    index from a 0.5 MB upload. In its stbl it is refused before lavf runs;
+    hidden elsewhere, AUDIO_LIBAV_MAX_ALLOC (64 MB) bounds the index lavf
+    may allocate, the hidden one just under the cap included. The daemon's
+    peak RSS (VmHWM) may grow by 160 MB at most over all three."""
+    d = start_daemon({"workers": 1})
+    before = vm_kb(d, "VmHWM")
+    for body in (inputs.sample_table_bomb(hidden=False), inputs.sample_table_bomb(hidden=True),
+                 inputs.sample_table_bomb(hidden=True, count=2_700_000)):
+        status, headers, raw = post(d, body, "audio/mp4")
+        check_error(api, status, headers, raw, 422, "unprocessable_audio")
+    grown_mb = (vm_kb(d, "VmHWM") - before) / 1024
+    print(f"\npeak RSS grew {grown_mb:.0f} MB over the sample-table bombs")
+    assert grown_mb < 160, f"peak RSS grew {grown_mb:.0f} MB"

@@ -163,7 +163,7 @@ def test_classify_parameters(api):
     body = op["requestBody"]["content"]
     assert body["multipart/form-data"]["schema"]["required"] == ["file"]
     assert {"multipart/form-data", "audio/mpeg", "audio/wav", "audio/x-wav", "audio/flac",
-            "audio/ogg", "application/octet-stream"} <= set(body)
+            "audio/ogg", "audio/mp4", "audio/aiff", "application/octet-stream"} <= set(body)
     assert all(t == "multipart/form-data" or t.startswith(("audio/", "application/"))
                for t in body)
 

@@ -100,15 +100,18 @@ static void test_methods_and_allow(void **state) {
         assert_int_equal(route_allows(r, "GET"), get);
         assert_int_equal(route_allows(r, "HEAD"), get);
         assert_int_equal(route_allows(r, "POST"), post);
+        assert_true(route_allows(r, "OPTIONS"));
         assert_false(route_allows(r, "DELETE"));
         assert_false(route_allows(r, "get"));
+        assert_false(route_allows(r, "options"));
         const char *allow = route_allow_header(r);
         assert_int_equal(strstr(allow, "GET, HEAD") != NULL, get);
         assert_int_equal(strstr(allow, "POST") != NULL, post);
+        assert_non_null(strstr(allow, "OPTIONS"));
     }
     const route *classify = route_find("/v1/classify");
     assert_non_null(classify);
-    assert_string_equal(route_allow_header(classify), "POST");
+    assert_string_equal(route_allow_header(classify), "POST, OPTIONS");
     assert_int_equal(classify->handler, HANDLE_CLASSIFY);
 }
 

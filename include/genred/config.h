@@ -53,6 +53,9 @@ typedef struct config {
     double shutdown_timeout_s; /* SIGTERM: wait this long for requests in flight */
     char api_keys_file[4096];  /* "" = no API keys; else every route but the
                                 * health checks needs a Bearer key from it */
+    char cors_origins[2048];   /* "" = none; else the web origins (scheme://host[:port],
+                                * comma or space separated) whose pages may call
+                                * the API from a browser, or "*" for any */
     char tls_cert_file[4096];  /* "" = plain HTTP; else PEM certificate chain */
     char tls_key_file[4096];   /* PEM private key; set exactly when the cert is */
     log_level log_level;       /* conf: error, warn, info, debug */
@@ -65,7 +68,10 @@ void config_defaults(config *c);
 /* Sets one key from its text value. Unknown key or bad value -> -1. */
 int config_set(config *c, const char *key, const char *value, gr_err *err);
 
-/* Applies a conf file; errors name the file and line. */
+/* Applies a conf file; errors name the file and line. A relative path in
+ * it (model, api_keys_file, tls_*_file, fftw_wisdom) is relative to the
+ * folder holding the file; in the environment or a flag, to the working
+ * directory. */
 int config_load_file(config *c, const char *path, gr_err *err);
 
 /* Applies every GENRED_<KEY> variable of the environment (key upper-cased,
@@ -81,6 +87,10 @@ void config_print(const config *c, FILE *f);
 /* Rules that tie keys together, which config_set() cannot check one key at
  * a time: tls_cert_file and tls_key_file are set together or not at all. */
 int config_validate(const config *c, gr_err *err);
+
+/* 1 if cors_origins lets a page of `origin` (an Origin header's value) call
+ * the API: it is listed exactly, or the list is "*". */
+int config_origin_allowed(const config *c, const char *origin);
 
 /* The conf-file name of a level: "error", "warn", "info" or "debug". */
 const char *log_level_name(log_level level);

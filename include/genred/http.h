@@ -7,7 +7,9 @@
  * max_upload_bytes, all of them together up to max_upload_memory, and
  * classified, max_active_requests at a time, once whole. Every error is a JSON body {"error": {"code",
  * "message"}}; which status each kind of error (err.h) gets is decided
- * here, at the HTTP edge, and nowhere else.
+ * here, at the HTTP edge, and nowhere else. Every route answers OPTIONS;
+ * pages of the origins cors_origins lists may call the API from a browser
+ * (CORS headers on every answer to them, preflights answered).
  *
  * What it does not do: audio, models (engine.h). */
 #ifndef GENRED_HTTP_H

@@ -51,7 +51,8 @@ typedef enum route_listeners {
 } route_listeners;
 
 /* Methods, as bits. GET includes HEAD. A POST is an upload (http.c reads
- * its body within max_upload_bytes). */
+ * its body within max_upload_bytes). Every route also answers OPTIONS
+ * (its Allow, and CORS preflights: http.c), which needs no bit. */
 enum { ROUTE_GET = 1u << 0, ROUTE_POST = 1u << 1 };
 
 typedef struct route {
@@ -77,7 +78,9 @@ const route *route_find(const char *path);
 /* 1 if method (as the request line spells it) may be asked of r. */
 int route_allows(const route *r, const char *method);
 
-/* The Allow header of a 405 for r, e.g. "GET, HEAD". */
+/* The methods r answers, OPTIONS included, e.g. "GET, HEAD, OPTIONS": the
+ * Allow header of a 405 and of OPTIONS, and a preflight's
+ * Access-Control-Allow-Methods. */
 const char *route_allow_header(const route *r);
 
 #endif
