@@ -476,8 +476,11 @@ def bench_memory(args, big):
     say("## 5. Memory: 16 concurrent 10 MB uploads")
     say()
     body = big.read_bytes()
-    cases = [("defaults (max_active_requests = 2 x cores, max_batch 8)", [], None),
-             ("no admission limit (max_active_requests 65536)",
+    cases = [("defaults (max_upload_memory 256M, max_active_requests = 2 x cores, "
+              "max_batch 8)", [], None),
+             ("max_upload_memory 128M (uploads past it: 503)",
+              ["--max-upload-memory", "128M"], None),
+             ("no classification limit (max_active_requests 65536)",
               ["--max-active-requests", 65536], None),
              ("max_batch 32", ["--max-batch", 32], None),
              ("defaults, glibc MALLOC_ARENA_MAX=2", [], {"MALLOC_ARENA_MAX": "2"})]

@@ -39,6 +39,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc, (void)argv;
     av_log_set_level(AV_LOG_QUIET);
+    audio_limit_libav();
     return 0;
 }
 

@@ -86,8 +86,10 @@ static generation *generation_create(engine *e, gr_err *err) {
                 model_input_floats(g->model), featurizer_chunk_floats(g->fz));
         goto fail;
     }
+    /* Callers admit at most max_active_requests classifications at once
+     * (http.c), so a queue of that many never refuses one of them. */
     g->batcher = batcher_create(g->model, config_workers(cfg), cfg->max_batch,
-                                cfg->queue_capacity, e->met, err);
+                                (size_t)config_max_active_requests(cfg), e->met, err);
     if (!g->batcher) goto fail;
     g->refs = 1;
     return g;
@@ -214,7 +216,7 @@ json_t *engine_describe_model(engine *e) {
     return d;
 }
 
-char *engine_render_metrics(engine *e) {
+char *engine_render_metrics(engine *e, const metrics_load *load) {
     pthread_mutex_lock(&e->mu);
     generation *cur = e->current;
     cur->refs++;
@@ -230,7 +232,7 @@ char *engine_render_metrics(engine *e) {
         add_stats(&sum, &st);
     }
     pthread_mutex_unlock(&e->mu);
-    char *text = metrics_render(e->met, &sum, cur->model);
+    char *text = metrics_render(e->met, &sum, load, cur->model);
     release(e, cur);
     return text;
 }

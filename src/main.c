@@ -8,10 +8,12 @@
  *   genred --check-config FILE
  *
  * Settings come in layers: defaults, the conf file (--config or
- * $GENRED_CONFIG), GENRED_* environment variables, then flags. This is the
- * only file with process-wide concerns: signals, exit codes, stdout. */
+ * $GENRED_CONFIG; for the binary run from its build folder, the checkout's),
+ * GENRED_* environment variables, then flags. This is the only file with
+ * process-wide concerns: signals, exit codes, stdout, libav's globals. */
 #include <errno.h>
 #include <libavutil/log.h>
+#include <limits.h>
 #include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
@@ -20,6 +22,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "genred/audio.h"
 #include "genred/clock.h"
 #include "genred/config.h"
 #include "genred/engine.h"
@@ -55,7 +58,8 @@ static void usage(FILE *f) {
             "  genred --check-config FILE                        validate and print a config\n"
             "  genred --version | --help\n\n"
             "options:\n"
-            "  --config FILE      conf file (default: $GENRED_CONFIG, else built-in defaults)\n"
+            "  --config FILE      conf file (default: $GENRED_CONFIG, else none; run from\n"
+            "                     its build folder, the checkout's conf/genred.conf)\n"
             "  --trim 0|1         classify/features: apply the trim rule (default 1)\n"
             "  --segments 0|1     classify: add the per-chunk timeline (default 0)\n"
             "  --embedding 0|1    classify: add the song's embedding, with a model that has\n"
@@ -72,6 +76,9 @@ static void usage(FILE *f) {
 
 typedef struct cli {
     const char *config_path;
+    const char *config_from;   /* how config_path was chosen, for messages */
+    const char *model_from;    /* which layer set cfg->model, for messages */
+    int checkout;              /* this genred runs from its build folder */
     const char *out_path;
     const char *params_path;
     const char *values;   /* features only: named layer outputs to write */
@@ -91,6 +98,26 @@ static int parse_flag01(const char *name, const char *v, int *out) {
     return 0;
 }
 
+/* 1 when this binary is the one meson built, run from its build folder
+ * (meson.build passes the folder): then it is a checkout's, which reads
+ * the checkout's conf file and model by default. An installed copy (or any
+ * other) lives elsewhere and keeps to its prefix. */
+static int runs_from_build_folder(void) {
+#ifdef GENRED_BUILD_ROOT
+    char exe[PATH_MAX], here[PATH_MAX], build[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0) return 0;
+    exe[n] = '\0';
+    char *slash = strrchr(exe, '/');
+    if (!slash) return 0;
+    *slash = '\0';
+    return realpath(exe[0] ? exe : "/", here) && realpath(GENRED_BUILD_ROOT, build) &&
+           strcmp(here, build) == 0;
+#else
+    return 0;
+#endif
+}
+
 /* Loads config layers and parses the command's arguments. Flags may be
  * --key=value or --key value. */
 static int load_settings(int argc, char **argv, config *cfg, cli *o) {
@@ -103,16 +130,39 @@ static int load_settings(int argc, char **argv, config *cfg, cli *o) {
     }
     config_defaults(cfg);
     gr_err err = {0};
+    o->model_from = "is the built-in default of a genred installed under its prefix";
+#ifdef GENRED_CHECKOUT_MODEL
+    o->checkout = runs_from_build_folder();
+    if (o->checkout) {
+        if (config_set(cfg, "model", GENRED_CHECKOUT_MODEL, &err) != 0) goto bad;
+        o->model_from = "is the default of a genred run from its build folder";
+    }
+#endif
 
     /* The conf file comes first whatever its position among the flags, so
      * that flags override it. */
     o->config_path = getenv("GENRED_CONFIG");
+    o->config_from = "$GENRED_CONFIG";
     for (int i = 0; i < argc; i++) {
-        if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) o->config_path = argv[i + 1];
-        else if (strncmp(argv[i], "--config=", 9) == 0) o->config_path = argv[i] + 9;
+        if (strcmp(argv[i], "--config") == 0 && i + 1 < argc)
+            o->config_path = argv[i + 1], o->config_from = "--config";
+        else if (strncmp(argv[i], "--config=", 9) == 0)
+            o->config_path = argv[i] + 9, o->config_from = "--config";
     }
+#ifdef GENRED_CHECKOUT_CONF
+    if (!o->config_path && o->checkout && access(GENRED_CHECKOUT_CONF, F_OK) == 0) {
+        o->config_path = GENRED_CHECKOUT_CONF;
+        o->config_from = "the checkout's, read by a genred run from its build folder";
+    }
+#endif
+    char model[sizeof cfg->model];
+    memcpy(model, cfg->model, sizeof model);
     if (o->config_path && config_load_file(cfg, o->config_path, &err) != 0) goto bad;
+    if (strcmp(model, cfg->model) != 0) o->model_from = "comes from the conf file's model line";
+    memcpy(model, cfg->model, sizeof model);
     if (config_load_env(cfg, &err) != 0) goto bad;
+    if (strcmp(model, cfg->model) != 0) o->model_from = "comes from GENRED_MODEL";
+    memcpy(model, cfg->model, sizeof model);
 
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
@@ -168,11 +218,40 @@ static int load_settings(int argc, char **argv, config *cfg, cli *o) {
             goto bad;
         }
     }
+    if (strcmp(model, cfg->model) != 0) o->model_from = "comes from --model";
     if (config_validate(cfg, &err) != 0) goto bad;
     return 0;
 bad:
     fprintf(stderr, "genred: %s\n", err.msg);
     return -1;
+}
+
+/* Before anything loads it: the model must open, or the error says where
+ * its path came from and what was looked at, since a wrong default is the
+ * first thing a new user meets. */
+static int model_opens(const config *cfg, const cli *o) {
+    FILE *f = fopen(cfg->model, "rb");
+    if (f) {
+        fclose(f);
+        return 1;
+    }
+    int e = errno;
+    fprintf(stderr, "genred: cannot open the model %s: %s\n", cfg->model, strerror(e));
+    if (o->config_path)
+        fprintf(stderr, "genred: tried the conf file %s (%s); the model path %s\n",
+                o->config_path, o->config_from, o->model_from);
+    else
+        fprintf(stderr, "genred: tried no conf file (none named by --config or "
+                        "$GENRED_CONFIG%s); the model path %s\n",
+#ifdef GENRED_CHECKOUT_CONF
+                o->checkout ? ", and the checkout's " GENRED_CHECKOUT_CONF " is missing" : "",
+#else
+                "",
+#endif
+                o->model_from);
+    fprintf(stderr, "genred: name the model with --model PATH, GENRED_MODEL=PATH or "
+                    "`model = PATH` in a conf file\n");
+    return 0;
 }
 
 /* Reads a file for classify/features, enforcing the upload limit so the
@@ -308,6 +387,11 @@ static featurizer *features_featurizer(const config *cfg, const cli *o, gr_err *
         json_decref(j);
         if (rc != 0) return NULL;
     } else {
+        if (!model_opens(cfg, o)) {
+            gr_fail(err, GR_EFILE, "no model to take the feature parameters from "
+                                   "(--params FILE gives them without one)");
+            return NULL;
+        }
         model *m = model_load(cfg->model, err);
         if (!m) return NULL;
         p = *model_features(m);
@@ -517,9 +601,13 @@ static int cmd_serve(engine *e, metrics *met, const config *cfg) {
         fprintf(stderr, "genred: %s\n", err.msg);
         return 1;
     }
-    printf("genred: listening on %s://%s%s%s:%d\n", cfg->tls_cert_file[0] ? "https" : "http",
-           strchr(cfg->listen, ':') ? "[" : "", cfg->listen,
-           strchr(cfg->listen, ':') ? "]" : "", server_port(s));
+    /* The ops line first: whoever waits for "listening on" has both. */
+    const char *scheme = cfg->tls_cert_file[0] ? "https" : "http";
+    const char *lb = strchr(cfg->listen, ':') ? "[" : "", *rb = *lb ? "]" : "";
+    if (server_ops_port(s) >= 0)
+        printf("genred: ops listening on %s://%s%s%s:%d\n", scheme, lb, cfg->listen, rb,
+               server_ops_port(s));
+    printf("genred: listening on %s://%s%s%s:%d\n", scheme, lb, cfg->listen, rb, server_port(s));
     fflush(stdout);
     /* The model is loaded (engine_create) and the port bound: ready. */
     notify_service("READY=1");
@@ -593,6 +681,7 @@ int main(int argc, char **argv) {
     }
 
     av_log_set_level(cfg.log_level >= LOG_LEVEL_DEBUG ? AV_LOG_WARNING : AV_LOG_QUIET);
+    audio_limit_libav();
     wisdom_load(&cfg);
     if (is_features) {
         int rc = cmd_features(&cfg, &o);
@@ -600,7 +689,7 @@ int main(int argc, char **argv) {
         return rc;
     }
     if (!is_serve) { /* offline: never refuse, never give up */
-        cfg.queue_capacity = (size_t)-1 / 2;
+        cfg.max_active_requests = 65536; /* the batcher's queue: never full */
         cfg.request_timeout_s = 0;
     }
 
@@ -623,6 +712,10 @@ int main(int argc, char **argv) {
          * ~10 MB higher and no drift in the soak (docs/performance.md). */
         mallopt(M_MMAP_THRESHOLD, 256 * 1024);
         mallopt(M_TRIM_THRESHOLD, 2 * 1024 * 1024);
+    }
+    if (!model_opens(&cfg, &o)) {
+        free(o.files);
+        return 1;
     }
     gr_err err = {0};
     metrics *met = is_serve ? metrics_create(&err) : NULL;

@@ -39,6 +39,7 @@ import requests
 import yaml
 
 LISTEN_LINE = re.compile(r"^genred: listening on (https?://127\.0\.0\.1:(\d+))\s*$")
+OPS_LINE = re.compile(r"^genred: ops listening on (https?://127\.0\.0\.1:(\d+))\s*$")
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
 CHUNK_S = 3.0
@@ -223,6 +224,8 @@ class Daemon:
         self.stdout_lines = []
         self.url = None
         self.port = None
+        self.ops_url = None   # with ops_port: the ops listener (printed first)
+        self.ops_port = None
         # Settings come from the flags alone: GENRED_* variables of the test
         # environment (GENRED_WORKERS, GENRED_CONFIG, ...) would be read too.
         env = {k: v for k, v in os.environ.items() if not k.startswith("GENRED_")}
@@ -253,6 +256,10 @@ class Daemon:
                 continue
             if line is None:
                 self._fail_start("stdout closed before the listening line")
+            m = OPS_LINE.match(line)
+            if m:
+                self.ops_url, self.ops_port = m.group(1), int(m.group(2))
+                continue
             m = LISTEN_LINE.match(line)
             if m:
                 self.url, self.port = m.group(1), int(m.group(2))
@@ -275,13 +282,13 @@ class Daemon:
     def alive(self):
         return self.proc.poll() is None
 
-    def request(self, method, path, **kw):
-        """One HTTP request on a fresh connection; proxies from the
-        environment are ignored. Thread-safe."""
+    def request(self, method, path, ops=False, **kw):
+        """One HTTP request on a fresh connection (to the ops listener with
+        ops=True); proxies from the environment are ignored. Thread-safe."""
         kw.setdefault("timeout", 60)
         with requests.Session() as s:
             s.trust_env = False
-            return s.request(method, self.url + path, **kw)
+            return s.request(method, (self.ops_url if ops else self.url) + path, **kw)
 
     def stop(self):
         """SIGTERM, then wait; returns the exit status (kills and returns
@@ -427,6 +434,17 @@ class Audio:
     def excerpt_ogg(self):
         return self._ffmpeg("excerpt.ogg", "-i", self.excerpt_flac, "-ar", "44100", "-ac", "2",
                             "-c:a", "libvorbis", "-q:a", "5")
+
+    @functools.cached_property
+    def excerpt_m4a(self):
+        """AAC in M4A, as iTunes libraries and most downloads hold music."""
+        return self._ffmpeg("excerpt.m4a", "-i", self.excerpt_flac, "-ar", "44100", "-ac", "2",
+                            "-c:a", "aac", "-b:a", "192k")
+
+    @functools.cached_property
+    def excerpt_aiff(self):
+        return self._ffmpeg("excerpt.aiff", "-i", self.excerpt_flac, "-ar", "44100", "-ac", "2",
+                            "-c:a", "pcm_s16be")
 
     @functools.cached_property
     def song_sources(self):

@@ -126,11 +126,14 @@ def folder(audio, tmp_path_factory):
     """Audio under awkward names, a broken file and a non-audio file."""
     root = tmp_path_factory.mktemp("folder")
     (root / "a b" / "deep").mkdir(parents=True)
+    (root / "Album").mkdir()
     files = {
         "a b/deep/with space.mp3": audio.excerpt_mp3,
         "UPPER.WAV": audio.excerpt_wav,
         "line\nbreak.flac": audio.excerpt_flac,
         "-dash.ogg": audio.excerpt_ogg,
+        "Album/Song.M4A": audio.excerpt_m4a,
+        "studio take.aiff": audio.excerpt_aiff,
     }
     for name, src in files.items():
         shutil.copyfile(src, root / name)

@@ -14,7 +14,7 @@ run cannot show.
   reload, and STOPPING=1 on SIGTERM; a daemon that cannot load its model
   sends nothing.
 - deploy/k8s: every manifest parses; the Deployment's probes are /readyz
-  (readiness) and /healthz (liveness, startup) on the container port, it
+  (readiness) and /healthz (liveness, startup) on the ops port, it
   has resource requests and limits with GENRED_WORKERS at the CPU limit,
   runs as non-root with a read-only root and no privilege escalation, and
   its preStop plus genred's drain fit in the grace period; Service, HPA and
@@ -23,7 +23,10 @@ run cannot show.
 - deploy/nginx/genred.conf, as shipped (only the replica addresses and the
   listen port replaced): nginx on 127.0.0.1 in front of two genred daemons;
   both serve, and one is stopped with SIGTERM under load with no failed
-  request.
+  request. Issue 12's findings 1-3 against it: slowloris and slow uploads
+  end at nginx (the replicas never hold them, a classification and
+  /healthz through nginx are answered meanwhile), and every smuggling shape
+  is refused with one answer (by nginx itself, or by genred through it).
 """
 import collections
 import json
@@ -41,6 +44,8 @@ import time
 import pytest
 import requests
 import yaml
+
+import test_hostile as th
 
 RUN_TIMEOUT_S = 60
 
@@ -275,11 +280,14 @@ def test_k8s_deployment_probes_resources_and_user(manifests, source_dir):
     (c,) = pod["spec"]["containers"]
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     env = {e["name"]: e["value"] for e in c["env"]}
-    assert ports == {"http": int(env["GENRED_PORT"])}
+    assert ports == {"http": int(env["GENRED_PORT"]), "ops": int(env["GENRED_OPS_PORT"])}
+    assert list(ports)[0] == "http"  # tests/ops/container.py posts to the first
+    # Probes and scrapes on the ops listener, which clients cannot crowd.
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(ports["ops"])
 
     def probe(kind):
         p = c[kind]["httpGet"]
-        assert p["port"] in ("http", ports["http"]), p
+        assert p["port"] in ("ops", ports["ops"]), p
         return p["path"]
 
     assert probe("readinessProbe") == "/readyz"
@@ -293,8 +301,11 @@ def test_k8s_deployment_probes_resources_and_user(manifests, source_dir):
     mem = {k: int(v[:-2]) * {"Mi": 1, "Gi": 1024}[v[-2:]] for k, v in
            (("req", res["requests"]["memory"]), ("lim", res["limits"]["memory"]))}
     assert mem["lim"] >= mem["req"]
-    # genred sizes its worker pool from the node's cores, not the pod's CPUs.
-    assert int(env["GENRED_WORKERS"]) == int(float(res["limits"]["cpu"])), env
+    # genred sizes its worker pool and its classification slots from the
+    # node's cores, not the pod's CPUs.
+    cpus = int(float(res["limits"]["cpu"]))
+    assert int(env["GENRED_WORKERS"]) == cpus, env
+    assert int(env["GENRED_MAX_ACTIVE_REQUESTS"]) == 2 * cpus, env
 
     # That the image runs with this user, these args and a read-only root
     # is tests/ops/container.py's (it runs the image with them).
@@ -335,7 +346,7 @@ worker_processes 1;
 {user}
 pid {dir}/nginx.pid;
 error_log {dir}/error.log info;
-events {{ worker_connections 256; }}
+events {{ worker_connections 4096; }}
 http {{
     access_log {dir}/access.log;
     client_body_temp_path {dir}/client_body;
@@ -544,3 +555,82 @@ def test_sizing_script_measures_a_replica(source_dir, genred_bin, model_path, au
         assert p["statuses"] == {"200": p["requests"]}, p
         assert p["cpu_s_per_song"] > 0 and p["songs_per_s"] > 0
         assert p["peak_rss_mib"] >= p["rss_mib"] > phases[0]["rss_mib"] / 2
+
+
+# --- nginx against issue 12's hostile clients --------------------------------
+
+def replica_connections(d):
+    """Connections a replica holds open, this request's own included."""
+    m = re.search(r"^genred_connections (\d+)$", d.request("GET", "/metrics", timeout=5).text,
+                  flags=re.M)
+    return int(m.group(1))
+
+
+def test_nginx_keeps_slow_clients_off_the_replicas(nginx_pair, audio):
+    """300 slowloris connections and 100 uploads of a byte a second, all to
+    nginx. nginx holds them (the header block within client_header_timeout,
+    the body at its pace, buffered whole before a replica is picked); the
+    replicas only ever hold what nginx opens to them, and a classification
+    and /healthz through nginx, from another address, are answered at
+    once."""
+    n, a, b = nginx_pair
+    head = (f"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: audio/mpeg\r\n"
+            f"Content-Length: 100000\r\n\r\n").encode()
+    flood = th.slowloris(n.port)
+    slow = th.Flood(n.port, 100, head, b"x", 1.0, reopen=False)
+    try:
+        time.sleep(1.5)
+        probes = th.Prober(n.url, source=th.OTHER_CLIENT)
+        held = []
+        status, took = th.classify_from(n.port, audio.excerpt_mp3.read_bytes(), th.OTHER_CLIENT)
+        while len(held) < 10:
+            held.append(max(replica_connections(a), replica_connections(b)))
+            time.sleep(0.5)
+        probes.stop()
+    finally:
+        flood.stop()
+        slow.stop()
+    assert status == 200, status
+    probe_max = probes.check()
+    print(f"\nnginx under {th.FLOOD} slowloris + 100 slow uploads: replicas held at most "
+          f"{max(held)} connections; classify {took:.2f} s; /healthz and /readyz max "
+          f"{probe_max * 1e3:.0f} ms over {len(probes.results)}")
+    # What nginx keeps open to a replica (keepalive 16), and the metrics
+    # request itself; never the flood's hundreds.
+    assert max(held) <= 16 + 2, held
+
+
+SMUGGLED = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+CLASSIFY_HEAD = b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: audio/wav\r\n"
+SHAPES = {
+    "content-length-and-chunked": (CLASSIFY_HEAD + b"Content-Length: 5\r\n"
+                                   b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + SMUGGLED, 400),
+    "two-content-lengths": (CLASSIFY_HEAD + b"Content-Length: 3\r\nContent-Length: 61\r\n\r\n"
+                            b"abc" + SMUGGLED + b"x" * 20, 400),
+    "unknown-coding": (CLASSIFY_HEAD + b"Transfer-Encoding: gzip\r\n\r\n0\r\n\r\n" + SMUGGLED,
+                       501),
+    "nul-in-path": (b"GET /metrics%00 HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    "raw-nul-in-path": (b"GET /healthz\x00x HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    "query-flood": (b"GET /healthz?" + b"&".join(b"p%d=1" % i for i in range(500)) +
+                    b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+}
+
+
+def test_nginx_refuses_every_smuggling_shape(nginx_pair):
+    """Each shape gets its refusal as the one answer to its bytes, and the
+    /metrics request hidden in a body is never answered. nginx refuses the
+    framing shapes and the NUL paths itself (HTML bodies), so the replicas
+    never see them; the query flood it passes on, and genred answers 414."""
+    n, a, b = nginx_pair
+    seen = []
+    for name, (data, status) in SHAPES.items():
+        answers = th.exchange(n.port, data, timeout=2.0, half_close=False)
+        assert answers and answers[0][0] == status, (name, [r[:2] for r in answers])
+        assert len(answers) == 1, (name, [r[:2] for r in answers])
+        assert b"genred_build_info" not in answers[0][2], name
+        seen.append(f"{name} {status}")
+    logs = a.log_tail(1 << 20) + b.log_tail(1 << 20)
+    statuses = [json.loads(line)["status"] for line in logs.splitlines()
+                if '"event":"request"' in line]
+    assert statuses.count(414) == 1 and not set(statuses) - {414, 200}, statuses
+    print("\nthrough nginx: " + ", ".join(seen))
