@@ -13,6 +13,9 @@ client-side twin scripts/classify-remote, on a handful of files each.
 - The list: NUL-separated or one per line, from a file or standard input.
 - Options reach every file (--max-chunks, --segments, --trim); the progress
   line (bar, files, rate, ETA) appears only on a terminal.
+- classify-remote against a daemon writes the same lines, picks the same
+  shards, resumes the same way, retries 503 until every file is answered,
+  and refuses a query option the daemon does not document.
 
 Speed is bench/'s (docs/performance.md, "Catalogues"), not a test's.
 """
@@ -238,3 +241,57 @@ def test_progress_only_on_a_terminal(genred_bin, model_path, library):
     assert len(r.stdout.splitlines()) == n and b"files/s" not in r.stdout
     r = classify(genred_bin, model_path, *library)
     assert r.stderr == b""
+
+
+# --- scripts/classify-remote -------------------------------------------------
+
+def remote(source_dir, url, *args, stdin=None):
+    return subprocess.run(["/usr/bin/python3", str(source_dir / "scripts" / "classify-remote"),
+                           "--url", url, *map(str, args)], input=stdin, capture_output=True,
+                          env=env(), timeout=RUN_TIMEOUT_S)
+
+
+def test_remote_writes_what_genred_classify_writes(source_dir, daemon, genred_bin, model_path,
+                                                   library, tmp_path):
+    local = classify(genred_bin, model_path, "--max-chunks", 3, *library)
+    out = tmp_path / "remote.jsonl"
+    r = remote(source_dir, daemon.url, "--jobs", 3, "--max-chunks", 3, "-o", out, *library)
+    assert r.returncode == 1, r.stderr  # the broken file
+    got = lines_of(out.read_bytes())
+    assert [summary(x) for x in got] == [summary(x) for x in lines_of(local.stdout)]
+    # Resumed, with a last line cut short: only that file again.
+    data = out.read_bytes()
+    out.write_bytes(data[:-30])
+    r = remote(source_dir, daemon.url, "--max-chunks", 3, "-o", out, *library)
+    assert [x["file"] for x in lines_of(out.read_bytes())] == library, r.stderr
+    # The same shards as genred classify's.
+    for k in range(3):
+        a = classify(genred_bin, model_path, "--shard", f"{k}/3", *library)
+        b = remote(source_dir, daemon.url, "--shard", f"{k}/3", *library)
+        assert [x["file"] for x in lines_of(a.stdout)] == [x["file"] for x in lines_of(b.stdout)]
+
+
+def test_remote_refuses_an_unknown_query_option(source_dir, daemon, library):
+    r = remote(source_dir, daemon.url, "--max-chunk", 3, library[0])
+    assert r.returncode == 2 and b"max_chunk" in r.stderr and r.stdout == b"", r
+
+
+def test_remote_retries_503_until_every_file_is_answered(source_dir, start_daemon, library,
+                                                         audio, tmp_path):
+    """One worker and a queue of one: most of 8 concurrent uploads get 503
+    at first; each is retried after its Retry-After until answered."""
+    d = start_daemon({"workers": 1, "queue-capacity": 1, "max-batch": 1})
+    files = []
+    for i in range(12):
+        files.append(tmp_path / f"s{i:02d}.mp3")
+        shutil.copyfile(audio.song_mp3, files[-1])
+    r = remote(source_dir, d.url, "--jobs", 8, *files)
+    assert r.returncode == 0, r.stderr
+    got = lines_of(r.stdout)
+    assert [x["file"] for x in got] == [str(f) for f in files]
+    assert all(x["chunks"] == 50 for x in got)
+    text = d.request("GET", "/metrics").text
+    busy = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith('genred_requests_total{route="/v1/classify",status="503"}'))
+    assert busy >= 1, "no 503 at all: the retry path was not exercised"
+    print(f"\n{int(busy)} answers of 503 retried")
