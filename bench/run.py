@@ -614,7 +614,9 @@ def bench_catalogue(args):
     reps = 1 if args.quick else 2
     runs = {key: [] for key, _, _ in modes}
     order = [m for r in range(reps) for m in (modes if r % 2 == 0 else modes[::-1])]
+    loads = []
     for key, _, fn in order:
+        loads.append(os.getloadavg()[0])
         r = fn(f"{key}-{len(runs[key])}")
         runs[key].append(r)
         print(f"  {key}: {n / r['wall_s']:.2f} songs/s ({r['cpu_s'] / n * 1e3:.0f} CPU ms/song)",
@@ -641,7 +643,9 @@ def bench_catalogue(args):
            "genred CPU ms per song", "cores busy (genred CPU / wall)", "peak RSS MiB",
            "same top as all chunks"], rows)
     d = out["daemon"]
-    say(f"Runs in the order A B C D D C B A; each cell gives both. songs/s per core = songs/s "
+    out["load_avg_at_run_starts"] = loads
+    say(f"Load average (1 min) at the start of each run: {min(loads):.1f} to {max(loads):.1f}. "
+        f"Runs in the order A B C D D C B A; each cell gives both. songs/s per core = songs/s "
         f"/ {cores}. The daemon's CPU is its own (/proc); classify-remote, on the same cores, "
         f"took {med(d['client_cpu_ms_per_song']):.0f} ms of CPU per song more (reading the file "
         "and posting it). Peak RSS: the genred process (VmHWM / ru_maxrss).")
