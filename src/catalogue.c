@@ -208,7 +208,7 @@ static int read_done(int fd, const char *path, char ***names, size_t *n, gr_err 
         *n = 0;
         return -1;
     }
-    qsort(*names, *n, sizeof **names, cmp_str);
+    if (*n > 1) qsort(*names, *n, sizeof **names, cmp_str);
     return 0;
 }
 
