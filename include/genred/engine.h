@@ -32,6 +32,8 @@ typedef struct classify_opts {
                     * (at most 64 bands x 600 columns, uint8, base64), for
                     * drawing; see openapi.yaml MelPicture. Absent when the
                     * model's input is not log-mel (a waveform model). */
+    int max_chunks; /* 0: analyse every chunk of the window; else at most
+                     * this many, spread evenly (features.h) */
 } classify_opts;
 
 /* Loads cfg->model, builds mel plans and starts the batcher. cfg is copied.
