@@ -68,6 +68,7 @@ static const key keys[] = {
     {"trim_start_s", KIND_SECONDS, FIELD(trim_start_s), 0, 3600},
     {"trim_end_s", KIND_SECONDS, FIELD(trim_end_s), 0, 3600},
     {"trim_min_keep_s", KIND_SECONDS, FIELD(trim_min_keep_s), 0, 86400},
+    {"max_chunks", KIND_INT, FIELD(max_chunks), 0, MAX_CHUNKS_LIMIT},
     {"max_connections", KIND_INT, FIELD(max_connections), 1, 65536},
     {"max_connections_per_client", KIND_INT, FIELD(max_connections_per_client), 0, 65536},
     {"max_active_requests", KIND_INT, FIELD(max_active_requests), 0, 65536},

@@ -630,6 +630,24 @@ static int query_flag(struct MHD_Connection *c, const char *name, int dflt, int 
     return 0;
 }
 
+/* A count parameter: plain decimal digits, 0..max; absent, dflt. */
+static int query_count(struct MHD_Connection *c, const char *name, int dflt, int max, int *out,
+                       gr_err *err) {
+    const char *v = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, name);
+    if (!v) {
+        *out = dflt;
+        return 0;
+    }
+    long n = 0;
+    const char *p = v;
+    for (; *p >= '0' && *p <= '9' && n <= max; p++) n = n * 10 + (*p - '0');
+    if (p == v || *p || n > max)
+        return gr_fail(err, GR_EBADREQ, "query parameter '%s' must be an integer in 0..%d",
+                       name, max);
+    *out = (int)n;
+    return 0;
+}
+
 static int media_type_is(const char *ct, const char *type) {
     size_t n = strlen(type);
     return strncasecmp(ct, type, n) == 0 && (ct[n] == '\0' || ct[n] == ';' || ct[n] == ' ');
@@ -665,12 +683,13 @@ static enum MHD_Result handle_classify(server *s, struct MHD_Connection *c, requ
     }
     if (r->len == 0) return fail(c, r, GR_EBADREQ, "empty upload: send the audio file");
 
-    classify_opts o;
+    classify_opts o = {0};
     gr_err err = {0};
     if (query_flag(c, "trim", 1, &o.trim, &err) != 0 ||
         query_flag(c, "segments", 0, &o.segments, &err) != 0 ||
         query_flag(c, "mel", 0, &o.mel, &err) != 0 ||
-        query_flag(c, "embedding", 0, &o.embedding, &err) != 0)
+        query_flag(c, "embedding", 0, &o.embedding, &err) != 0 ||
+        query_count(c, "max_chunks", s->cfg.max_chunks, MAX_CHUNKS_LIMIT, &o.max_chunks, &err) != 0)
         return respond_error(c, r, &err);
 
     if (admit(s, &err) != 0) {

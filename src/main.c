@@ -1,8 +1,8 @@
 /* main.c - the genred binary: serve, classify, features.
  *
  *   genred serve [--config FILE] [--KEY VALUE ...]
- *   genred classify [--config FILE] [--trim 0|1] [--segments 0|1]
- *                   [--embedding 0|1] FILE...
+ *   genred classify [--config FILE] [--trim 0|1] [--segments 0|1] [--embedding 0|1]
+ *                   [--jobs N] [--output FILE] [--files-from LIST] [--shard K/N] FILE...
  *   genred features [--config FILE] [--trim 0|1] [--params FILE]
  *                   [--chunk-hop SECONDS] [--values NAME,...] FILE -o OUT.npy
  *   genred --check-config FILE
@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "genred/audio.h"
+#include "genred/catalogue.h"
 #include "genred/clock.h"
 #include "genred/config.h"
 #include "genred/engine.h"
@@ -64,6 +65,14 @@ static void usage(FILE *f) {
             "  --segments 0|1     classify: add the per-chunk timeline (default 0)\n"
             "  --embedding 0|1    classify: add the song's embedding, with a model that has\n"
             "                     one (default 0)\n"
+            "  --max-chunks N     classify: analyse at most N chunks per song, spread\n"
+            "                     evenly (a conf key; default 0 = all)\n"
+            "  --jobs N           classify: songs in flight (default: cores + 1)\n"
+            "  -o, --output FILE  classify: append the lines to FILE, skipping the files\n"
+            "                     it has lines for (resume); features: the .npy to write\n"
+            "  --files-from LIST  classify: also the files named in LIST ('-': stdin),\n"
+            "                     NUL-separated if it holds a NUL, else one per line\n"
+            "  --shard K/N        classify: only shard K of N (0 <= K < N), by name\n"
             "  --params FILE      features: feature parameters (JSON) instead of the model's\n"
             "  --chunk-hop S      features: start a chunk every S seconds (default: one\n"
             "                     chunk length, as the daemon does); for training data\n"
@@ -79,14 +88,28 @@ typedef struct cli {
     const char *config_from;   /* how config_path was chosen, for messages */
     const char *model_from;    /* which layer set cfg->model, for messages */
     int checkout;              /* this genred runs from its build folder */
-    const char *out_path;
+    const char *out_path;      /* -o/--output */
     const char *params_path;
+    const char *files_from;  /* classify: --files-from */
     const char *values;   /* features only: named layer outputs to write */
     double chunk_hop_s;   /* features only; 0 = back-to-back chunks */
     int trim, segments, embedding;
+    int jobs;             /* classify: 0 = catalogue_default_jobs() */
+    unsigned shard, shards; /* classify: --shard K/N; shards 0 = all */
     int nfiles;
     char **files;
 } cli;
+
+/* A whole decimal number in [lo, hi]. */
+static int parse_uint_in(const char *v, unsigned long lo, unsigned long hi, unsigned long *out) {
+    char *end;
+    if (*v < '0' || *v > '9') return -1;
+    errno = 0;
+    unsigned long n = strtoul(v, &end, 10);
+    if (errno || *end || n < lo || n > hi) return -1;
+    *out = n;
+    return 0;
+}
 
 static int parse_flag01(const char *name, const char *v, int *out) {
     if (strcmp(v, "0") == 0) *out = 0;
@@ -198,8 +221,35 @@ static int load_settings(int argc, char **argv, config *cfg, cli *o) {
             value = argv[++i];
         }
         if (strcmp(key, "config") == 0) continue; /* applied above */
+        unsigned long n, k;
+        char *slash;
         if (strcmp(key, "params") == 0) o->params_path = value;
+        else if (strcmp(key, "output") == 0) o->out_path = value;
         else if (strcmp(key, "values") == 0) o->values = value;
+        else if (strcmp(key, "files-from") == 0) o->files_from = value;
+        else if (strcmp(key, "jobs") == 0) {
+            if (parse_uint_in(value, 1, 1024, &n) != 0) {
+                fprintf(stderr, "genred: --jobs expects 1..1024, got '%s'\n", value);
+                return -1;
+            }
+            o->jobs = (int)n;
+        } else if (strcmp(key, "shard") == 0) {
+            char kbuf[32];
+            slash = strchr(value, '/');
+            if (!slash || (size_t)(slash - value) >= sizeof kbuf) slash = NULL;
+            else {
+                memcpy(kbuf, value, (size_t)(slash - value));
+                kbuf[slash - value] = '\0';
+            }
+            if (!slash || parse_uint_in(slash + 1, 1, 1000000, &n) != 0 ||
+                parse_uint_in(kbuf, 0, n - 1, &k) != 0) {
+                fprintf(stderr, "genred: --shard expects K/N with 0 <= K < N, got '%s'\n",
+                        value);
+                return -1;
+            }
+            o->shard = (unsigned)k;
+            o->shards = (unsigned)n;
+        }
         else if (strcmp(key, "chunk-hop") == 0) {
             char *end;
             o->chunk_hop_s = strtod(value, &end);
@@ -261,48 +311,45 @@ static unsigned char *load_input(const char *path, const config *cfg, size_t *le
     return file_read(path, cfg->max_upload_bytes, GR_ETOOBIG, len, err);
 }
 
-static void print_error_line(const char *file, const gr_err *err) {
-    json_t *line = json_pack("{s:s,s:{s:s,s:s}}", "file", file, "error", "code",
-                             gr_status_code(err->status), "message", err->msg);
-    char *text = line ? json_dumps(line, JSON_COMPACT) : NULL;
-    if (text) printf("%s\n", text);
-    else fprintf(stderr, "genred: %s: %s\n", file, err->msg);
-    free(text);
-    json_decref(line);
-}
-
+/* Every file named on the command line and in --files-from, through the
+ * catalogue (catalogue.h): one line each, several songs at once. Exit
+ * status: 0 every file answered, 1 some error lines, 3 the run stopped (the
+ * list or the output could not be read or written). */
 static int cmd_classify(engine *e, const config *cfg, const cli *o) {
-    int failures = 0;
-    for (int i = 0; i < o->nfiles; i++) {
-        gr_err err = {0};
-        size_t len;
-        unsigned char *data = load_input(o->files[i], cfg, &len, &err);
-        json_t *ans = NULL;
-        if (data) {
-            classify_opts co = {.trim = o->trim, .segments = o->segments,
-                                .embedding = o->embedding};
-            ans = engine_classify(e, data, len, &co, &err);
-            free(data);
-        }
-        if (!ans || json_object_set_new(ans, "file", json_string(o->files[i])) != 0) {
-            if (ans) gr_fail(&err, GR_EINTERNAL, "out of memory");
-            print_error_line(o->files[i], &err);
-            json_decref(ans);
-            failures++;
-            continue;
-        }
-        char *text = json_dumps(ans, JSON_COMPACT | JSON_REAL_PRECISION(7));
-        json_decref(ans);
-        if (!text) {
-            fprintf(stderr, "genred: out of memory\n");
-            failures++;
-            continue;
-        }
-        printf("%s\n", text);
-        fflush(stdout);
-        free(text);
+    gr_err err = {0};
+    char **listed = NULL;
+    size_t n_listed = 0;
+    if (o->files_from && catalogue_read_list(o->files_from, &listed, &n_listed, &err) != 0) {
+        fprintf(stderr, "genred: %s\n", err.msg);
+        return 3;
     }
-    return failures ? 1 : 0;
+    char **files = malloc(((size_t)o->nfiles + n_listed + 1) * sizeof *files);
+    if (!files) {
+        catalogue_list_free(listed, n_listed);
+        fprintf(stderr, "genred: out of memory\n");
+        return 3;
+    }
+    memcpy(files, o->files, (size_t)o->nfiles * sizeof *files);
+    if (n_listed) memcpy(files + o->nfiles, listed, n_listed * sizeof *files);
+    catalogue_opts co = {
+        .classify = {.trim = o->trim, .segments = o->segments, .embedding = o->embedding,
+                     .max_chunks = cfg->max_chunks},
+        .max_upload_bytes = cfg->max_upload_bytes,
+        .jobs = o->jobs,
+        .output = o->out_path,
+        .shard = o->shard,
+        .shards = o->shards,
+        .progress = isatty(STDERR_FILENO),
+    };
+    catalogue_counts c;
+    int rc = catalogue_run(e, files, (size_t)o->nfiles + n_listed, &co, &c, &err);
+    free(files);
+    catalogue_list_free(listed, n_listed);
+    if (rc != 0) {
+        fprintf(stderr, "genred: %s\n", err.msg);
+        return 3;
+    }
+    return c.failed ? 1 : 0;
 }
 
 /* ---- FFTW wisdom (mel.h) ------------------------------------------------ */
@@ -674,8 +721,8 @@ int main(int argc, char **argv) {
         free(o.files);
         return 2;
     }
-    if (is_classify && o.nfiles == 0) {
-        fprintf(stderr, "genred: classify needs at least one file\n");
+    if (is_classify && o.nfiles == 0 && !o.files_from) {
+        fprintf(stderr, "genred: classify needs at least one file (or --files-from)\n");
         free(o.files);
         return 2;
     }
@@ -729,7 +776,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "genred: %s\n", err.msg);
         metrics_free(met);
         free(o.files);
-        return 1;
+        return is_classify ? 3 : 1; /* classify: 1 means some files failed */
     }
     if (!is_serve) wisdom_learn_model(&cfg, e); /* serve: once it is ready */
     int rc = is_serve ? cmd_serve(e, met, &cfg) : cmd_classify(e, &cfg, &o);

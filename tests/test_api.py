@@ -26,6 +26,7 @@ import time
 import pytest
 
 import conftest
+from conftest import chunk_pick
 
 CLASSIFY = "/v1/classify"
 CONTENT_TYPES = {".mp3": "audio/mpeg", ".wav": "audio/wav", ".flac": "audio/flac",
@@ -519,6 +520,9 @@ BAD = [
         raw_body("audio/mpeg", mp3_bytes, {"segments": "yes"})),
     Bad("mel-2", "POST", CLASSIFY, 400, "bad_request", None,
         raw_body("audio/mpeg", mp3_bytes, {"mel": "2"})),
+    *[Bad(f"max-chunks-{v or 'empty'}", "POST", CLASSIFY, 400, "bad_request", None,
+          raw_body("audio/mpeg", mp3_bytes, {"max_chunks": v}))
+      for v in ("-1", "", "abc", "1e3", "8.0", " 8", "100001", "99999999999999999999")],
     Bad("2s-clip", "POST", CLASSIFY, 422, "unprocessable_audio", None,
         raw_body("audio/wav", lambda a: a.short_wav.read_bytes())),
     Bad("2s-clip-trim-0", "POST", CLASSIFY, 422, "unprocessable_audio", None,
@@ -641,6 +645,43 @@ def test_upload_over_limit_with_content_length(daemon, api):
 def test_upload_over_limit_chunked(daemon, api):
     check_raw_413(api, *too_large_chunked(daemon.port))
     assert daemon.alive()
+
+
+# --- max_chunks -------------------------------------------------------------
+
+@pytest.mark.parametrize("name,keep", [("song_mp3", 8), ("song_mp3", 1), ("song_mp3", 40),
+                                       ("excerpt_ogg", 3), ("excerpt_mp3", 10)])
+def test_max_chunks_analyses_the_full_analysis_chunks(classified, name, keep):
+    """max_chunks=N analyses N chunks spread evenly over the window. For the
+    song at 8 and 1 only those chunks are decoded; at 40 of 50, and for Ogg
+    (whose length is unknown before decoding), everything is, and the chunks
+    are chosen afterwards. Either way each segment is the full analysis'
+    segment at the picked place, and the summary is the segments'."""
+    full = classified(name, segments=1)
+    part = classified(name, segments=1, max_chunks=keep)
+    n = full["chunks"]
+    assert part["chunks"] == min(keep, n)
+    assert part["analyzed"] == full["analyzed"], "the window must not change"
+    assert part["duration_s"] == full["duration_s"]
+    for k, seg in enumerate(part["segments"]):
+        ref = full["segments"][chunk_pick(k, part["chunks"], n)]
+        assert (seg["start_s"], seg["end_s"], seg["top"]) == \
+            (ref["start_s"], ref["end_s"], ref["top"]), k
+        # Chunks batched with others' can differ in the last digits.
+        assert seg["probabilities"] == pytest.approx(ref["probabilities"], abs=1e-5), k
+
+
+def test_max_chunks_conf_default_and_query_override(start_daemon, api, check_classify, audio):
+    d = start_daemon({"max-chunks": 4})
+    body = audio.song_mp3.read_bytes()
+    ans = expect_answer(api, check_classify, post_audio(d, body, "audio/mpeg"))
+    assert ans["chunks"] == 4
+    ans = expect_answer(api, check_classify, post_audio(d, body, "audio/mpeg",
+                                                        params={"max_chunks": 0}))
+    assert ans["chunks"] == 50
+    ans = expect_answer(api, check_classify, post_audio(d, body, "audio/mpeg",
+                                                        params={"max_chunks": 12}))
+    assert ans["chunks"] == 12
 
 
 # --- limits of other daemons ------------------------------------------------

@@ -29,6 +29,7 @@ static void assert_config_equal(const config *a, const config *b) {
     assert_true(a->trim_start_s == b->trim_start_s);
     assert_true(a->trim_end_s == b->trim_end_s);
     assert_true(a->trim_min_keep_s == b->trim_min_keep_s);
+    assert_int_equal(a->max_chunks, b->max_chunks);
     assert_int_equal(a->max_connections, b->max_connections);
     assert_int_equal(a->max_connections_per_client, b->max_connections_per_client);
     assert_int_equal(a->max_active_requests, b->max_active_requests);
@@ -92,6 +93,7 @@ static void test_defaults(void **state) {
     assert_true(c.trim_start_s == 15);
     assert_true(c.trim_end_s == 15);
     assert_true(c.trim_min_keep_s == 30);
+    assert_int_equal(c.max_chunks, 0);
     assert_int_equal(c.max_connections, 256);
     assert_int_equal(c.max_connections_per_client, 0);
     assert_int_equal(c.max_active_requests, 0);
@@ -170,6 +172,8 @@ static void test_set_every_key(void **state) {
     assert_true(c.trim_end_s == 0);
     set_ok(&c, "trim_min_keep_s", "1e2");
     assert_true(c.trim_min_keep_s == 100);
+    set_ok(&c, "max-chunks", "8");
+    assert_int_equal(c.max_chunks, 8);
     set_ok(&c, "max_connections", "1");
     assert_int_equal(c.max_connections, 1);
     set_ok(&c, "idle-timeout-s", "600");
@@ -250,7 +254,8 @@ static void test_bad_values_refused(void **state) {
         {"max_duration_s", "."},  {"max_duration_s", "1e"},
         {"max_duration_s", "1e999"}, {"trim_start_s", "3601"},
         {"trim_start_s", ""},     {"trim_end_s", "-0.5"},
-        {"trim_min_keep_s", "1,5"}, {"max_connections", "0"},
+        {"trim_min_keep_s", "1,5"}, {"max_chunks", "-1"},
+        {"max_chunks", "100001"}, {"max_chunks", "8.5"}, {"max_connections", "0"},
         {"max_connections", "65537"}, {"idle_timeout_s", "0"},
         {"idle_timeout_s", "86401"}, {"request_timeout_s", "-1"},
         {"request_timeout_s", "86401"}, {"request_timeout_s", "1m"},

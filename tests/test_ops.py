@@ -27,6 +27,11 @@ run cannot show.
   end at nginx (the replicas never hold them, a classification and
   /healthz through nginx are answered meanwhile), and every smuggling shape
   is refused with one answer (by nginx itself, or by genred through it).
+  In front of three, fed a catalogue by scripts/classify-remote: every file
+  answered once.
+- deploy/k8s/catalogue/job.yaml: an Indexed Job of the Deployment's image
+  whose shard count agrees with its completions; its own shell line, run
+  here for every index, does every file of a list exactly once.
 """
 import collections
 import json
@@ -370,16 +375,17 @@ def free_port():
 
 class Nginx:
     """deploy/nginx/genred.conf under a throwaway prefix: its replica lines
-    pointed at the given ports, its listen line at a free 127.0.0.1 port."""
+    (as many as ports, each with the first line's options) pointed at the
+    given ports, its listen line at a free 127.0.0.1 port."""
 
     def __init__(self, binary, example, workdir, upstream_ports):
         text = example.read_text()
-        servers = SERVER_LINE.findall(text)
+        servers = list(SERVER_LINE.finditer(text))
         assert len(servers) == 2 and len(LISTEN_LINE.findall(text)) == 1, \
             "deploy/nginx/genred.conf changed shape: update this test"
-        ports = iter(upstream_ports)
-        text = SERVER_LINE.sub(lambda m: f"{m.group(1)}server 127.0.0.1:{next(ports)}"
-                                         f"{m.group(2) or ''};", text)
+        indent, options = servers[0].group(1), servers[0].group(2) or ""
+        replicas = "\n".join(f"{indent}server 127.0.0.1:{p}{options};" for p in upstream_ports)
+        text = text[:servers[0].start()] + replicas + SERVER_LINE.sub("", text[servers[0].end():])
         self.dir = workdir
         self.log = workdir / "error.log"
         for attempt in range(3):
@@ -634,3 +640,115 @@ def test_nginx_refuses_every_smuggling_shape(nginx_pair):
                 if '"event":"request"' in line]
     assert statuses.count(414) == 1 and not set(statuses) - {414, 200}, statuses
     print("\nthrough nginx: " + ", ".join(seen))
+# --- catalogues larger than one machine ---------------------------------------
+
+def catalogue_files(audio, folder, n):
+    """n files under folder: copies of two excerpts, under their own names."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i in range(n):
+        src = audio.excerpt_mp3 if i % 2 == 0 else audio.excerpt_wav
+        files.append(folder / f"track{i:03d}{src.suffix}")
+        shutil.copyfile(src, files[-1])
+    return files
+
+
+def test_catalogue_through_nginx_to_three_daemons(start_daemon, source_dir, audio, tmp_path):
+    """Three daemons behind deploy/nginx/genred.conf, fed by
+    scripts/classify-remote with at most 6 uploads in flight: every file of
+    the catalogue gets one line, every daemon works, and the daemons
+    answered each file once (nginx retried nothing that had been answered).
+    Run again, nothing is sent: the output already holds every file."""
+    binary = need_program("nginx")
+    daemons = [start_daemon({"workers": 1}) for _ in range(3)]
+    work = tmp_path / "nginx"
+    work.mkdir()
+    n = Nginx(binary, source_dir / "deploy" / "nginx" / "genred.conf", work,
+              [d.port for d in daemons])
+    try:
+        files = catalogue_files(audio, tmp_path / "catalogue", 18)
+        listing = tmp_path / "files.txt"
+        listing.write_text("".join(f"{f}\n" for f in files))
+        out = tmp_path / "tags.jsonl"
+        argv = ["/usr/bin/python3", source_dir / "scripts" / "classify-remote", "--url", n.url,
+                "--jobs", "6", "--files-from", listing, "--output", out]
+        r = run(argv, env=clean_env(), timeout=300)
+        assert r.returncode == 0, r.stderr
+        lines = [json.loads(x) for x in out.read_text().splitlines()]
+        assert [x["file"] for x in lines] == [str(f) for f in files]
+        assert all(x["chunks"] == 10 for x in lines)
+        served = [classified_ok(d) for d in daemons]
+        assert sum(served) == len(files) and min(served) >= 1, f"per daemon: {served}"
+        r = run(argv, env=clean_env(), timeout=300)
+        assert r.returncode == 0 and len(out.read_text().splitlines()) == len(files), r.stderr
+        assert [classified_ok(d) for d in daemons] == served, "resumed run sent requests"
+    finally:
+        n.stop()
+
+
+@pytest.fixture(scope="module")
+def catalogue_job(source_dir):
+    docs = list(yaml.safe_load_all((source_dir / "deploy" / "k8s" / "catalogue" /
+                                    "job.yaml").read_text()))
+    assert len(docs) == 1
+    return docs[0]
+
+
+def test_k8s_catalogue_job_is_an_indexed_job_of_the_same_image(catalogue_job, manifests):
+    job = catalogue_job
+    assert (job["apiVersion"], job["kind"]) == ("batch/v1", "Job")
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed"
+    assert 1 <= spec["parallelism"] <= spec["completions"]
+    assert spec["backoffLimitPerIndex"] >= 1
+    pod = spec["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"  # what backoffLimitPerIndex requires
+    (c,) = pod["containers"]
+    (served,) = manifests["Deployment"]["spec"]["template"]["spec"]["containers"]
+    assert c["image"] == served["image"], "not the image the Deployment serves with"
+    env = {e["name"]: e for e in c["env"]}
+    index = env["SHARD"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert index == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    assert int(env["GENRED_WORKERS"]["value"]) == int(float(c["resources"]["limits"]["cpu"]))
+    (script,) = c["args"]
+    assert c["command"] == ["/bin/sh", "-c"]
+    assert f'--shard "$SHARD/{spec["completions"]}"' in script, \
+        "completions and the shard count disagree"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    csc = c["securityContext"]
+    assert csc["readOnlyRootFilesystem"] is True and csc["allowPrivilegeEscalation"] is False
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    assert mounts["/catalogue"]["readOnly"] is True and "/results" in mounts
+    assert "/var/cache/genred" in mounts  # FFTW wisdom on a read-only root
+
+
+def test_k8s_catalogue_job_commands_do_every_file_exactly_once(catalogue_job, genred_bin,
+                                                               source_dir, audio, tmp_path):
+    """The Job's own shell line, run for every completion index with the
+    paths moved to this machine (/usr/bin/genred, /etc/genred/genred.conf,
+    /catalogue and /results): the shards' outputs together hold every file
+    of the list exactly once; the shard with a broken file still exits 0;
+    an index run again (a replaced pod) adds nothing."""
+    spec = catalogue_job["spec"]
+    (script,) = spec["template"]["spec"]["containers"][0]["args"]
+    catalogue, results = tmp_path / "catalogue", tmp_path / "results"
+    results.mkdir()
+    files = catalogue_files(audio, catalogue, 24)
+    (catalogue / "broken.mp3").write_bytes(b"not audio\n" * 100)
+    files.append(catalogue / "broken.mp3")
+    (catalogue / "files.txt").write_bytes(b"".join(os.fsencode(f) + b"\0" for f in files))
+    local = (script.replace("/usr/bin/genred", str(genred_bin))
+             .replace("/etc/genred/genred.conf", str(source_dir / "conf" / "genred.conf"))
+             .replace("/catalogue/", f"{catalogue}/").replace("/results/", f"{results}/"))
+    assert local.count(str(tmp_path)) == 2, local
+    for k in range(spec["completions"]):
+        r = run(["/bin/sh", "-c", local], env=clean_env(SHARD=str(k)), cwd=source_dir,
+                timeout=120)
+        assert r.returncode == 0, f"index {k}: {r.stderr}"
+    done = [json.loads(x)["file"] for f in sorted(results.glob("shard-*.jsonl"))
+            for x in f.read_text().splitlines()]
+    assert sorted(done) == sorted(str(f) for f in files), "a file done twice or never"
+    assert len(list(results.glob("shard-*.jsonl"))) == spec["completions"]
+    before = {f: f.read_bytes() for f in results.glob("shard-*.jsonl")}
+    r = run(["/bin/sh", "-c", local], env=clean_env(SHARD="3"), cwd=source_dir, timeout=120)
+    assert r.returncode == 0 and {f: f.read_bytes() for f in before} == before

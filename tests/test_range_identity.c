@@ -409,6 +409,32 @@ static void test_features_match_whole_decode(void **state) {
                          worst);
             analysis_free(&f);
         }
+        /* max_chunks: the chunks kept are the full analysis' chunks at their
+         * places, bit for bit, whether only they were decoded (few kept:
+         * one span each) or everything was (most kept). */
+        size_t keep[] = {1, 4, n * 3 / 4 - 1, n * 3 / 4 + 1, n - 1, n, n + 5};
+        for (size_t t = 0; t < sizeof keep / sizeof *keep; t++) {
+            features_opts o = {.trim = trim, .trim_start_s = 15, .trim_end_s = 15,
+                               .trim_min_keep_s = 30, .decode_threads = 2,
+                               .max_chunks = keep[t]};
+            analysis f;
+            if (features_compute(fz, &o, data, len, &f, &err) != 0) fail_msg("%s", err.msg);
+            size_t kept = keep[t] < n ? keep[t] : n;
+            assert_int_equal(f.n_chunks, kept);
+            assert_int_equal(f.window_chunks, n);
+            /* Picked: one span per chunk kept; else the spans of 8. */
+            assert_int_equal(f.spans, 4 * kept < 3 * n ? (int)kept : (int)((n + 7) / 8));
+            for (size_t k = 0; k < kept; k++) {
+                size_t at = features_chunk_pick(k, kept, n);
+                assert_true(at < n && (k == 0 || at > features_chunk_pick(k - 1, kept, n)));
+                if (memcmp(f.chunks + k * mel_chunk_floats(m),
+                           want + at * mel_chunk_floats(m),
+                           mel_chunk_floats(m) * sizeof(float)) != 0)
+                    fail_msg("trim %d, max_chunks %zu: chunk %zu (the window's %zu) differs",
+                             trim, keep[t], k, at);
+            }
+            analysis_free(&f);
+        }
         free(want);
     }
     audio_free(&ref);

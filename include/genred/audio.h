@@ -110,14 +110,23 @@ size_t audio_source_samples(const audio_source *s);
  * a caller that works on them as they come (features.c computes log-mel
  * span by span, so no thread holds more than a span of audio). */
 typedef struct audio_sink {
-    size_t span;        /* samples per span; the last one takes the rest */
+    size_t span;        /* samples per span: a range of count samples holds
+                         * ceil((count - margin) / span) spans, at least
+                         * one, the last one taking the rest */
     size_t margin;      /* samples a span also gets before its start and
                          * past its end, within the range: for work on a
                          * span that reads its neighbours' samples */
-    /* Called once per span, on any decoding thread, several at once:
-     * samples[0..n) (borrowed for the call) are samples [at, at + n) of the
-     * range, span number `index` with its margins. Returns 0, or -1 with
-     * err set, which fails the decode. */
+    /* The spans to decode, by span number, ascending, no repeats (borrowed
+     * for the call); NULL: every span of the range. Nothing between picked
+     * spans is decoded but the few packets each span's decoder starts
+     * early, so picking a few spans of a long range costs a few spans. */
+    const size_t *picks;
+    size_t n_picks;
+    /* Called once per decoded span, on any decoding thread, several at
+     * once: samples[0..n) (borrowed for the call) are samples [at, at + n)
+     * of the range, the span with its margins; `index` is its place among
+     * the spans decoded (its span number is picks[index], or index without
+     * picks). Returns 0, or -1 with err set, which fails the decode. */
     int (*take)(void *ctx, size_t index, const float *samples, size_t at, size_t n,
                 gr_err *err);
     void *ctx;

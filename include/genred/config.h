@@ -21,6 +21,9 @@ typedef enum log_level {
     LOG_LEVEL_DEBUG,      /* and libav's own warnings */
 } log_level;
 
+/* The largest max_chunks, in the conf file and in a request's query. */
+enum { MAX_CHUNKS_LIMIT = 100000 };
+
 typedef struct config {
     char listen[64];           /* address to bind, default 127.0.0.1 */
     int port;                  /* 0 = ephemeral (printed at start) */
@@ -39,6 +42,9 @@ typedef struct config {
     double trim_start_s;       /* cut from the start of a song */
     double trim_end_s;         /* cut from the end of a song */
     double trim_min_keep_s;    /* trim only if at least this much remains */
+    int max_chunks;            /* 0 = analyse every chunk of the window; else at
+                                * most this many (up to MAX_CHUNKS_LIMIT),
+                                * spread evenly (features.h) */
     int max_connections;       /* concurrent HTTP connections (threads) */
     int max_connections_per_client; /* from one client address; 0 = no limit */
     int max_active_requests;   /* classifications running at once (decode,

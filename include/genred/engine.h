@@ -34,6 +34,8 @@ typedef struct classify_opts {
                     * model's input is not log-mel (a waveform model). */
     int embedding; /* 1: add "embedding", the mean of the chunks' embeddings,
                     * when the model exports one */
+    int max_chunks; /* 0: analyse every chunk of the window; else at most
+                     * this many, spread evenly (features.h) */
 } classify_opts;
 
 /* Loads cfg->model, builds mel plans and starts the batcher. cfg is copied.
