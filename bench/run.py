@@ -25,6 +25,17 @@ and bench/out/results.json):
             (3.5-second clips of one chunk each, max_batch 1 versus 8)
   memory    peak RSS (VmHWM) with 16 concurrent 10 MB uploads
   coldstart process start to /readyz = 200, with and without FFTW wisdom
+  backbone  the pretrained backbone (scripts/get-model efficientat-mn04, from
+            ../shared's checkpoint): the 3-minute MP3 on a warm daemon
+            against the ffmpeg floor (beside the bundled CNN), the C engine
+            against PyTorch on the same chunks (bench/torch_backbone.py) on
+            one thread and on every core, and the cost of each layer
+  catalogue songs per second per core over a folder of 300 generated
+            3-minute MP3s (bench/make-catalogue): one song at a time,
+            `genred classify`'s catalogue mode, a daemon fed by
+            scripts/classify-remote; the --jobs sweep; max_chunks: speed
+            and agreement with the full analysis (not in the default set:
+            ~15 minutes; --only catalogue)
 
 Audio is made from the shared GTZAN excerpts with the ffmpeg CLI into
 bench/out/ (gitignored); servers bind 127.0.0.1 on ephemeral ports; every
@@ -55,6 +66,7 @@ OUT = ROOT / "bench" / "out"
 SHARED = Path(os.environ.get("GENRED_SHARED", ROOT.parent / "shared"))
 GTZAN = SHARED / "data" / "gtzan16k"
 MODEL = ROOT / "models" / "gtzan-cnn.gmodel"
+BACKBONE_CHECKPOINT = SHARED / "models" / "efficientat-mn04" / "mn04_as_mAP_432.pt"
 LISTEN = re.compile(rb"listening on http://127\.0\.0\.1:(\d+)")
 
 results = {}
@@ -129,11 +141,12 @@ def make_inputs():
 class Daemon:
     """genred serve on 127.0.0.1:0 with extra flags; stopped with SIGTERM."""
 
-    def __init__(self, genred, *flags, env=None):
+    def __init__(self, genred, *flags, env=None, model=MODEL):
         self.t0 = time.perf_counter()
+        env = genred_env(env)
         self.proc = subprocess.Popen(
             [genred, "serve", "--config", ROOT / "conf" / "genred.conf", "--port", "0",
-             "--model", MODEL, "--log-level", "warn", *map(str, flags)],
+             "--model", model, "--log-level", "warn", *map(str, flags)],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
         deadline = time.monotonic() + 60
         line = b""
@@ -197,6 +210,13 @@ def get(port, path, timeout=10):
         c.close()
 
 
+def genred_env(env=None):
+    """env (default: this one) without GENRED_* variables: genred would read
+    them as settings (and refuse names such as GENRED_SHARED, which is the
+    bench's own); every setting here is a flag."""
+    return {k: v for k, v in (env or os.environ).items() if not k.startswith("GENRED_")}
+
+
 def timed_child(cmd, **kw):
     """Wall seconds and CPU seconds (user + sys) of one child process."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -228,7 +248,7 @@ def bench_e2e(args, song):
             rows["http"][1].append((d.cpu_seconds() - c0) * 1e3)
             assert status == 200, status
             w, c = timed_child([args.genred, "classify", "--config", ROOT / "conf" / "genred.conf",
-                                "--model", MODEL, song], cwd=ROOT)
+                                "--model", MODEL, song], cwd=ROOT, env=genred_env())
             rows["cli"][0].append(w * 1e3)
             rows["cli"][1].append(c * 1e3)
     finally:
@@ -269,7 +289,7 @@ def bench_stages(args, song):
              ("decode_ms", "decode + downmix + resample to 16 kHz, whole file (sequential)"),
              ("index_ms", "packet index only (audio_open)"),
              ("window_decode_1t_ms", "trimmed window (150 s), 1 thread"),
-             ("window_decode_ms", f"trimmed window, {s['cores']} segments in parallel"),
+             ("window_decode_ms", f"trimmed window, {s['cores']} spans in parallel"),
              ("features_ms", "features_compute: window decode + log-mel (as served)"),
              ("mel_ms", f"log-mel of {s['chunks']} chunks, 1 thread"),
              ("mel_all_cores_ms", f"log-mel of {s['chunks']} chunks, {s['cores']} threads"),
@@ -289,7 +309,7 @@ def bench_stages(args, song):
     resample = s["decode_ms_cpu"] - s["decode_native_ms_cpu"]
     say(f"Resampling 44.1 -> 16 kHz costs {resample:.1f} ms CPU (decode at 16 kHz minus decode "
         f"at 44.1 kHz). Window decode: {s['window_decode_1t_ms_cpu'] / s['decode_ms_cpu']:.2f} x "
-        f"the whole decode's CPU; wall-time speed-up of {s['cores']} segments over one thread: "
+        f"the whole decode's CPU; wall-time speed-up of {s['cores']} spans over one thread: "
         f"{s['window_decode_1t_ms'] / s['window_decode_ms']:.2f} x (1.00 x when no second core "
         "is free). Batches of {0} instead of single chunks: {1:.2f} x the inference CPU."
         .format(s['max_batch'], s['inference_1t_ms_cpu'] / s['inference_batch1_ms_cpu']))
@@ -462,8 +482,11 @@ def bench_memory(args, big):
     say("## 5. Memory: 16 concurrent 10 MB uploads")
     say()
     body = big.read_bytes()
-    cases = [("defaults (max_active_requests = 2 x cores, max_batch 8)", [], None),
-             ("no admission limit (max_active_requests 65536)",
+    cases = [("defaults (max_upload_memory 256M, max_active_requests = 2 x cores, "
+              "max_batch 8)", [], None),
+             ("max_upload_memory 128M (uploads past it: 503)",
+              ["--max-upload-memory", "128M"], None),
+             ("no classification limit (max_active_requests 65536)",
               ["--max-active-requests", 65536], None),
              ("max_batch 32", ["--max-batch", 32], None),
              ("defaults, glibc MALLOC_ARENA_MAX=2", [], {"MALLOC_ARENA_MAX": "2"})]
@@ -530,6 +553,277 @@ def bench_coldstart(args):
     results["coldstart"] = out
 
 
+def backbone_model():
+    """The backbone converted from ../shared's checkpoint, or None."""
+    if not BACKBONE_CHECKPOINT.is_file():
+        return None
+    out = OUT / "models"
+    subprocess.run([sys.executable, ROOT / "scripts" / "get-model", "efficientat-mn04",
+                    "--from", BACKBONE_CHECKPOINT, "--out", out], check=True,
+                   capture_output=True)
+    return out / "efficientat-mn04-genres.gmodel"
+
+
+def bench_backbone(args, song):
+    say("## 7. The pretrained backbone (EfficientAT mn04) in the C engine")
+    say()
+    model = backbone_model()
+    if model is None:
+        say(f"Skipped: {BACKBONE_CHECKPOINT} is missing.")
+        say()
+        return
+    reps = 5 if args.quick else 11
+    out = {}
+
+    # End to end, interleaved: the floor, the backbone, the bundled CNN.
+    body = song.read_bytes()
+    daemons = {"backbone": Daemon(args.genred, model=model), "cnn": Daemon(args.genred)}
+    rows = {"ffmpeg": [], "backbone": [], "cnn": []}
+    cpu = {"backbone": [], "cnn": []}
+    try:
+        for d in daemons.values():
+            post(d.port, body)  # warm
+        for _ in range(reps):
+            rows["ffmpeg"].append(timed_child(["ffmpeg", "-nostdin", "-v", "error", "-i", song,
+                                               "-f", "null", "-"])[0] * 1e3)
+            for name, d in daemons.items():
+                c0, t0 = d.cpu_seconds(), time.perf_counter()
+                status, _ = post(d.port, body)
+                assert status == 200, status
+                rows[name].append((time.perf_counter() - t0) * 1e3)
+                cpu[name].append((d.cpu_seconds() - c0) * 1e3)
+    finally:
+        for d in daemons.values():
+            d.stop()
+    floor = med(rows["ffmpeg"])
+    out["e2e"] = {k: {"wall_ms": med(v), "best_ms": min(v)} for k, v in rows.items()}
+    for k in cpu:
+        out["e2e"][k]["cpu_ms"] = med(cpu[k])
+    table(["one 3-minute MP3", "wall ms", "x floor", "best ms", "daemon CPU ms"], [
+        ["`ffmpeg -i song.mp3 -f null -` (floor)", f1(floor), "1.00", f1(min(rows["ffmpeg"])), "-"],
+        ["genred + backbone, warm daemon", f1(med(rows["backbone"])),
+         f"{med(rows['backbone']) / floor:.2f}", f1(min(rows["backbone"])),
+         f1(med(cpu["backbone"]))],
+        ["genred + bundled CNN, warm daemon", f1(med(rows["cnn"])),
+         f"{med(rows['cnn']) / floor:.2f}", f1(min(rows["cnn"])), f1(med(cpu["cnn"]))],
+    ])
+    say(f"Medians of {reps} interleaved runs. Target: backbone <= 1.0 x the floor.")
+    say()
+
+    # The same chunks in C and in PyTorch, on one thread and on every core.
+    feats = OUT / "backbone-chunks.npy"
+    subprocess.run([args.genred, "features", "--model", model, song, "-o", feats],
+                   check=True, capture_output=True)
+    cores = os.cpu_count()
+    torch_runs, c_runs = {}, []
+    for _ in range(2):  # alternated, so both see the same background
+        for th in sorted({1, cores}):
+            r = subprocess.run(["/usr/bin/python3", ROOT / "bench" / "torch_backbone.py",
+                                BACKBONE_CHECKPOINT, song, feats, str(reps), str(th)],
+                               check=True, capture_output=True, text=True)
+            torch_runs.setdefault(th, []).append(json.loads(r.stdout))
+        r = subprocess.run([args.bench, "stages", model, song, "44100", str(reps)], cwd=ROOT,
+                           check=True, capture_output=True, text=True)
+        c_runs.append(json.loads(r.stdout))
+    t1 = med([x["inference_batched_ms"] for x in torch_runs[1]])
+    t1c = med([x["inference_batched_cpu_ms"] for x in torch_runs[1]])
+    c1c = med([x["inference_1t_ms_cpu"] for x in c_runs])
+    tn = med([x["inference_batched_ms"] for x in torch_runs[cores]])
+    tn_once = med([x["inference_at_once_ms"] for x in torch_runs[cores]])
+    c1 = med([x["inference_1t_ms"] for x in c_runs])
+    cn = med([x["inference_ms"] for x in c_runs])
+    tp = med([x["pipeline_ms"] for x in torch_runs[cores]])
+    ce = med([x["classify_ms"] for x in c_runs])
+    n = c_runs[-1]["chunks"]
+    out["vs_torch"] = {"torch_1t_ms": t1, "torch_1t_cpu_ms": t1c, "c_1t_cpu_ms": c1c,
+                       "torch_all_ms": tn, "torch_all_at_once_ms": tn_once,
+                       "c_1t_ms": c1, "c_all_ms": cn, "torch_pipeline_ms": tp,
+                       "c_classify_ms": ce, "chunks": n, "cores": cores}
+    table([f"{n} chunks of the song, wall ms", "PyTorch", "genred (C)", "genred faster by"], [
+        ["inference, 1 thread, batches of 8", f1(t1), f1(c1), f"{t1 / c1:.1f} x"],
+        ["the same, CPU ms", f1(t1c), f1(c1c), f"{t1c / c1c:.1f} x"],
+        [f"inference, {cores} threads (torch intra-op; genred's batcher), batches of 8",
+         f1(tn), f1(cn), f"{tn / cn:.1f} x"],
+        [f"inference, {cores} threads, torch on all chunks at once", f1(tn_once), f1(cn),
+         f"{tn_once / cn:.1f} x"],
+        [f"whole pipeline (decode, resample, trim, front end, network), {cores} threads",
+         f1(tp), f1(ce), f"{tp / ce:.1f} x"],
+    ])
+    say(f"torch {torch_runs[1][-1]['torch']}, our definition (train/efficientat.py) with the "
+        "checkpoint's weights, on the chunks genred computed. genred's pipeline row is "
+        "engine_classify in process. Target: >= 3 x on the same cores.")
+    say()
+
+    # Each layer's cost.
+    r = subprocess.run([args.bench, "layers", model, song, "8", str(20 if args.quick else 60)],
+                       cwd=ROOT, check=True, capture_output=True, text=True)
+    lay = json.loads(r.stdout)
+    out["layers"] = lay
+    kinds = {}
+    for o in lay["ops"]:
+        w = o["op"].split()
+        k = w[0] + (" " + w[1] if w[0] in ("conv2d", "depthwise") else "")
+        kinds.setdefault(k, [0.0, 0])
+        kinds[k][0] += o["ms_per_chunk"]
+        kinds[k][1] += 1
+    table(["op (one thread, batches of 8)", "count", "ms per chunk", "share"],
+          [[k, v[1], f"{v[0]:.3f}", f"{v[0] / lay['ms_per_chunk']:.2f}"]
+           for k, v in sorted(kinds.items(), key=lambda kv: -kv[1][0])])
+    say(f"{lay['mflops_per_chunk']:.1f} MFLOPs per chunk in {lay['ms_per_chunk']:.2f} ms: "
+        f"{lay['mflops_per_chunk'] / lay['ms_per_chunk']:.1f} GFLOP/s on one core. Costliest "
+        "ops: " + "; ".join(f"{o['op']} {o['ms_per_chunk']:.3f} ms" for o in
+                            sorted(lay["ops"], key=lambda o: -o["ms_per_chunk"])[:5]) + ".")
+    say()
+    results["backbone"] = out
+def run_child(cmd, **kw):
+    """Wall s, CPU s (user + sys) and peak RSS (MiB) of one child; its
+    stdout is returned too."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, **kw)
+    out = p.stdout.read()
+    _, status, ru = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - t0
+    return wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024, p.returncode, out
+
+
+def tops_of(path):
+    return {x["file"]: x.get("top") for x in map(json.loads, Path(path).read_text().splitlines())}
+
+
+def bench_catalogue(args):
+    """Songs per second per core over a folder of generated songs."""
+    say("## 7. Catalogues: songs per second per core")
+    say()
+    n = 60 if args.quick else 300
+    folder = OUT / "catalogue"
+    subprocess.run([ROOT / "bench" / "make-catalogue", folder, "--songs", str(n)], check=True,
+                   stdout=subprocess.DEVNULL)
+    songs = sorted(folder.glob("song-*.mp3"))[:n]
+    listing = OUT / "catalogue.list"
+    listing.write_text("".join(f"{p}\n" for p in songs))
+    cores = os.cpu_count()
+    work = OUT / "catalogue-runs"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    genred = [args.genred, "classify", "--config", ROOT / "conf" / "genred.conf",
+              "--model", MODEL, "--files-from", listing]
+
+    def local(label, *flags):
+        out = work / f"{label}.jsonl"
+        wall, cpu, rss, rc, _ = run_child([*genred, *flags, "--output", out], cwd=ROOT,
+                                          env=genred_env())
+        assert rc == 0, f"{label}: genred classify exited {rc}"
+        return {"wall_s": wall, "cpu_s": cpu, "peak_rss_mib": rss, "out": out}
+
+    def remote(label, jobs):
+        d = Daemon(args.genred)
+        try:
+            out = work / f"{label}.jsonl"
+            cpu0 = d.cpu_seconds()
+            wall, client_cpu, _, rc, _ = run_child(
+                ["/usr/bin/python3", ROOT / "scripts" / "classify-remote", "--url",
+                 f"http://127.0.0.1:{d.port}", "--jobs", jobs, "--files-from", listing,
+                 "--output", out], env=genred_env())
+            cpu = d.cpu_seconds() - cpu0
+            rss = d.status("VmHWM") / 1024
+        finally:
+            d.stop()
+        assert rc == 0, f"{label}: classify-remote exited {rc}"
+        return {"wall_s": wall, "cpu_s": cpu, "client_cpu_s": client_cpu, "peak_rss_mib": rss,
+                "out": out}
+
+    modes = [("sequential", "one song at a time: `genred classify --jobs 1`",
+              lambda lb: local(lb, "--jobs", 1)),
+             ("catalogue", f"catalogue mode: `genred classify` (--jobs {cores + 1}, the default)",
+              lambda lb: local(lb)),
+             ("daemon", f"a warm daemon under load: `classify-remote --jobs {2 * cores}`",
+              lambda lb: remote(lb, 2 * cores)),
+             ("catalogue-max8", "catalogue mode with `--max-chunks 8`",
+              lambda lb: local(lb, "--max-chunks", 8))]
+    reps = 1 if args.quick else 2
+    runs = {key: [] for key, _, _ in modes}
+    order = [m for r in range(reps) for m in (modes if r % 2 == 0 else modes[::-1])]
+    loads = []
+    for key, _, fn in order:
+        loads.append(os.getloadavg()[0])
+        r = fn(f"{key}-{len(runs[key])}")
+        runs[key].append(r)
+        print(f"  {key}: {n / r['wall_s']:.2f} songs/s ({r['cpu_s'] / n * 1e3:.0f} CPU ms/song)",
+              flush=True)
+    full = tops_of(runs["catalogue"][0]["out"])
+    rows, out = [], {}
+    for key, label, _ in modes:
+        rs = runs[key]
+        rate = [n / r["wall_s"] for r in rs]
+        cpu_ms = [r["cpu_s"] / n * 1e3 for r in rs]
+        busy = [r["cpu_s"] / r["wall_s"] / cores for r in rs]
+        same = tops_of(rs[0]["out"])
+        agree = sum(same[f] == full[f] for f in full) / len(full)
+        out[key] = {"songs_per_s": rate, "cpu_ms_per_song": cpu_ms, "cores_busy": busy,
+                    "peak_rss_mib": [r["peak_rss_mib"] for r in rs],
+                    "client_cpu_ms_per_song": [r.get("client_cpu_s", 0) / n * 1e3 for r in rs],
+                    "top_agrees_with_full": agree}
+        rows.append([label, " / ".join(f"{x:.2f}" for x in rate),
+                     " / ".join(f"{x / cores:.2f}" for x in rate),
+                     " / ".join(f"{x:.0f}" for x in cpu_ms),
+                     " / ".join(f"{x:.0%}" for x in busy),
+                     f"{max(r['peak_rss_mib'] for r in rs):.0f}", f"{agree:.1%}"])
+    table([f"{n} songs of 3 minutes, {cores} cores", "songs/s", "songs/s per core",
+           "genred CPU ms per song", "cores busy (genred CPU / wall)", "peak RSS MiB",
+           "same top as all chunks"], rows)
+    d = out["daemon"]
+    out["load_avg_at_run_starts"] = loads
+    say(f"Load average (1 min) at the start of each run: {min(loads):.1f} to {max(loads):.1f}. "
+        f"Runs in the order A B C D D C B A; each cell gives both. songs/s per core = songs/s "
+        f"/ {cores}. The daemon's CPU is its own (/proc); classify-remote, on the same cores, "
+        f"took {med(d['client_cpu_ms_per_song']):.0f} ms of CPU per song more (reading the file "
+        "and posting it). Peak RSS: the genred process (VmHWM / ru_maxrss).")
+    say()
+
+    # Songs in flight, on the first 60 songs: what the default is chosen from.
+    sub = OUT / "catalogue-60.list"
+    sub.write_text("".join(f"{p}\n" for p in songs[:60]))
+    rows, sweep = [], {}
+    for jobs in (1, 2, 3, 4, 6):
+        rs = []
+        for _ in range(reps):
+            outp = work / f"jobs{jobs}-{len(rs)}.jsonl"
+            wall, cpu, _, rc, _ = run_child([args.genred, "classify", "--config",
+                                             ROOT / "conf" / "genred.conf", "--model", MODEL,
+                                             "--files-from", sub, "--jobs", jobs, "-o", outp],
+                                            cwd=ROOT, env=genred_env())
+            assert rc == 0
+            rs.append((60 / wall, cpu / 60 * 1e3))
+        sweep[jobs] = rs
+        rows.append([jobs, " / ".join(f"{a:.2f}" for a, _ in rs),
+                     " / ".join(f"{b:.0f}" for _, b in rs)])
+    table(["--jobs (60 songs)", "songs/s", "CPU ms per song"], rows)
+    out["jobs_sweep"] = sweep
+
+    # max_chunks: speed, and how often the top genre is the full analysis'.
+    rows, curve = [], {}
+    for keep in (1, 2, 4, 8, 16, 0):
+        r = local(f"max{keep}", "--max-chunks", keep)
+        got = tops_of(r["out"])
+        agree = sum(got[f] == full[f] for f in full) / len(full)
+        curve[keep] = {"songs_per_s": n / r["wall_s"], "cpu_ms_per_song": r["cpu_s"] / n * 1e3,
+                       "top_agrees_with_full": agree}
+        rows.append([keep or "0 (all 50)", f"{n / r['wall_s']:.2f}", f"{n / r['wall_s'] / cores:.2f}",
+                     f"{r['cpu_s'] / n * 1e3:.0f}", f"{agree:.1%}"])
+    table(["max_chunks", "songs/s", "songs/s per core", "CPU ms per song",
+           f"same top as all chunks ({n} songs)"], rows)
+    say("Agreement is with the catalogue-mode run of all 50 chunks, on the bundled model; "
+        "accuracy against max_chunks on held-out tracks is train/max_chunks.py's.")
+    say()
+    out["max_chunks"] = curve
+    for v in out.values():
+        if isinstance(v, dict):
+            v.pop("out", None)
+    results["catalogue"] = out
+
+
 def machine():
     cpu = "?"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -546,7 +840,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--build", required=True, help="meson build directory (bench/run makes it)")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
-    ap.add_argument("--only", default="e2e,torch,stages,load,memory,coldstart")
+    ap.add_argument("--only", default="e2e,torch,stages,load,memory,coldstart,backbone")
     args = ap.parse_args()
     build = Path(args.build)
     args.genred = str(build / "genred")
@@ -570,6 +864,10 @@ def main():
         bench_memory(args, big)
     if "coldstart" in only:
         bench_coldstart(args)
+    if "backbone" in only:
+        bench_backbone(args, song)
+    if "catalogue" in only:
+        bench_catalogue(args)
     results["machine"] = machine()
     (OUT / "results.json").write_text(json.dumps(results, indent=1))
     (OUT / "results.md").write_text("\n".join(report) + "\n")

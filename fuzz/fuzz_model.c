@@ -63,11 +63,11 @@ static void run(const model *m) {
     model_workspace *ws = model_workspace_create(m, 2, &err);
     if (!ws) fail("no workspace for a small model");
     float *in = calloc(2 * in_floats, sizeof *in);
-    float *out = malloc(2 * (size_t)genres * sizeof *out);
+    float *out = malloc(2 * model_output_floats(m) * sizeof *out);
     if (!in || !out) fail("out of memory");
-    if (model_forward(m, ws, in, 2, out) != 0) fail("forward refused a batch of 2");
-    if (model_forward(m, ws, in, 1, out) != 0) fail("forward refused a batch of 1");
-    if (model_forward(m, ws, in, 3, out) == 0) fail("forward accepted a batch over the workspace");
+    if (model_forward(m, ws, in, 2, out, &err) != 0) fail("forward refused a batch of 2");
+    if (model_forward(m, ws, in, 1, out, &err) != 0) fail("forward refused a batch of 1");
+    if (model_forward(m, ws, in, 3, out, &err) == 0) fail("forward accepted a batch over the workspace");
     free(in);
     free(out);
     model_workspace_free(ws);

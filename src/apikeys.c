@@ -16,6 +16,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "genred/fileio.h"
+
 enum {
     MAX_KEYS = 10000,           /* a file beyond this is a mistake, not a key set */
     MAX_LINE = 4096,            /* longer lines are refused, never split */
@@ -54,16 +56,16 @@ static int grow(apikeys *k) {
 static int add_key(apikeys *k, const char *path, unsigned lineno, const char *s, size_t n,
                    gr_err *err) {
     if (n < APIKEY_MIN_LEN || n > APIKEY_MAX_LEN)
-        return gr_fail(err, GR_EBADREQ, "%s:%u: a key must be %d to %d characters long",
+        return gr_fail(err, GR_EFILE, "%s:%u: a key must be %d to %d characters long",
                        path, lineno, APIKEY_MIN_LEN, APIKEY_MAX_LEN);
     for (size_t i = 0; i < n; i++) {
         unsigned char ch = (unsigned char)s[i];
         if (ch < 0x21 || ch > 0x7e)
-            return gr_fail(err, GR_EBADREQ, "%s:%u: a key may hold only printable ASCII "
+            return gr_fail(err, GR_EFILE, "%s:%u: a key may hold only printable ASCII "
                            "characters without spaces", path, lineno);
     }
     if (k->n == MAX_KEYS)
-        return gr_fail(err, GR_EBADREQ, "%s: more than %d keys", path, MAX_KEYS);
+        return gr_fail(err, GR_EFILE, "%s: more than %d keys", path, MAX_KEYS);
     if (grow(k) != 0) return gr_fail(err, GR_EINTERNAL, "api keys: out of memory");
     slot *sl = &k->slots[k->n++];
     memcpy(sl->bytes, s, n);
@@ -71,39 +73,21 @@ static int add_key(apikeys *k, const char *path, unsigned lineno, const char *s,
     return 0;
 }
 
-/* One line into buf without its newline. Returns its length, -1 at end of
- * file, -2 if longer than MAX_LINE, -3 if it holds a NUL byte. */
-static long read_line(FILE *f, char buf[MAX_LINE + 1]) {
-    size_t n = 0;
-    int ch;
-    while ((ch = getc(f)) != EOF && ch != '\n') {
-        if (ch == '\0') return -3;
-        if (n == MAX_LINE) return -2;
-        buf[n++] = (char)ch;
-    }
-    if (ch == EOF && n == 0) return -1;
-    buf[n] = '\0';
-    return (long)n;
-}
-
 static int parse(apikeys *k, FILE *f, const char *path, char line[MAX_LINE + 1],
                  gr_err *err) {
-    for (unsigned lineno = 1;; lineno++) {
-        long got = read_line(f, line);
-        if (got == -1) break;
-        if (got == -2)
-            return gr_fail(err, GR_EBADREQ, "%s:%u: line longer than %d bytes", path, lineno,
-                           MAX_LINE);
-        if (got == -3) return gr_fail(err, GR_EBADREQ, "%s:%u: NUL byte in line", path, lineno);
-        size_t a = 0, n = (size_t)got;
+    line_reader lines = {.f = f, .path = path, .buf = line, .cap = MAX_LINE + 1};
+    size_t n;
+    line_result got;
+    while ((got = line_next(&lines, &n, err)) == LINE_READ) {
+        size_t a = 0;
         while (a < n && is_blank(line[a])) a++;
         while (n > a && is_blank(line[n - 1])) n--;
         if (a == n || line[a] == '#') continue;
-        if (add_key(k, path, lineno, line + a, n - a, err) != 0) return -1;
+        if (add_key(k, path, lines.lineno, line + a, n - a, err) != 0) return -1;
     }
-    if (ferror(f)) return gr_fail(err, GR_EBADREQ, "%s: read error: %s", path, strerror(errno));
+    if (got == LINE_FAILED) return -1;
     if (k->n == 0)
-        return gr_fail(err, GR_EBADREQ, "%s: no keys (one per line; '#' starts a comment)",
+        return gr_fail(err, GR_EFILE, "%s: no keys (one per line; '#' starts a comment)",
                        path);
     return 0;
 }
@@ -116,7 +100,7 @@ apikeys *apikeys_load(const char *path, gr_err *err) {
     }
     FILE *f = fopen(path, "r");
     if (!f) {
-        gr_fail(err, GR_EBADREQ, "%s: cannot open: %s", path, strerror(errno));
+        gr_fail(err, GR_EFILE, "%s: cannot open: %s", path, strerror(errno));
         free(k);
         return NULL;
     }

@@ -19,8 +19,9 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
+
+#include "genred/clock.h"
 
 typedef struct job {
     const float *in;
@@ -28,7 +29,7 @@ typedef struct job {
     size_t n;
     size_t handed;       /* chunks given to workers so far */
     size_t remaining;    /* chunks not yet computed */
-    int failed;          /* a batch holding some of its chunks failed */
+    gr_err failed;       /* a batch holding some of its chunks failed: why */
     int withdrawn;       /* given up: the chunks not handed out are dropped */
     pthread_cond_t done;
     struct job *next;
@@ -70,12 +71,6 @@ struct batcher {
     int started;
     worker *workers;
 };
-
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 /* Takes up to max_batch chunks from the queue head. Called with mu held. */
 static int take_batch(batcher *b, slice *sl, size_t *nslices) {
@@ -124,9 +119,10 @@ static void *worker_main(void *arg) {
             }
             in = w->in;
         }
-        double t0 = now_seconds();
-        int rc = model_forward(b->m, w->ws, in, n, w->out);
-        double dt = now_seconds() - t0;
+        double t0 = monotonic_now();
+        gr_err ferr = {GR_OK, ""};
+        int rc = model_forward(b->m, w->ws, in, n, w->out, &ferr);
+        double dt = monotonic_now() - t0;
         metrics_observe_batch(b->met, n);
 
         size_t off = 0;
@@ -143,7 +139,7 @@ static void *worker_main(void *arg) {
         b->busy_seconds += dt;
         for (size_t i = 0; i < ns; i++) {
             job *j = w->slices[i].j;
-            if (rc != 0) j->failed = 1;
+            if (rc != 0) j->failed = ferr;
             j->remaining -= w->slices[i].count;
             if (j->remaining == 0) pthread_cond_signal(&j->done);
         }
@@ -175,7 +171,7 @@ batcher *batcher_create(const model *m, int workers, int max_batch,
     b->max_batch = max_batch;
     b->capacity = queue_capacity;
     b->in_floats = model_input_floats(m);
-    b->out_floats = (size_t)model_genre_count(m);
+    b->out_floats = model_output_floats(m);
     b->nworkers = workers;
     if (pthread_mutex_init(&b->mu, NULL) != 0) {
         free(b);
@@ -249,15 +245,9 @@ int batcher_submit(batcher *b, const float *in, size_t n, float *out, double dea
                    gr_err *err) {
     if (n == 0) return 0;
     job j = {.in = in, .out = out, .n = n, .remaining = n};
-    /* The deadline is CLOCK_MONOTONIC time, so the wait must be too. */
-    pthread_condattr_t ca;
-    int ok = pthread_condattr_init(&ca) == 0;
-    if (ok) {
-        ok = pthread_condattr_setclock(&ca, CLOCK_MONOTONIC) == 0 &&
-             pthread_cond_init(&j.done, &ca) == 0;
-        pthread_condattr_destroy(&ca);
-    }
-    if (!ok) return gr_fail(err, GR_EINTERNAL, "batcher: condvar init failed");
+    /* The deadline is monotonic_now() time, so the wait must be too. */
+    if (monotonic_cond_init(&j.done) != 0)
+        return gr_fail(err, GR_EINTERNAL, "batcher: condvar init failed");
 
     pthread_mutex_lock(&b->mu);
     if (b->stopping || b->cancelled || b->queued >= b->capacity) {
@@ -277,16 +267,11 @@ int batcher_submit(batcher *b, const float *in, size_t n, float *out, double dea
 
     gr_status why = GR_OK;
     size_t dropped = 0;
-    struct timespec until = {0};
-    if (deadline > 0) {
-        until.tv_sec = (time_t)deadline;
-        until.tv_nsec = (long)((deadline - (double)until.tv_sec) * 1e9);
-        if (until.tv_nsec > 999999999) until.tv_nsec = 999999999;
-    }
+    struct timespec until = monotonic_timespec(deadline);
     while (j.remaining > 0) {
         if (!j.withdrawn) {
             if (b->cancelled) why = GR_EBUSY;
-            else if (deadline > 0 && now_seconds() >= deadline) why = GR_EDEADLINE;
+            else if (deadline > 0 && monotonic_now() >= deadline) why = GR_EDEADLINE;
             if (why != GR_OK) {
                 dropped = withdraw(b, &j);
                 continue;
@@ -297,7 +282,8 @@ int batcher_submit(batcher *b, const float *in, size_t n, float *out, double dea
     }
     pthread_mutex_unlock(&b->mu);
     pthread_cond_destroy(&j.done);
-    if (j.failed) return gr_fail(err, GR_EINTERNAL, "batcher: model_forward failed");
+    if (j.failed.status != GR_OK)
+        return gr_fail(err, j.failed.status, "batcher: %s", j.failed.msg);
     /* Every chunk computed (the give-up came too late to save anything):
      * the answer is worth more than the error. */
     if (dropped == 0) return 0;

@@ -1,4 +1,6 @@
-/* err.c - errors as values: formatting and the status -> HTTP mapping. */
+/* err.c - errors as values: formatting, and each kind's stable name.
+ *
+ * What it does not do: HTTP statuses (http.c maps kinds to them). */
 #include "genred/err.h"
 
 #include <stdarg.h>
@@ -27,24 +29,12 @@ const char *gr_status_code(gr_status status) {
     case GR_EUNPROCESSABLE: return "unprocessable_audio";
     case GR_EBUSY: return "busy";
     case GR_EDEADLINE: return "deadline_exceeded";
+    case GR_ETOOSLOW: return "request_timeout";
+    case GR_ETOOLONG: return "uri_too_long";
+    case GR_ENOTIMPL: return "not_implemented";
+    case GR_ECONFIG: return "bad_config";
+    case GR_EFILE: return "bad_file";
     case GR_EINTERNAL: return "internal";
     }
     return "internal";
-}
-
-int gr_status_http(gr_status status) {
-    switch (status) {
-    case GR_OK: return 200;
-    case GR_EBADREQ: return 400;
-    case GR_EUNAUTHORIZED: return 401;
-    case GR_ENOTFOUND: return 404;
-    case GR_EMETHOD: return 405;
-    case GR_ETOOBIG: return 413;
-    case GR_EUNSUPPORTED: return 415;
-    case GR_EUNPROCESSABLE: return 422;
-    case GR_EBUSY: return 503;
-    case GR_EDEADLINE: return 503;
-    case GR_EINTERNAL: return 500;
-    }
-    return 500;
 }

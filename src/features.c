@@ -3,14 +3,14 @@
 #include "genred/features.h"
 
 #include <math.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "genred/audio.h"
+#include "genred/clock.h"
+#include "genred/config.h"
 
 struct featurizer {
     feature_params p;
@@ -62,21 +62,15 @@ static size_t chunk_count(const featurizer *fz, size_t n, size_t step) {
                    : waveform_chunk_count(&fz->p.waveform, n, step);
 }
 
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
-}
-
-features_opts features_opts_from_config(const config *c, int trim) {
+features_opts features_opts_from_config(const struct config *c, int trim) {
     features_opts o = {.trim = trim,
                        .trim_start_s = c->trim_start_s,
                        .trim_end_s = c->trim_end_s,
                        .trim_min_keep_s = c->trim_min_keep_s,
                        .max_duration_s = c->max_duration_s};
-    /* One segment per core: a lone request decodes at the speed of all of
-     * them; under load the segments just queue for the cores like any other
-     * thread (docs/performance.md measures both). */
+    /* One decoding thread per core: a lone request decodes at the speed of
+     * all of them; under load the threads just queue for the cores like any
+     * other thread (docs/performance.md measures both). */
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     o.decode_threads = cores > 1 ? (int)(cores < 64 ? cores : 64) : 1;
     return o;
@@ -103,169 +97,72 @@ static int too_short(const featurizer *fz, size_t start, size_t end, gr_err *err
                    (double)(end - start) / rate, (double)featurizer_chunk_samples(fz) / rate);
 }
 
-/* ---- the streamed path --------------------------------------------------
+/* ---- log-mel span by span -------------------------------------------------
  *
- * Log-mel of back-to-back chunks when the container tells the length: the
- * window is cut into blocks of BLOCK_CHUNKS chunks and decode_threads
- * threads take blocks in turn, each decoding one block's samples (plus the
- * n_fft/2 its edge frames read beyond it, plus SEAM more) and computing its
- * chunks at once. So no thread holds more than one block of audio (1.5 MB
- * at 16 kHz, against 26 MB for the whole window of a 7-minute song), the
- * log-mel runs on every core too, and it reads samples still in cache.
- * Neighbouring blocks decode the samples around their common edge twice,
- * independently; they must agree bit for bit (the seam check audio.h does
- * for its own segments), else the window is decoded again another way. */
-enum { BLOCK_CHUNKS = 8, SEAM = 64 };
+ * Back-to-back log-mel chunks of a window whose length the container tells
+ * are computed as it is decoded: audio_source_decode() cuts the window into
+ * spans of SPAN_CHUNKS chunks, each with the samples its edge frames read
+ * beyond it (the sink's margin: mel_frame_reach(), n_fft/2 or one more with
+ * pre-emphasis), decodes them on decode_threads
+ * threads, and hands each to mel_of_span(), which computes its chunks at
+ * once. So no thread holds more than one span of audio (1.5 MB at 16 kHz,
+ * against 26 MB for the whole window of a 7-minute song), the log-mel runs
+ * on every core too, and it reads samples still in cache. */
+enum { SPAN_CHUNKS = 8 };
 
-typedef struct stream_job {
+typedef struct mel_sink {
     const featurizer *fz;
-    const audio_source *src;
-    size_t start, win;        /* the window in the stream, in samples */
-    size_t n_chunks, n_blocks;
-    float *chunks;            /* the result, n_chunks chunks */
-    float *seams;             /* per block: its first SEAM samples, then its own
-                               * decode of the next block's first SEAM */
-    pthread_mutex_t mu;
-    size_t next;              /* next block to take (mu) */
-    int failed;               /* -1 error (err), 1 departs from the index (mu) */
-    gr_err err;
-    double decode_ms, mel_ms; /* summed over threads (mu) */
-} stream_job;
+    size_t win;            /* the window's samples: the signal mel sees */
+    size_t n_window;       /* chunks the window holds */
+    size_t span_chunks;    /* chunks per span */
+    const size_t *picks;   /* the sink's picked spans, or NULL */
+    float *chunks;         /* span_chunks per span decoded, in that order */
+} mel_sink;
 
-/* Samples [*lo, *hi) of the window that block b needs: from n_fft/2 before
- * its first frame's centre to n_fft/2 after its last, then SEAM more for the
- * check against the next block's start. */
-static void block_range(const stream_job *j, size_t b, size_t *lo, size_t *hi) {
-    const mel_params *p = &j->fz->p.mel;
-    const size_t L = featurizer_chunk_samples(j->fz), pad = (size_t)p->n_fft / 2;
-    size_t c0 = b * BLOCK_CHUNKS;
-    size_t c1 = c0 + BLOCK_CHUNKS < j->n_chunks ? c0 + BLOCK_CHUNKS : j->n_chunks;
-    size_t last_centre = (c1 - 1) * L + (size_t)(p->chunk_frames - 1) * (size_t)p->hop_length;
-    size_t reach = last_centre + ((size_t)p->n_fft - pad), next_lo = c1 * L - pad;
-    *lo = c0 * L > pad ? c0 * L - pad : 0;
-    *hi = (reach > next_lo ? reach : next_lo) + SEAM;
-    if (*hi > j->win) *hi = j->win;
+static int mel_of_span(void *ctx, size_t index, const float *samples, size_t at, size_t n,
+                     gr_err *err) {
+    const mel_sink *ms = ctx;
+    size_t c0 = (ms->picks ? ms->picks[index] : index) * ms->span_chunks;
+    size_t nc = ms->n_window - c0 < ms->span_chunks ? ms->n_window - c0 : ms->span_chunks;
+    size_t L = featurizer_chunk_samples(ms->fz);
+    return mel_compute_part(ms->fz->mel, samples, at, n, ms->win, L, c0, nc,
+                            ms->chunks + index * ms->span_chunks * featurizer_chunk_floats(ms->fz),
+                            err);
 }
 
-static void *stream_worker(void *arg) {
-    stream_job *j = arg;
-    const size_t floats = featurizer_chunk_floats(j->fz), L = featurizer_chunk_samples(j->fz);
-    float *buf = NULL;
-    size_t cap = 0;
-    for (;;) {
-        pthread_mutex_lock(&j->mu);
-        size_t b = j->next;
-        int stop = j->failed || b == j->n_blocks;
-        if (!stop) j->next++;
-        pthread_mutex_unlock(&j->mu);
-        if (stop) break;
+size_t features_chunk_pick(size_t k, size_t m, size_t n) { return (2 * k + 1) * n / (2 * m); }
 
-        size_t lo, hi;
-        block_range(j, b, &lo, &hi);
-        gr_err err = {0};
-        int rc = 0;
-        if (hi - lo > cap) {
-            float *nb = realloc(buf, (hi - lo) * sizeof *buf);
-            if (nb) buf = nb, cap = hi - lo;
-            else rc = gr_fail(&err, GR_EINTERNAL, "out of memory for decoded audio");
-        }
-        double t0 = now_ms();
-        if (rc == 0) rc = audio_source_decode_into(j->src, j->start + lo, hi - lo, buf, &err);
-        double t1 = now_ms();
-        size_t c0 = b * BLOCK_CHUNKS, nc = j->n_chunks - c0 < BLOCK_CHUNKS ? j->n_chunks - c0
-                                                                           : BLOCK_CHUNKS;
-        if (rc == 0)
-            rc = mel_compute_part(j->fz->mel, buf, lo, hi - lo, j->win, L, c0, nc,
-                                  j->chunks + c0 * floats, &err);
-        if (rc == 0) {
-            /* The first SEAM samples after the next block's start, and this
-             * block's first SEAM samples (its own decode of them). */
-            float *seam = j->seams + 2 * SEAM * b;
-            memcpy(seam, buf, SEAM * sizeof *buf);
-            if (b + 1 < j->n_blocks) {
-                size_t next_lo = (c0 + nc) * L - (size_t)j->fz->p.mel.n_fft / 2;
-                memcpy(seam + SEAM, buf + (next_lo - lo), SEAM * sizeof *buf);
-            }
-        }
-        double t2 = now_ms();
-        pthread_mutex_lock(&j->mu);
-        j->decode_ms += t1 - t0;
-        j->mel_ms += t2 - t1;
-        if (rc != 0 && !j->failed) {
-            j->failed = rc < 0 ? -1 : 1;
-            j->err = err;
-        }
-        pthread_mutex_unlock(&j->mu);
+/* Of n chunks, the m max_chunks keeps, moved to the front in order. */
+static void keep_picked(float *chunks, size_t floats, size_t n, size_t m) {
+    for (size_t k = 0; k < m; k++) {
+        size_t from = features_chunk_pick(k, m, n);
+        if (from != k) memmove(chunks + k * floats, chunks + from * floats, floats * sizeof *chunks);
     }
-    free(buf);
-    return NULL;
 }
 
-/* Returns 0 with out filled, 1 if the window must be decoded another way,
- * or -1 with err set. */
-static int stream_features(const featurizer *fz, const audio_source *src, int threads,
-                           size_t start, size_t end, features *out, gr_err *err) {
-    stream_job j = {.fz = fz, .src = src, .start = start, .win = end - start};
-    const size_t L = featurizer_chunk_samples(fz), pad = (size_t)fz->p.mel.n_fft / 2;
-    j.n_chunks = mel_chunk_count(fz->mel, j.win);
-    j.n_blocks = (j.n_chunks + BLOCK_CHUNKS - 1) / BLOCK_CHUNKS;
-    /* Every block is longer than the seams it keeps, and blocks meet where
-     * a chunk starts at least n_fft/2 into the window. */
-    if (L < SEAM || L <= pad) return 1;
-    j.chunks = malloc(j.n_chunks * featurizer_chunk_floats(fz) * sizeof(float));
-    j.seams = calloc(j.n_blocks, 2 * SEAM * sizeof(float));
-    if (!j.chunks || !j.seams || pthread_mutex_init(&j.mu, NULL) != 0) {
-        free(j.chunks);
-        free(j.seams);
-        return gr_fail(err, GR_EINTERNAL, "out of memory for %zu feature chunks", j.n_chunks);
-    }
-    size_t n = threads < 1 ? 1 : (size_t)threads;
-    if (n > j.n_blocks) n = j.n_blocks;
-    pthread_t tid[64];
-    int started[64] = {0};
-    if (n > 64) n = 64;
-    for (size_t i = 1; i < n; i++) started[i] = pthread_create(&tid[i], NULL, stream_worker, &j) == 0;
-    stream_worker(&j); /* here too; a thread that did not start is not missed */
-    for (size_t i = 1; i < n; i++)
-        if (started[i]) pthread_join(tid[i], NULL);
-    pthread_mutex_destroy(&j.mu);
-
-    int rc = j.failed;
-    for (size_t b = 0; rc == 0 && b + 1 < j.n_blocks; b++)
-        if (memcmp(j.seams + 2 * SEAM * b + SEAM, j.seams + 2 * SEAM * (b + 1),
-                   SEAM * sizeof(float)) != 0)
-            rc = 1;
-    free(j.seams);
-    if (rc != 0) {
-        free(j.chunks);
-        if (rc < 0 && err) *err = j.err;
-        return rc;
-    }
-    out->chunks = j.chunks;
-    out->n_chunks = j.n_chunks;
-    /* The stages overlap on several threads: report their shares of it. */
-    out->decode_ms = j.decode_ms / (double)n;
-    out->mel_ms = j.mel_ms / (double)n;
-    out->segments = (int)j.n_blocks;
-    return 0;
+/* How many of n chunks to analyse. */
+static size_t kept(const features_opts *o, size_t n) {
+    return o->max_chunks && o->max_chunks < n ? o->max_chunks : n;
 }
 
 int features_compute(const featurizer *fz, const features_opts *o, const void *data,
-                     size_t len, features *out, gr_err *err) {
+                     size_t len, analysis *out, gr_err *err) {
+    memset(out, 0, sizeof *out);
     const int rate = featurizer_sample_rate(fz);
-    size_t step = featurizer_chunk_samples(fz);
+    const size_t L = featurizer_chunk_samples(fz), floats = featurizer_chunk_floats(fz);
+    size_t step = L;
     if (o->chunk_hop_s != 0) {
         double hop = round(o->chunk_hop_s * rate);
         if (!(hop >= 1 && hop <= (double)step))
-            return gr_fail(err, GR_EBADREQ, "chunk hop %g s is not between one sample "
+            return gr_fail(err, GR_ECONFIG, "chunk hop %g s is not between one sample "
                            "and one chunk (%.1f s)", o->chunk_hop_s, (double)step / rate);
         step = (size_t)hop;
     }
     audio_limits lim = {.max_duration_s = o->max_duration_s, .deadline = o->deadline};
-    double t0 = now_ms();
+    double t0 = monotonic_now();
     /* When the container tells the length up front, the trim rule runs
-     * first and only the analysed window is decoded (in segments, on
-     * several threads); otherwise everything is decoded and then trimmed. */
+     * first and only the analysed window is decoded (in spans, on several
+     * threads); otherwise everything is decoded and then trimmed. */
     audio_source *src;
     if (audio_open(data, len, rate, &lim, &src, err) != 0) return -1;
     size_t total = audio_source_samples(src), start = 0, end = 0;
@@ -274,24 +171,66 @@ int features_compute(const featurizer *fz, const features_opts *o, const void *d
         audio_source_close(src);
         return too_short(fz, start, end, err);
     }
-    if (total && fz->mel && step == featurizer_chunk_samples(fz)) {
-        memset(out, 0, sizeof *out);
-        int rc = stream_features(fz, src, o->decode_threads, start, end, out, err);
-        if (rc <= 0) {
+    /* Log-mel of back-to-back chunks goes span by span to mel_of_span(),
+     * decoding only what the chunks' frames read: every chunk in spans of
+     * SPAN_CHUNKS, or, when max_chunks keeps few, only the kept ones, one
+     * span each. A span costs a pre-roll and a start check beyond its own
+     * audio, 20-25% of a 3 s chunk of MP3 (audio_range.c: 8 + 16 packets of
+     * 26 ms), against ~2% for a span of 8; so picking pays up to about 3/4
+     * of the window's chunks, and beyond that everything is decoded and the
+     * kept chunks chosen afterwards. */
+    mel_sink ms = {.fz = fz, .win = end - start, .span_chunks = SPAN_CHUNKS};
+    audio_sink sink = {.span = SPAN_CHUNKS * L, .margin = fz->mel ? mel_frame_reach(fz->mel) : 0,
+                       .take = mel_of_span, .ctx = &ms};
+    int by_span = total && fz->mel && step == L;
+    size_t count = total ? end - start : SIZE_MAX;
+    size_t *picks = NULL, n_keep = 0;
+    int pick = 0;
+    if (by_span) {
+        ms.n_window = chunk_count(fz, ms.win, L);
+        n_keep = kept(o, ms.n_window);
+        if (ms.n_window * L + sink.margin < count) count = ms.n_window * L + sink.margin;
+        pick = 4 * n_keep < 3 * ms.n_window;
+        ms.chunks = malloc((pick ? n_keep : ms.n_window) * floats * sizeof(float));
+        if (pick) picks = malloc(n_keep * sizeof *picks);
+        if (!ms.chunks || (pick && !picks)) {
+            free(picks);
+            free(ms.chunks);
             audio_source_close(src);
-            if (rc < 0) return -1;
-            out->duration_s = (double)total / rate;
-            out->start_s = (double)start / rate;
-            out->trimmed = trimmed;
-            return 0;
+            return gr_fail(err, GR_EINTERNAL, "out of memory for %zu feature chunks",
+                           ms.n_window);
+        }
+        if (pick) {
+            for (size_t k = 0; k < n_keep; k++) picks[k] = features_chunk_pick(k, n_keep, ms.n_window);
+            ms.picks = sink.picks = picks;
+            sink.n_picks = n_keep;
+            ms.span_chunks = 1;
+            sink.span = L;
         }
     }
     audio a;
-    int rc = audio_source_decode(src, start, total ? end - start : SIZE_MAX,
-                                 o->decode_threads, &a, err);
+    int rc = audio_source_decode(src, start, count, o->decode_threads, by_span ? &sink : NULL,
+                                 &a, err);
     audio_source_close(src);
+    free(picks);
+    double t1 = monotonic_now();
+    out->duration_s = a.duration_s;
+    out->spans = a.spans;
+    if (rc == 0 && by_span && a.spans > 0) {
+        if (!pick) keep_picked(ms.chunks, floats, ms.n_window, n_keep);
+        out->chunks = ms.chunks;
+        out->n_chunks = n_keep;
+        out->window_chunks = ms.n_window;
+        out->start_s = (double)start / rate;
+        out->trimmed = trimmed;
+        /* Decoding and log-mel overlap on every thread: the log-mel's share
+         * of the time is the sink's, the rest is decoding's. */
+        out->features_ms = a.sink_ms;
+        out->decode_ms = (t1 - t0) * 1e3 - a.sink_ms;
+        return 0;
+    }
+    free(ms.chunks);
     if (rc != 0) return -1;
-    double t1 = now_ms();
     if (a.total != total) /* the length was unknown: a holds everything */
         trimmed = trim_window(o, a.total, rate, &start, &end);
     const float *signal = a.samples + (start - a.first);
@@ -302,7 +241,7 @@ int features_compute(const featurizer *fz, const features_opts *o, const void *d
         audio_free(&a);
         return -1;
     }
-    float *chunks = malloc(n * featurizer_chunk_floats(fz) * sizeof(float));
+    float *chunks = malloc(n * floats * sizeof(float));
     if (!chunks) {
         audio_free(&a);
         return gr_fail(err, GR_EINTERNAL, "out of memory for %zu feature chunks", n);
@@ -315,21 +254,23 @@ int features_compute(const featurizer *fz, const features_opts *o, const void *d
         audio_free(&a);
         return -1;
     }
+    /* The whole stream was decoded anyway: computing every chunk and
+     * keeping max_chunks of them costs a few ms against its decode. */
+    keep_picked(chunks, floats, n, kept(o, n));
     out->chunks = chunks;
-    out->n_chunks = n;
-    out->duration_s = a.duration_s;
+    out->n_chunks = kept(o, n);
+    out->window_chunks = n;
     out->start_s = (double)start / rate;
     out->trimmed = trimmed;
-    out->segments = a.segments;
-    out->decode_ms = t1 - t0;
-    out->mel_ms = now_ms() - t1;
+    out->decode_ms = (t1 - t0) * 1e3;
+    out->features_ms = (monotonic_now() - t1) * 1e3;
     audio_free(&a);
     return 0;
 }
 
-void features_free(features *f) {
-    if (!f) return;
-    free(f->chunks);
-    f->chunks = NULL;
-    f->n_chunks = 0;
+void analysis_free(analysis *a) {
+    if (!a) return;
+    free(a->chunks);
+    a->chunks = NULL;
+    a->n_chunks = 0;
 }

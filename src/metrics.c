@@ -2,9 +2,10 @@
  *
  * Fixed arrays under one mutex: requests by (route, status), a duration
  * histogram per route, one per pipeline stage, and histograms of batch sizes
- * and chunks per request. Routes form a closed set so a client probing random
- * URLs cannot grow the label space; the same holds for status codes, which
- * are bounded to 100..599 plus "other".
+ * and chunks per request. Routes form a closed set, the labels of routes.h's
+ * table plus "other", so a client probing random URLs cannot grow the label
+ * space; the same holds for status codes, which are bounded to 100..599
+ * plus "other".
  *
  * What it does not do: read batcher or model state on its own (both are
  * passed to metrics_render()), or serve HTTP. */
@@ -17,21 +18,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "genred/batcher.h"
+#include "genred/clock.h"
 #include "genred/model.h"
-
-#ifndef GENRED_VERSION
-#define GENRED_VERSION "0.1.0"
-#endif
-
-static const char *const route_names[] = {
-    "/v1/classify", "/healthz", "/readyz", "/v1/model",
-    "/metrics", "/openapi.yaml", "/", "other",
-};
-#define ROUTE_COUNT (sizeof route_names / sizeof route_names[0])
-#define ROUTE_OTHER (ROUTE_COUNT - 1)
+#include "genred/routes.h"
+#include "genred/version.h"
 
 /* Slots 0..499 are statuses 100..599; the last slot is anything else. */
 #define STATUS_SLOTS 501
@@ -61,12 +53,14 @@ typedef struct histogram {
     double sum;
 } histogram;
 
+/* Per-route counters sit in slots: slot i for the label of routes[i] (rows
+ * sharing a label use the first one's slot), slot route_count for "other". */
 struct metrics {
     pthread_mutex_t mu;
-    struct timespec started; /* CLOCK_MONOTONIC */
-    unsigned long long requests[ROUTE_COUNT][STATUS_SLOTS];
+    double started;          /* monotonic_now() */
+    unsigned long long (*requests)[STATUS_SLOTS]; /* [route_count + 1], owned */
     unsigned long long upload_bytes;
-    histogram request_seconds[ROUTE_COUNT];
+    histogram *request_seconds;                    /* [route_count + 1], owned */
     histogram stage_seconds[STAGE_COUNT_];
     histogram batch_size;
     histogram chunks_per_request;
@@ -92,15 +86,33 @@ static void histogram_observe(histogram *h, double v) {
     h->sum += v;
 }
 
-metrics *metrics_create(void) {
+/* Frees m and its arrays; the mutex is the caller's business. */
+static void free_memory(metrics *m) {
+    free(m->requests);
+    free(m->request_seconds);
+    free(m);
+}
+
+metrics *metrics_create(gr_err *err) {
     metrics *m = calloc(1, sizeof *m);
-    if (!m) return NULL;
-    if (pthread_mutex_init(&m->mu, NULL) != 0) {
-        free(m);
+    if (!m) {
+        gr_fail(err, GR_EINTERNAL, "metrics: out of memory");
         return NULL;
     }
-    clock_gettime(CLOCK_MONOTONIC, &m->started);
-    for (size_t r = 0; r < ROUTE_COUNT; r++)
+    m->requests = calloc(route_count + 1, sizeof *m->requests);
+    m->request_seconds = calloc(route_count + 1, sizeof *m->request_seconds);
+    if (!m->requests || !m->request_seconds) {
+        free_memory(m);
+        gr_fail(err, GR_EINTERNAL, "metrics: out of memory");
+        return NULL;
+    }
+    if (pthread_mutex_init(&m->mu, NULL) != 0) {
+        free_memory(m);
+        gr_fail(err, GR_EINTERNAL, "metrics: mutex init failed");
+        return NULL;
+    }
+    m->started = monotonic_now();
+    for (size_t r = 0; r <= route_count; r++)
         histogram_init(&m->request_seconds[r], BOUNDS(seconds_bounds));
     for (size_t s = 0; s < STAGE_COUNT_; s++)
         histogram_init(&m->stage_seconds[s], BOUNDS(seconds_bounds));
@@ -112,20 +124,27 @@ metrics *metrics_create(void) {
 void metrics_free(metrics *m) {
     if (!m) return;
     pthread_mutex_destroy(&m->mu);
-    free(m);
+    free_memory(m);
 }
 
-static size_t route_index(const char *route) {
-    if (route)
-        for (size_t r = 0; r < ROUTE_OTHER; r++)
-            if (strcmp(route, route_names[r]) == 0) return r;
-    return ROUTE_OTHER;
+/* The slot of a label: the first route that has it, or "other". */
+static size_t route_slot(const char *label) {
+    for (size_t r = 0; label && r < route_count; r++)
+        if (strcmp(label, routes[r].label) == 0) return r;
+    return route_count;
+}
+
+/* The label a slot renders as, or NULL for a row whose label an earlier
+ * row has (its slot is never used). */
+static const char *slot_label(size_t slot) {
+    if (slot == route_count) return ROUTE_LABEL_OTHER;
+    return route_slot(routes[slot].label) == slot ? routes[slot].label : NULL;
 }
 
 void metrics_observe_request(metrics *m, const char *route, int status,
                              double seconds, size_t bytes_in) {
     if (!m) return;
-    size_t r = route_index(route);
+    size_t r = route_slot(route);
     size_t slot = (status >= 100 && status <= 599) ? (size_t)(status - 100)
                                                    : STATUS_SLOTS - 1;
     pthread_mutex_lock(&m->mu);
@@ -252,12 +271,6 @@ static void sb_histogram(sbuf *b, const char *name, const char *label,
               label[0] ? "}" : "", h->count);
 }
 
-static double seconds_since(const struct timespec *t0) {
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    return (double)(now.tv_sec - t0->tv_sec) + (double)(now.tv_nsec - t0->tv_nsec) / 1e9;
-}
-
 static void render_locked(const metrics *m, sbuf *b) {
     sb_family(b, "genred_build_info", "gauge", "Build of the running daemon; always 1.");
     sb_puts(b, "genred_build_info{version=\"");
@@ -266,14 +279,14 @@ static void render_locked(const metrics *m, sbuf *b) {
 
     sb_family(b, "genred_uptime_seconds", "gauge", "Seconds since the metrics were created.");
     sb_puts(b, "genred_uptime_seconds ");
-    sb_double(b, seconds_since(&m->started));
+    sb_double(b, monotonic_now() - m->started);
     sb_puts(b, "\n");
 
     sb_family(b, "genred_requests_total", "counter", "HTTP requests answered, by route and status.");
-    for (size_t r = 0; r < ROUTE_COUNT; r++) {
+    for (size_t r = 0; r <= route_count; r++) {
         for (size_t s = 0; s < STATUS_SLOTS; s++) {
             if (!m->requests[r][s]) continue;
-            sb_printf(b, "genred_requests_total{route=\"%s\",status=\"", route_names[r]);
+            sb_printf(b, "genred_requests_total{route=\"%s\",status=\"", slot_label(r));
             if (s == STATUS_SLOTS - 1) sb_puts(b, "other");
             else sb_printf(b, "%zu", s + 100);
             sb_printf(b, "\"} %llu\n", m->requests[r][s]);
@@ -282,9 +295,10 @@ static void render_locked(const metrics *m, sbuf *b) {
 
     sb_family(b, "genred_request_duration_seconds", "histogram",
               "Time from request start to the last byte of the answer, by route.");
-    for (size_t r = 0; r < ROUTE_COUNT; r++) {
+    for (size_t r = 0; r <= route_count; r++) {
         char label[64];
-        snprintf(label, sizeof label, "route=\"%s\"", route_names[r]);
+        if (!slot_label(r)) continue;
+        snprintf(label, sizeof label, "route=\"%s\"", slot_label(r));
         sb_histogram(b, "genred_request_duration_seconds", label, &m->request_seconds[r]);
     }
 
@@ -307,12 +321,52 @@ static void render_locked(const metrics *m, sbuf *b) {
     sb_histogram(b, "genred_chunks_per_request", "", &m->chunks_per_request);
 }
 
+/* One sample of a family without labels, with its HELP and TYPE. */
+static void sb_single(sbuf *b, const char *name, const char *type, const char *help,
+                      unsigned long long value) {
+    sb_family(b, name, type, help);
+    sb_printf(b, "%s %llu\n", name, value);
+}
+
+static void render_load(const metrics_load *l, sbuf *b) {
+    const struct {
+        const char *name, *type, *help;
+        unsigned long long value;
+    } rows[] = {
+        {"genred_connections", "gauge", "Connections open on the API port.",
+         (unsigned long long)l->connections},
+        {"genred_max_connections", "gauge",
+         "Connections the API port serves; more get 503 or are closed.",
+         (unsigned long long)l->max_connections},
+        {"genred_queue_depth", "gauge", "Whole uploads waiting for a classification slot.",
+         l->queue_depth},
+        {"genred_queue_capacity", "gauge",
+         "Most uploads that may wait; more get 503, and /readyz is 503 when full.",
+         l->queue_capacity},
+        {"genred_active_requests", "gauge", "Classifications running.",
+         (unsigned long long)l->active_requests},
+        {"genred_max_active_requests", "gauge", "Most classifications running at once.",
+         (unsigned long long)l->max_active_requests},
+        {"genred_upload_memory_bytes", "gauge",
+         "Bytes of uploads held (received, waiting or classifying).", l->upload_memory},
+        {"genred_max_upload_memory_bytes", "gauge",
+         "Most bytes of uploads held at once; more get 503, and /readyz is 503 at it.",
+         l->max_upload_memory},
+        {"genred_header_timeouts_total", "counter",
+         "Connections closed for not completing a request's header block within "
+         "header_timeout_s (slow clients, and keep-alive connections idle that long).",
+         l->header_timeouts},
+        {"genred_slow_uploads_total", "counter",
+         "Uploads cut with 408 for falling under min_upload_rate.", l->slow_uploads},
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
+        sb_single(b, rows[i].name, rows[i].type, rows[i].help, rows[i].value);
+}
+
 static void render_batcher(const batcher_stats *st, sbuf *b) {
-    sb_family(b, "genred_queue_depth", "gauge", "Requests waiting for inference.");
-    sb_printf(b, "genred_queue_depth %zu\n", st->queued_requests);
-    sb_family(b, "genred_queue_capacity", "gauge",
-              "Most requests that may wait; more get 503.");
-    sb_printf(b, "genred_queue_capacity %zu\n", st->queue_capacity);
+    sb_family(b, "genred_inference_queue_depth", "gauge",
+              "Classifications waiting for the model (at most max_active_requests).");
+    sb_printf(b, "genred_inference_queue_depth %zu\n", st->queued_requests);
     sb_family(b, "genred_workers", "gauge", "Inference worker threads.");
     sb_printf(b, "genred_workers %d\n", st->workers);
     sb_family(b, "genred_max_batch", "gauge", "Most chunks per model forward pass.");
@@ -343,7 +397,7 @@ static void render_model(const model *mod, sbuf *b) {
     sb_puts(b, "\"} 1\n");
 }
 
-char *metrics_render(metrics *m, const struct batcher_stats *st,
+char *metrics_render(metrics *m, const struct batcher_stats *st, const metrics_load *load,
                      const struct model *model) {
     sbuf b = {malloc(16384), 0, 16384, 0};
     if (!b.p) return NULL;
@@ -353,6 +407,7 @@ char *metrics_render(metrics *m, const struct batcher_stats *st,
         render_locked(m, &b);
         pthread_mutex_unlock(&m->mu);
     }
+    if (load) render_load(load, &b);
     if (st) render_batcher(st, &b);
     if (model) render_model(model, &b);
     if (b.failed) {

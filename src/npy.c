@@ -76,7 +76,7 @@ int npy_write(const char *path, const float *data, const size_t *shape,
 
     FILE *f = fopen(path, "wb");
     if (!f)
-        return gr_fail(err, GR_EINTERNAL, "npy: cannot create %s: %s", path,
+        return gr_fail(err, GR_EFILE, "npy: cannot create %s: %s", path,
                        strerror(errno));
     int ok = fwrite(prefix, 1, sizeof prefix, f) == sizeof prefix &&
              fwrite(hdr, 1, hdr_len, f) == hdr_len &&
@@ -88,7 +88,7 @@ int npy_write(const char *path, const float *data, const size_t *shape,
     }
     if (!ok) {
         remove(path); /* a truncated array would read back as corrupt anyway */
-        return gr_fail(err, GR_EINTERNAL, "npy: cannot write %s: %s", path,
+        return gr_fail(err, GR_EFILE, "npy: cannot write %s: %s", path,
                        strerror(saved_errno));
     }
     return 0;
@@ -183,11 +183,11 @@ static int parse_header(const char *text, size_t len, size_t shape[NPY_MAX_DIMS]
             seen_descr = 1;
             if (parse_string(&c, val, sizeof val) != 0) goto bad;
             if (strcmp(val, "<f4") != 0)
-                return gr_fail(err, GR_EBADREQ, "npy: dtype %s, want <f4", val);
+                return gr_fail(err, GR_EFILE, "npy: dtype %s, want <f4", val);
         } else if (strcmp(key, "fortran_order") == 0 && !seen_order) {
             seen_order = 1;
             if (parse_word(&c, "True") == 0)
-                return gr_fail(err, GR_EBADREQ, "npy: Fortran order unsupported");
+                return gr_fail(err, GR_EFILE, "npy: Fortran order unsupported");
             if (parse_word(&c, "False") != 0) goto bad;
         } else if (strcmp(key, "shape") == 0 && !seen_shape) {
             seen_shape = 1;
@@ -204,10 +204,10 @@ static int parse_header(const char *text, size_t len, size_t shape[NPY_MAX_DIMS]
     skip_spaces(&c);
     if (c.p + 1 != c.end || *c.p != '\n') goto bad;
     if (*ndim < 1)
-        return gr_fail(err, GR_EBADREQ, "npy: 0-d arrays unsupported");
+        return gr_fail(err, GR_EFILE, "npy: 0-d arrays unsupported");
     return 0;
 bad:
-    return gr_fail(err, GR_EBADREQ, "npy: malformed header");
+    return gr_fail(err, GR_EFILE, "npy: malformed header");
 }
 
 int npy_read(const char *path, float **data, size_t shape[4], int *ndim,
@@ -216,29 +216,29 @@ int npy_read(const char *path, float **data, size_t shape[4], int *ndim,
     *ndim = 0;
     FILE *f = fopen(path, "rb");
     if (!f)
-        return gr_fail(err, GR_EBADREQ, "npy: cannot open %s: %s", path,
+        return gr_fail(err, GR_EFILE, "npy: cannot open %s: %s", path,
                        strerror(errno));
     char *hdr = NULL;
     float *buf = NULL;
     struct stat st;
     if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
-        gr_fail(err, GR_EBADREQ, "npy: %s is not a regular file", path);
+        gr_fail(err, GR_EFILE, "npy: %s is not a regular file", path);
         goto fail;
     }
     unsigned char prefix[NPY_PREFIX_LEN];
     if (fread(prefix, 1, sizeof prefix, f) != sizeof prefix ||
         memcmp(prefix, NPY_MAGIC, NPY_MAGIC_LEN) != 0) {
-        gr_fail(err, GR_EBADREQ, "npy: %s is not a .npy file", path);
+        gr_fail(err, GR_EFILE, "npy: %s is not a .npy file", path);
         goto fail;
     }
     if (prefix[6] != 1 || prefix[7] != 0) {
-        gr_fail(err, GR_EBADREQ, "npy: format %d.%d, want 1.0", prefix[6],
+        gr_fail(err, GR_EFILE, "npy: format %d.%d, want 1.0", prefix[6],
                 prefix[7]);
         goto fail;
     }
     size_t hdr_len = (size_t)prefix[8] | (size_t)prefix[9] << 8;
     if (hdr_len == 0 || (uint64_t)st.st_size < NPY_PREFIX_LEN + hdr_len) {
-        gr_fail(err, GR_EBADREQ, "npy: truncated header");
+        gr_fail(err, GR_EFILE, "npy: truncated header");
         goto fail;
     }
     hdr = malloc(hdr_len);
@@ -247,7 +247,7 @@ int npy_read(const char *path, float **data, size_t shape[4], int *ndim,
         goto fail;
     }
     if (fread(hdr, 1, hdr_len, f) != hdr_len) {
-        gr_fail(err, GR_EBADREQ, "npy: truncated header");
+        gr_fail(err, GR_EFILE, "npy: truncated header");
         goto fail;
     }
     size_t dims[NPY_MAX_DIMS];
@@ -256,7 +256,7 @@ int npy_read(const char *path, float **data, size_t shape[4], int *ndim,
     size_t bytes;
     if (array_bytes(dims, nd, &bytes) != 0 ||
         (uint64_t)st.st_size - NPY_PREFIX_LEN - hdr_len != (uint64_t)bytes) {
-        gr_fail(err, GR_EBADREQ, "npy: data size does not match the shape");
+        gr_fail(err, GR_EFILE, "npy: data size does not match the shape");
         goto fail;
     }
     buf = malloc(bytes ? bytes : 1); /* a 0-size array still gets a pointer */
@@ -265,7 +265,7 @@ int npy_read(const char *path, float **data, size_t shape[4], int *ndim,
         goto fail;
     }
     if (fread(buf, 1, bytes, f) != bytes) {
-        gr_fail(err, GR_EBADREQ, "npy: truncated data");
+        gr_fail(err, GR_EFILE, "npy: truncated data");
         goto fail;
     }
     free(hdr);

@@ -96,7 +96,7 @@ static void test_refused_files(void **state) {
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         gr_err err = {0};
         assert_null(load_text(bad[i].text, strlen(bad[i].text), &err));
-        assert_int_equal(err.status, GR_EBADREQ);
+        assert_int_equal(err.status, GR_EFILE);
         if (!strstr(err.msg, bad[i].msg)) fail_msg("case %zu: message '%s'", i, err.msg);
     }
     /* 257 characters: one too many. */
@@ -118,7 +118,7 @@ static void test_refused_files(void **state) {
     assert_non_null(strstr(err.msg, ":2: NUL byte"));
 
     assert_null(apikeys_load("/nonexistent/genred.keys", &err));
-    assert_int_equal(err.status, GR_EBADREQ);
+    assert_int_equal(err.status, GR_EFILE);
     assert_non_null(strstr(err.msg, "cannot open"));
 }
 

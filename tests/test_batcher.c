@@ -56,7 +56,7 @@ static float *reference(const model *m, const float *x, size_t n) {
     gr_err err;
     model_workspace *ws = model_workspace_create(m, 1, &err);
     assert_non_null(ws);
-    for (size_t i = 0; i < n; i++) assert_int_equal(model_forward(m, ws, x + i * k, 1, out + i * g), 0);
+    for (size_t i = 0; i < n; i++) assert_int_equal(model_forward(m, ws, x + i * k, 1, out + i * g, NULL), 0);
     model_workspace_free(ws);
     return out;
 }

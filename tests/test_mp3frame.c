@@ -1,7 +1,7 @@
 /* test_mp3frame.c - mp3_reservoir_add() on hand-made layer III frames:
  * what the decoder holds after each, and the frames that read past the
  * stream's bytes or refer to more reservoir than it holds. (Real encoders'
- * streams, which must all pass, are test_perf_decode.c's; damaged ones
+ * streams, which must all pass, are test_range_identity.c's; damaged ones
  * from fuzzing are fuzz/corpus/audio/regress-range-overread-*.mp3.) */
 #include <setjmp.h>
 #include <stdarg.h>

@@ -177,7 +177,7 @@ def render(r, designs, png_name):
     a = r["agreement"]
     lines += [
         f"The same track as lossless audio and as a 128 kbit/s MP3 (ffmpeg, libmp3lame) should "
-        f"get the same answer. Through the daemon's own path (`genred classify --trim 0`, "
+        f"get the same answer. Through the daemon's own path (`genred classify`, "
         f"{a['daemon']['model']}) on the {a['daemon']['tracks']} valid.txt tracks, the top "
         f"genre agrees for **{pct(a['daemon']['top_agreement'])}** of tracks; mean absolute "
         f"difference of the genre probabilities {a['daemon']['mean_abs_prob_diff']:.4f}. Out of "
@@ -234,8 +234,8 @@ def render(r, designs, png_name):
         f"{t['features_s'] / 60:.1f} min, valid.txt model {t['valid_s'] / 60:.1f} min, "
         f"cross-validation {t['cv_s'] / 60:.1f} min, shipped model {t['final_s'] / 60:.1f} min, "
         f"design (d) {t['dsae_s'] / 60:.1f} min, evaluation and card {t['eval_s'] / 60:.1f} min. "
-        "Seeds are fixed; the features cache lives in train/.cache "
-        "(delete it to time a cold start).",
+        "Seeds are fixed; the features cache lives in train/.cache, keyed on the feature "
+        "parameters and the genred binary (delete it to time a cold start).",
         "",
         "## Data",
         "",

@@ -8,9 +8,14 @@ the split; otherwise tracks are split per genre with a fixed seed. Tracks in
 unlisted.txt are left out (known faulty in GTZAN). Cross-validation folds are
 stratified by genre and made of whole tracks.
 
-Features always come from `genred features` (the daemon's own C code), cached
-as .npy files keyed by the feature parameters, the chunk hop and the audio
-variant, so the model learns exactly what the daemon computes. Variants are
+Features always come from `genred features` (the daemon's own C code), with
+the daemon's trim rule, so the model learns exactly what the daemon computes:
+for a full-length song (60 s or more) that is the window without its first
+and last 15 s, for a 30 s excerpt all of it. They are cached as .npy files
+keyed by what they depend on: the feature parameters, the genred binary that
+computed them (a change to mel.c is another binary, so retraining never
+reuses stale features), the arguments it got, the chunk hop and the audio
+variant. Variants are
 re-recordings of a track made with ffmpeg before genred sees it: an MP3 round
 trip, a pitch shift or a tempo change (VARIANTS). Only training data gets
 variants and overlapping chunks; evaluation always uses the original audio
@@ -22,6 +27,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import subprocess
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -131,15 +137,48 @@ def folds(tracks, k=5, seed=1234):
     return out
 
 
-def params_key(params_path):
-    with open(params_path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()[:12]
+def genred_env():
+    """The environment for running genred: this one without GENRED_*
+    variables. genred reads GENRED_<KEY> as settings (and refuses names that
+    are not), so features would otherwise depend on whoever runs training."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("GENRED_")}
 
 
-def cache_dir_for(cache_dir, params_path, variant="orig", chunk_hop=None):
-    """Where features of one (params, variant, hop) live. The original audio
-    in back-to-back chunks sits at the top of the params folder."""
-    out = os.path.join(cache_dir, params_key(params_path))
+# What `genred features` is asked besides the files: the daemon's trim rule
+# (its default, spelled out), so training sees the window the daemon analyses.
+FEATURE_ARGS = ("--trim", "1")
+
+_DIGESTS = {}
+
+
+def _file_digest(path):
+    """sha256 of a file's bytes, computed once per (path, size, mtime)."""
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
+
+
+def features_key(genred, params_path):
+    """The cache folder of features computed by genred (a path, or a name on
+    PATH) from params_path: a digest of the parameters, the binary and
+    FEATURE_ARGS."""
+    binary = genred if os.sep in genred else shutil.which(genred) or genred
+    h = hashlib.sha256()
+    for part in (_file_digest(params_path), _file_digest(binary), " ".join(FEATURE_ARGS)):
+        h.update(part.encode() + b"\0")
+    return h.hexdigest()[:12]
+
+
+def cache_dir_for(cache_dir, genred, params_path, variant="orig", chunk_hop=None):
+    """Where features of one (genred, params, variant, hop) live. The
+    original audio in back-to-back chunks sits at the top of the folder."""
+    out = os.path.join(cache_dir, features_key(genred, params_path))
     if variant != "orig" or chunk_hop:
         out = os.path.join(out, f"{variant}-hop{chunk_hop or 0:g}")
     return out
@@ -173,7 +212,7 @@ def extract_many(genred, targets, tracks, cache_dir, jobs=2, variant="orig"):
         raise ValueError(f"unknown audio variant {variant!r}; known: {sorted(VARIANTS)}")
     maps = []
     for params_path, chunk_hop in targets:
-        out_dir = cache_dir_for(cache_dir, params_path, variant, chunk_hop)
+        out_dir = cache_dir_for(cache_dir, genred, params_path, variant, chunk_hop)
         os.makedirs(out_dir, exist_ok=True)
         maps.append({t.id: os.path.join(out_dir, f"{t.genre}__{t.id}.npy") for t in tracks})
 
@@ -185,10 +224,10 @@ def extract_many(genred, targets, tracks, cache_dir, jobs=2, variant="orig"):
             src = t.path if VARIANTS[variant] is None else _render_variant(t.path, variant, tmp)
             for (params_path, chunk_hop), dst in todo:
                 out = os.path.join(tmp, "features.npy")
-                cmd = [genred, "features", "--params", params_path, "--trim", "0", src, "-o", out]
+                cmd = [genred, "features", "--params", params_path, *FEATURE_ARGS, src, "-o", out]
                 if chunk_hop:
                     cmd[2:2] = ["--chunk-hop", f"{chunk_hop:g}"]
-                r = subprocess.run(cmd, capture_output=True, text=True)
+                r = subprocess.run(cmd, capture_output=True, text=True, env=genred_env())
                 if r.returncode != 0:
                     raise RuntimeError(f"genred features failed on {src} ({t.path}): "
                                        f"{r.stderr.strip()}")

@@ -1,5 +1,6 @@
 """efficientat.py - the EfficientAT "mn04_as" AudioSet tagger in PyTorch, our own
-definition, written from the facts in ../shared/models/efficientat-mn04/README.md.
+definition, written from the facts in ../shared/models/efficientat-mn04/README.md
+(gathered in train/mn04.py).
 
 A MobileNetV3 at width 0.4 (993,531 parameters) over a Kaldi-style log-mel at
 32 kHz. Its module tree is laid out so that the published checkpoint's state
@@ -21,54 +22,20 @@ front_end() is the reference log-mel the C front end (src/mel.c, kind
 "logmel" with the parameters of FEATURES) is tested against: pre-emphasis,
 torch.stft, torchaudio's Kaldi mel banks, log(x + 1e-5), (x + 4.5) / 5.
 
-What it does not do: read the checkpoint file (scripts/get-model does that
-without torch; load_checkpoint() here uses torch.load), convert it to a
-.gmodel (scripts/get-model), train a genre head (train/backbone_head.py).
+What it does not do: convert the checkpoint to a .gmodel (train/mn04.py,
+scripts/get-model), train a genre head (train/backbone_head.py).
 """
+import os
+import sys
+
 import torch
 import torch.nn.functional as F
 import torchaudio
 from torch import nn
 
-# The front end as a .gmodel "features" object (docs/model-format.md).
-FEATURES = {
-    "kind": "logmel", "sample_rate": 32000, "preemphasis": 0.97,
-    "n_fft": 1024, "win_length": 800, "window": "hann_symmetric", "hop_length": 320,
-    "n_mels": 128, "chunk_frames": 300, "fmin": 0.0, "fmax": 15000.0,
-    "mel_scale": "kaldi", "mel_norm": "none", "power": 2.0,
-    "log": "ln", "log_offset": 1e-5, "norm_mean": -4.5, "norm_std": 5.0,
-}
-
-# (in, kernel, expanded, out, SE squeeze or 0, activation, stride, residual)
-BLOCKS = [
-    (8, 3, 8, 8, 0, "relu", 1, True),
-    (8, 3, 24, 16, 0, "relu", 2, False),
-    (16, 3, 32, 16, 0, "relu", 1, True),
-    (16, 5, 32, 16, 8, "relu", 2, False),
-    (16, 5, 48, 16, 16, "relu", 1, True),
-    (16, 5, 48, 16, 16, "relu", 1, True),
-    (16, 3, 96, 32, 0, "hardswish", 2, False),
-    (32, 3, 80, 32, 0, "hardswish", 1, True),
-    (32, 3, 72, 32, 0, "hardswish", 1, True),
-    (32, 3, 72, 32, 0, "hardswish", 1, True),
-    (32, 3, 192, 48, 48, "hardswish", 1, False),
-    (48, 3, 272, 48, 72, "hardswish", 1, True),
-    (48, 5, 272, 64, 72, "hardswish", 2, False),
-    (64, 5, 384, 64, 96, "hardswish", 1, True),
-    (64, 5, 384, 64, 96, "hardswish", 1, True),
-]
-STEM_CHANNELS = 8
-LAST_CHANNELS = 384       # features.16 output: the embedding's width
-HIDDEN = 512
-N_CLASSES = 527
-BN_EPS = 0.001
-
-# AudioSet output indices (audioset_class_labels_indices.csv).
-SPEECH, MUSIC, SILENCE = 0, 137, 500
-GENRE_CLASSES = {  # our genre name -> AudioSet class
-    "pop": 216, "hiphop": 217, "rock": 219, "metal": 220, "reggae": 228,
-    "country": 229, "jazz": 235, "disco": 236, "classical": 237, "blues": 251,
-}
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mn04 import (BLOCKS, BN_EPS, FEATURES, GENRE_CLASSES, HIDDEN,  # noqa: E402,F401
+                  LAST_CHANNELS, MUSIC, N_CLASSES, SILENCE, SPEECH, STEM_CHANNELS)
 
 
 def _act(name):

@@ -59,7 +59,8 @@ class Daemon:
     def __init__(self, genred, model):
         self.proc = subprocess.Popen([genred, "serve", "--listen", "127.0.0.1", "--port", "0",
                                       "--model", model, "--workers", "1"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                     env=dataset.genred_env())
         line = self.proc.stdout.readline()
         m = re.search(r"listening on (https?://127\.0\.0\.1:\d+)", line)
         if not m:
@@ -99,8 +100,9 @@ def classify(genred, model_path, files):
     """One `genred classify` answer per file, in order."""
     out = []
     for i in range(0, len(files), 32):
-        r = subprocess.run([genred, "classify", "--model", model_path, "--trim", "0",
-                            *files[i:i + 32]], capture_output=True, text=True, timeout=1800)
+        r = subprocess.run([genred, "classify", "--model", model_path,
+                            *files[i:i + 32]], capture_output=True, text=True, timeout=1800,
+                           env=dataset.genred_env())
         if r.returncode != 0:
             raise RuntimeError(f"genred classify failed: {r.stderr.strip() or r.stdout[-500:]}")
         out += [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
@@ -184,7 +186,8 @@ def main():
     ap.add_argument("--valid-seeds", type=int, default=3,
                     help="train the valid.txt model with this many seeds (seed, seed+1, ...); "
                          "the first one's details are shown, all of their spread")
-    ap.add_argument("--name", default="gtzan-cnn")
+    ap.add_argument("--name", help="the shipped model's name (default: --model's file name "
+                    "without .gmodel)")
     ap.add_argument("--version", default="2.0.0")
     ap.add_argument("--dsae-epochs", type=int, default=0,
                     help="design (d)'s epochs; 0: train.dsae_recipe's")
@@ -192,6 +195,7 @@ def main():
                     help="how this run was started, for the card")
     train.add_recipe_args(ap)
     args = ap.parse_args()
+    args.name = args.name or os.path.splitext(os.path.basename(args.model))[0]
     t_start = time.time()
     recipe = train.recipe_from_args(args)
     dsae = train.dsae_recipe(recipe)

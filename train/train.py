@@ -125,7 +125,7 @@ def _track_chunks(ctx, params, variant, hop, tracks):
                             variant=variant, chunk_hop=hop)
     out = []
     for t in tracks:
-        key = (params, ctx.cache, variant, hop, t.id)
+        key = paths[t.id]  # the cache file: params, binary, variant, hop, track
         if key not in _CHUNKS:
             a = np.load(paths[t.id])
             a = a.reshape(len(a), 1, -1, a.shape[-1])
@@ -401,12 +401,15 @@ def main():
     ap.add_argument("--on", choices=("train", "all"), default="train",
                     help="train: fit the train tracks, score the valid ones; all: fit both")
     ap.add_argument("--cv", type=int, default=0, help="K > 1: K-fold cross-validation instead")
-    ap.add_argument("--name", default="gtzan-cnn")
+    ap.add_argument("--name", help="the model's name in its file and in every answer "
+                    "(default: --out's file name without .gmodel)")
     ap.add_argument("--version", default="1.0.0")
     ap.add_argument("--out", help="write the model here (.gmodel)")
     ap.add_argument("--json", help="write the evaluation here")
     add_recipe_args(ap)
     args = ap.parse_args()
+    if args.out and not args.name:
+        args.name = os.path.splitext(os.path.basename(args.out))[0]
     recipe = recipe_from_args(args)
     ctx = Context(data=args.data, genred=args.genred, cache=args.cache, jobs=args.threads)
     genres, tracks = dataset.discover(args.data)

@@ -1,26 +1,42 @@
 /* err.h - errors as values.
  *
- * Every fallible function in genred returns -1 (or NULL) and fills a gr_err:
- * a status that says what kind of failure it is (and so which HTTP code a
- * client sees) plus a human-readable message. Nothing in library code exits
- * or prints; the caller decides what to do with the error. */
+ * Every fallible function in genred returns -1 (or NULL, or its own named
+ * result) and fills a gr_err: a kind that says what failed plus a message
+ * for a person. The kinds name failures, not a protocol: those of a request
+ * (an upload, a query, a route) and those of the server's own inputs (a
+ * setting, a file it was told to read) are apart, so a malformed model file
+ * is not "a bug" and a bad conf value is not "a malformed request". Only
+ * the HTTP edge (http.c) turns a kind into a status code. Nothing in library
+ * code exits or prints; the caller decides what to do with the error. */
 #ifndef GENRED_ERR_H
 #define GENRED_ERR_H
 
 typedef enum gr_status {
     GR_OK = 0,
-    GR_EBADREQ,        /* 400: malformed request (bad query, bad multipart) */
-    GR_EUNAUTHORIZED,  /* 401: API keys are on and the request has no valid one */
-    GR_ENOTFOUND,      /* 404: unknown route */
-    GR_EMETHOD,        /* 405: known route, wrong method */
-    GR_ETOOBIG,        /* 413: upload larger than the configured maximum */
-    GR_EUNSUPPORTED,   /* 415: not an audio container genred accepts */
-    GR_EUNPROCESSABLE, /* 422: decodes, but cannot be classified */
-    GR_EBUSY,          /* 503: work queue full or shutting down */
-    GR_EDEADLINE,      /* 503: request_timeout_s passed before the answer was
-                        * ready; the server is too slow right now, not the
-                        * input too big (the limits refuse those earlier) */
-    GR_EINTERNAL,      /* 500: a bug or an exhausted resource, never input */
+    /* What a request did or asked for (an HTTP request, or a file given to
+     * `genred classify`): */
+    GR_EBADREQ,        /* malformed request: bad query, bad multipart, no upload,
+                        * framing two parsers could read differently */
+    GR_EUNAUTHORIZED,  /* API keys are on and the request has no valid one */
+    GR_ENOTFOUND,      /* no such route */
+    GR_EMETHOD,        /* a route, but not with this method */
+    GR_ETOOBIG,        /* upload larger than max_upload_bytes */
+    GR_EUNSUPPORTED,   /* not an audio container genred accepts */
+    GR_EUNPROCESSABLE, /* audio that decodes but cannot be classified */
+    GR_EBUSY,          /* work queue full, too many connections, shutting down */
+    GR_EDEADLINE,      /* request_timeout_s passed before the answer was ready */
+    GR_ETOOSLOW,       /* the client sent its upload slower than min_upload_rate */
+    GR_ETOOLONG,       /* a query string over the limits */
+    GR_ENOTIMPL,       /* a Transfer-Encoding genred does not implement */
+    /* The server's own inputs: */
+    GR_ECONFIG,        /* a setting (conf file, GENRED_* variable, flag) or a
+                        * command-line option is invalid */
+    GR_EFILE,          /* a file genred was told to read (model, conf, API keys,
+                        * TLS, FFTW wisdom, feature parameters, .npy, input
+                        * audio offline) or write cannot be, or is not what it
+                        * should be */
+    /* Neither: */
+    GR_EINTERNAL,      /* a bug or an exhausted resource, never input */
 } gr_status;
 
 typedef struct gr_err {
@@ -33,10 +49,8 @@ typedef struct gr_err {
 int gr_fail(gr_err *err, gr_status status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-/* Stable machine-readable code for the JSON error body, e.g. "too_large". */
+/* Stable machine-readable name of a kind, e.g. "payload_too_large": the
+ * "code" of the API's JSON errors and of `genred classify`'s error lines. */
 const char *gr_status_code(gr_status status);
-
-/* HTTP status code for a gr_status (GR_OK -> 200). */
-int gr_status_http(gr_status status);
 
 #endif

@@ -13,13 +13,18 @@
  * say) is analysed on its full length. Input with less than one chunk (3 s)
  * to analyse is GR_EUNPROCESSABLE.
  *
+ * max_chunks: the window holds n back-to-back chunks; with max_chunks = m
+ * below n, only m of them are analysed, spread evenly over the window
+ * (features_chunk_pick()), and only the audio those m chunks read is
+ * decoded. Each is the very chunk the full analysis computes at its place,
+ * bit for bit. For a catalogue: a song's genre rarely needs all of it.
+ *
  * What it does not do: run the model. */
 #ifndef GENRED_FEATURES_H
 #define GENRED_FEATURES_H
 
 #include <stddef.h>
 
-#include "genred/config.h"
 #include "genred/err.h"
 #include "genred/mel.h"
 #include "genred/waveform.h"
@@ -52,37 +57,55 @@ const mel *featurizer_mel(const featurizer *fz);
 typedef struct features_opts {
     int trim;                 /* 1: apply the trim rule; 0: analyse everything */
     double trim_start_s, trim_end_s, trim_min_keep_s;
-    double max_duration_s;    /* decoded audio longer than this: 422; 0 = none */
-    double deadline;          /* CLOCK_MONOTONIC seconds by which decoding must be
+    double max_duration_s;    /* longer decoded audio: GR_EUNPROCESSABLE; 0 = none */
+    double deadline;          /* monotonic_now() seconds by which decoding must be
                                * done, else GR_EDEADLINE (audio.h); 0 = none */
     double chunk_hop_s;       /* seconds between chunk starts (rounded to whole
                                * samples); 0 = one chunk, back to back, which is
                                * what the daemon analyses. Shorter hops give
                                * overlapping chunks, for training only. */
-    int decode_threads;       /* segments of the analysed window decoded in
-                               * parallel (audio_source_decode); <= 1: one */
+    int decode_threads;       /* threads decoding spans of the analysed window
+                               * (audio_source_decode); <= 1: one */
+    size_t max_chunks;        /* 0: every chunk of the window; else at most
+                               * this many, spread evenly over it */
 } features_opts;
 
-typedef struct features {
-    float *chunks;       /* n_chunks * featurizer_chunk_floats(); owned, features_free() */
-    size_t n_chunks;
+/* The place in the window of the k-th of m chunks kept of n (m <= n): the
+ * middle of the k-th of m equal parts, floor((2k + 1) n / 2m). Ascending,
+ * no repeats; m = n keeps every chunk in order. */
+size_t features_chunk_pick(size_t k, size_t m, size_t n);
+
+/* One upload analysed: the features of its analysed window (the model's
+ * input, one chunk per 3 s), where that window lies, and what it cost. */
+typedef struct analysis {
+    float *chunks;       /* n_chunks * featurizer_chunk_floats(); owned,
+                          * analysis_free() */
+    size_t n_chunks;     /* analysed: window_chunks, or max_chunks of them */
+    size_t window_chunks; /* chunks the analysed window holds; chunk k of
+                          * chunks[] is the window's chunk
+                          * features_chunk_pick(k, n_chunks, window_chunks) */
     double duration_s;   /* of the whole decoded audio */
     double start_s;      /* where the first chunk begins */
     int trimmed;         /* 1 if the trim rule cut anything */
-    double decode_ms, mel_ms;
-    int segments;        /* 0: the whole stream was decoded in one sequential
-                          * pass; n: only the analysed window, in n pieces
+    double decode_ms;    /* opening, indexing and decoding */
+    double features_ms;  /* computing the chunks from the samples (log-mel or
+                          * envelope): the answer's timing_ms.features */
+    int spans;           /* 0: the whole stream was decoded in one sequential
+                          * pass; n: only the analysed window, in n spans
                           * decoded independently (audio.h) */
-} features;
+} analysis;
 
-/* The options a config implies; trim as given. */
-features_opts features_opts_from_config(const config *c, int trim);
+/* The options a config implies; trim as given. (Declared on the struct, so
+ * that this header, and model.h with it, does not pull in the daemon's
+ * settings.) */
+struct config;
+features_opts features_opts_from_config(const struct config *c, int trim);
 
 /* Decodes data[0..len) (borrowed) at fz's sample rate and computes the
  * chunks of the analysed window. Thread-safe. */
 int features_compute(const featurizer *fz, const features_opts *o, const void *data,
-                     size_t len, features *out, gr_err *err);
+                     size_t len, analysis *out, gr_err *err);
 
-void features_free(features *f);
+void analysis_free(analysis *a);
 
 #endif

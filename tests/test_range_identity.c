@@ -1,20 +1,22 @@
-/* test_perf_decode.c - the fast decode path gives the reference's samples.
+/* test_range_identity.c - range decoding gives the reference's samples, bit
+ * for bit.
  *
- * audio_source_decode() decodes only a window of a file, cut into segments
+ * audio_source_decode() decodes only a window of a file, cut into spans
  * decoded on several threads after a short pre-roll and stitched at the
  * positions the timestamps give (audio.h). Its promise is that this changes
  * nothing: the samples, and so the model's features, are those of the one
  * sequential decode of the whole file that audio_decode() does. Tolerance:
  * none. Samples and features must be bit-identical, which they are because
- * a segment's decoder and resampler reach the whole decode's exact state
+ * a span's decoder and resampler reach the whole decode's exact state
  * within the pre-roll; any drift would be a bug in the stitching, not
  * rounding.
  *
  * Inputs are made at test time from a real GTZAN track ($GENRED_SHARED)
  * with the ffmpeg CLI, in the formats where the index knows the length up
  * front (MP3 CBR and VBR at 44.1/48/22.05 kHz, with and without ID3 tags,
- * WAV, FLAC) and in ones where it must fall back (Ogg Vorbis, a truncated
- * MP3, an MP3 with corrupted frames), which must then give the reference's
+ * WAV, FLAC, AIFF) and in ones where it must fall back (Ogg Vorbis, M4A with
+ * AAC or ALAC, a truncated MP3, an MP3 with corrupted frames), which must
+ * then give the reference's
  * samples, except where damage before a window makes the whole decode drop
  * frames (see audio.h): there the window must still be the same music at
  * its timestamps. No timing is asserted here; bench/ measures. */
@@ -75,7 +77,7 @@ static uint8_t *read_file(const char *path, size_t *len) {
 }
 
 /* The four tracks one after the other (2 minutes), as `name` with the
- * codec options given: long enough for several segments and a trim. */
+ * codec options given: long enough for several spans and a trim. */
 static void make_song(const fixture *fx, const char *name, const char *rate,
                       const char *channels, char *const codec[]) {
     char out[PATH_MAX], *argv[64];
@@ -123,9 +125,9 @@ static double correlation(const float *x, const float *y, size_t n) {
 }
 
 /* Decodes `name` whole (the reference) and in windows on 1..4 threads.
- * exact: the index must know the length and the segments must be used (no
+ * exact: the index must know the length and the spans must be used (no
  * fallback), giving the reference's samples. Otherwise (damaged files): a
- * fallback must give the reference; segments may be used only where no
+ * fallback must give the reference; spans may be used only where no
  * damage lies inside the window, and then they place samples by their
  * timestamps, i.e. where the reference has them once the frames its
  * sequential decode dropped before the window are counted back in. */
@@ -138,7 +140,7 @@ static void check_file(const fixture *fx, const char *name, int exact) {
     audio ref;
     if (audio_decode(data, len, RATE, NULL, &ref, &err) != 0) fail_msg("%s: %s", name, err.msg);
     assert_true(ref.n_samples > 20 * RATE);
-    assert_int_equal(ref.segments, 0);
+    assert_int_equal(ref.spans, 0);
 
     audio_source *src;
     if (audio_open(data, len, RATE, NULL, &src, &err) != 0) fail_msg("%s: %s", name, err.msg);
@@ -152,20 +154,21 @@ static void check_file(const fixture *fx, const char *name, int exact) {
     for (size_t r = 0; r < sizeof ranges / sizeof *ranges; r++) {
         for (int threads = 1; threads <= 4; threads++) {
             audio a;
-            if (audio_source_decode(src, ranges[r][0], ranges[r][1], threads, &a, &err) != 0)
+            if (audio_source_decode(src, ranges[r][0], ranges[r][1], threads, NULL, &a,
+                                    &err) != 0)
                 fail_msg("%s: range %zu, %d threads: %s", name, r, threads, err.msg);
             char what[128];
             snprintf(what, sizeof what, "%s, range [%zu, +%zu), %d threads", name,
                      ranges[r][0], ranges[r][1], threads);
             if (exact) {
                 size_t want = ranges[r][1] < n - ranges[r][0] ? ranges[r][1] : n - ranges[r][0];
-                if (a.segments < 1) fail_msg("%s: fell back to the sequential decode", what);
+                if (a.spans < 1) fail_msg("%s: fell back to the sequential decode", what);
                 assert_int_equal(a.first, ranges[r][0]);
                 assert_int_equal(a.n_samples, want);
-                /* Long ranges are split as asked (4 s per segment at least). */
-                if (want >= (size_t)threads * 4 * RATE) assert_int_equal(a.segments, threads);
+                /* Long ranges are split as asked (4 s per span at least). */
+                if (want >= (size_t)threads * 4 * RATE) assert_int_equal(a.spans, threads);
             }
-            if (a.segments == 0) {
+            if (a.spans == 0) {
                 assert_int_equal(a.first, 0);
                 assert_int_equal(a.n_samples, ref.n_samples);
                 assert_int_equal(a.total, ref.n_samples);
@@ -201,7 +204,7 @@ static void check_file(const fixture *fx, const char *name, int exact) {
 static int group_setup(void **state) {
     const char *shared = getenv("GENRED_SHARED");
     if (!shared || !*shared) {
-        fprintf(stderr, "test_perf_decode: GENRED_SHARED is not set (it must point at "
+        fprintf(stderr, "test_range_identity: GENRED_SHARED is not set (it must point at "
                         "the shared folder holding data/gtzan16k)\n");
         return -1;
     }
@@ -210,16 +213,16 @@ static int group_setup(void **state) {
     for (int i = 0; i < 4; i++) {
         snprintf(fx->track[i], PATH_MAX, "%s/data/gtzan16k/%s", shared, TRACKS[i]);
         if (access(fx->track[i], R_OK) != 0) {
-            fprintf(stderr, "test_perf_decode: missing %s: %s\n", fx->track[i],
+            fprintf(stderr, "test_range_identity: missing %s: %s\n", fx->track[i],
                     strerror(errno));
             free(fx);
             return -1;
         }
     }
     const char *tmp = getenv("TMPDIR");
-    snprintf(fx->dir, sizeof fx->dir, "%s/genred-perf-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+    snprintf(fx->dir, sizeof fx->dir, "%s/genred-range-XXXXXX", tmp && *tmp ? tmp : "/tmp");
     if (!mkdtemp(fx->dir)) {
-        fprintf(stderr, "test_perf_decode: mkdtemp: %s\n", strerror(errno));
+        fprintf(stderr, "test_range_identity: mkdtemp: %s\n", strerror(errno));
         free(fx);
         return -1;
     }
@@ -277,11 +280,45 @@ static void test_wav_and_flac(void **state) {
     check_file(*state, "song16k.flac", 1);
 }
 
+/* AIFF is indexed like WAV: big-endian PCM, and AIFF-C's float. */
+static void test_aiff(void **state) {
+    char *s16[] = {"-c:a", "pcm_s16be", NULL};
+    make_song(*state, "song.aiff", "44100", "2", s16);
+    check_file(*state, "song.aiff", 1);
+    char *f32[] = {"-c:a", "pcm_f32be", NULL};
+    make_song(*state, "float.aiff", "48000", "1", f32);
+    check_file(*state, "float.aiff", 1);
+}
+
 /* No length up front: everything is decoded once, as the reference. */
 static void test_ogg_falls_back(void **state) {
     char *codec[] = {"-c:a", "libvorbis", NULL};
     make_song(*state, "song.ogg", "44100", "2", codec);
     check_file(*state, "song.ogg", 0);
+}
+
+/* MP4 is decoded sequentially (audio_range.c says why): AAC, whose last
+ * packet lasts less than the frame the decoder gives for it, and ALAC. */
+static void test_m4a_falls_back(void **state) {
+    fixture *fx = *state;
+    char *aac[] = {"-c:a", "aac", "-b:a", "160k", NULL};
+    make_song(fx, "song.m4a", "44100", "2", aac);
+    char *alac[] = {"-c:a", "alac", NULL};
+    make_song(fx, "alac.m4a", "44100", "2", alac);
+    const char *names[] = {"song.m4a", "alac.m4a"};
+    for (int i = 0; i < 2; i++) {
+        char path[PATH_MAX];
+        path_in(fx, names[i], path);
+        size_t len;
+        uint8_t *data = read_file(path, &len);
+        audio_source *src;
+        gr_err err = {0};
+        if (audio_open(data, len, RATE, NULL, &src, &err) != 0) fail_msg("%s", err.msg);
+        assert_int_equal(audio_source_samples(src), 0);
+        audio_source_close(src);
+        free(data);
+        check_file(fx, names[i], 0);
+    }
 }
 
 /* Damaged files: the index may promise a length the decoder does not
@@ -323,7 +360,7 @@ static void test_damaged_mp3s_give_the_reference(void **state) {
 }
 
 /* The model's input itself: features_compute() (trim first, then the window
- * in segments) against the chunks of the whole sequential decode. */
+ * in spans) against the chunks of the whole sequential decode. */
 static void test_features_match_whole_decode(void **state) {
     fixture *fx = *state;
     char *codec[] = {"-c:a", "libmp3lame", "-b:a", "192k", NULL};
@@ -356,11 +393,11 @@ static void test_features_match_whole_decode(void **state) {
         for (int threads = 1; threads <= 3; threads++) {
             features_opts o = {.trim = trim, .trim_start_s = 15, .trim_end_s = 15,
                                .trim_min_keep_s = 30, .decode_threads = threads};
-            features f;
+            analysis f;
             if (features_compute(fz, &o, data, len, &f, &err) != 0) fail_msg("%s", err.msg);
             assert_int_equal(f.n_chunks, n);
-            /* The streamed path: blocks of the window only, in pieces. */
-            assert_true(f.segments > 1);
+            /* Span by span: the window only, in several spans. */
+            assert_true(f.spans > 1);
             assert_int_equal(f.trimmed, trim);
             assert_true(f.start_s == (double)start / RATE);
             assert_true(f.duration_s == ref.duration_s);
@@ -370,7 +407,33 @@ static void test_features_match_whole_decode(void **state) {
             if (worst != 0)
                 fail_msg("trim %d, %d threads: features differ by up to %g", trim, threads,
                          worst);
-            features_free(&f);
+            analysis_free(&f);
+        }
+        /* max_chunks: the chunks kept are the full analysis' chunks at their
+         * places, bit for bit, whether only they were decoded (few kept:
+         * one span each) or everything was (most kept). */
+        size_t keep[] = {1, 4, n * 3 / 4 - 1, n * 3 / 4 + 1, n - 1, n, n + 5};
+        for (size_t t = 0; t < sizeof keep / sizeof *keep; t++) {
+            features_opts o = {.trim = trim, .trim_start_s = 15, .trim_end_s = 15,
+                               .trim_min_keep_s = 30, .decode_threads = 2,
+                               .max_chunks = keep[t]};
+            analysis f;
+            if (features_compute(fz, &o, data, len, &f, &err) != 0) fail_msg("%s", err.msg);
+            size_t kept = keep[t] < n ? keep[t] : n;
+            assert_int_equal(f.n_chunks, kept);
+            assert_int_equal(f.window_chunks, n);
+            /* Picked: one span per chunk kept; else the spans of 8. */
+            assert_int_equal(f.spans, 4 * kept < 3 * n ? (int)kept : (int)((n + 7) / 8));
+            for (size_t k = 0; k < kept; k++) {
+                size_t at = features_chunk_pick(k, kept, n);
+                assert_true(at < n && (k == 0 || at > features_chunk_pick(k - 1, kept, n)));
+                if (memcmp(f.chunks + k * mel_chunk_floats(m),
+                           want + at * mel_chunk_floats(m),
+                           mel_chunk_floats(m) * sizeof(float)) != 0)
+                    fail_msg("trim %d, max_chunks %zu: chunk %zu (the window's %zu) differs",
+                             trim, keep[t], k, at);
+            }
+            analysis_free(&f);
         }
         free(want);
     }
@@ -381,13 +444,16 @@ static void test_features_match_whole_decode(void **state) {
 
 int main(void) {
     av_log_set_level(AV_LOG_QUIET);
+    audio_limit_libav();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_mp3_cbr_44k_stereo),
         cmocka_unit_test(test_mp3_vbr_48k_with_id3),
         cmocka_unit_test(test_mp3_low_bitrate_22k_mono),
         cmocka_unit_test(test_mp3_mpeg25_8k_mono),
         cmocka_unit_test(test_wav_and_flac),
+        cmocka_unit_test(test_aiff),
         cmocka_unit_test(test_ogg_falls_back),
+        cmocka_unit_test(test_m4a_falls_back),
         cmocka_unit_test(test_damaged_mp3s_give_the_reference),
         cmocka_unit_test(test_features_match_whole_decode),
     };
