@@ -142,28 +142,69 @@ class Reference:
         return torch.cat(embs).numpy(), torch.cat(logits).numpy(), torch.cat(trunks).numpy()
 
 
-def _cache_path(track, hop_s, checkpoint_sha, resampler):
-    variant = f"hop{hop_s:g}" + ("" if resampler == "swr" else f"-{resampler}")
-    return os.path.join(CACHE, checkpoint_sha[:16], variant, f"{track.genre}__{track.id}.npz")
+def _cache_path(track, hop_s, key, variant):
+    return os.path.join(CACHE, key, f"hop{hop_s:g}{variant}", f"{track.genre}__{track.id}.npz")
 
 
 _NETS, _SHAS = {}, {}     # checkpoint path -> Reference, sha256
+GENRED = os.environ.get("GENRED", os.path.join(ROOT, "build", "genred"))
+
+
+def _genred_model():
+    """The backbone as genred runs it (zero-shot head: the outputs read here
+    come before any head), converted once into the cache."""
+    import gmodel_file
+    import mn04
+    path = os.path.join(CACHE, "efficientat-mn04-zero-shot.gmodel")
+    if not os.path.exists(path):
+        os.makedirs(CACHE, exist_ok=True)
+        header, data = mn04.convert(mn04.read_checkpoint(CHECKPOINT))
+        gmodel_file.write(path, header, data)
+    return path
+
+
+def genred_outputs(path, hop_s):
+    """(embedding [chunks, 384], logits [chunks, 527]) of a track as genred
+    computes them: its decoder, front end and network (`genred features
+    --values embedding,audioset_logits`), the whole excerpt, chunks every
+    hop_s seconds."""
+    out = os.path.join(CACHE, f"values-{os.getpid()}.npy")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GENRED_")}
+    r = subprocess.run([GENRED, "features", "--model", _genred_model(), "--trim", "0",
+                        "--chunk-hop", f"{hop_s:g}", "--values", "embedding,audioset_logits",
+                        path, "-o", out], capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        raise RuntimeError(f"genred features failed on {path}: {r.stderr.strip()}")
+    v = np.load(out)
+    os.unlink(out)
+    return v[:, :ea.LAST_CHANNELS], v[:, ea.LAST_CHANNELS:]
 
 
 def backbone_outputs(tracks, hop_s, with_trunk=False, resampler="swr", log=None):
     """THE source of per-chunk backbone outputs. Returns one dict per track:
     {"embedding": [chunks, 384], "logits": [chunks, 527]} (+ "trunk"
-    [chunks, 64, 4, 10] with with_trunk, PyTorch reference only), for chunks
-    every hop_s seconds as described in the header. Computes what is not
-    cached yet with the PyTorch reference."""
+    [chunks, 64, 4, 10] with with_trunk), for chunks every hop_s seconds as
+    described in the header. Computes what is not cached yet with genred
+    itself (its decoder, front end and network: what the daemon computes),
+    keyed on the checkpoint and the genred binary; the trunk (fine-tuning)
+    and the torchaudio-resampled variant with the PyTorch reference."""
     if CHECKPOINT not in _SHAS:
         _SHAS[CHECKPOINT] = sha256_of(CHECKPOINT)
+    by_genred = resampler == "swr" and not with_trunk
+    if by_genred and GENRED not in _SHAS:
+        _SHAS[GENRED] = sha256_of(GENRED)
+    key = _SHAS[CHECKPOINT][:16] + (f"-genred-{_SHAS[GENRED][:16]}" if by_genred else "")
+    variant = "" if resampler == "swr" else f"-{resampler}"
     out, t0, done = [], time.time(), 0
     for t in tracks:
-        path = _cache_path(t, hop_s, _SHAS[CHECKPOINT], resampler)
+        path = _cache_path(t, hop_s, key, variant)
         if not os.path.exists(path):
-            x = logmel_chunks(decode_32k(t.path, resampler), hop_s)
-            emb, logits, trunk = _reference().run(x)
+            if by_genred:
+                emb, logits = genred_outputs(t.path, hop_s)
+                trunk = np.zeros((0,), np.float32)
+            else:
+                x = logmel_chunks(decode_32k(t.path, resampler), hop_s)
+                emb, logits, trunk = _reference().run(x)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             tmp = path + ".tmp.npz"
             np.savez(tmp, embedding=emb, logits=logits, trunk=trunk)
@@ -996,8 +1037,8 @@ HEAD_NOTES = {
                         "embedding and all 527 logits",
     "calib_mlp_emb": "calibrated genre logits plus an MLP correction from the embedding",
 }
-BACKBONE_SOURCE = ("train/efficientat.py (PyTorch reference) on ffmpeg/libswresample "
-                   "32 kHz audio, log-mel framed over the whole track")
+BACKBONE_SOURCE = ("genred itself: `genred features --values embedding,audioset_logits` "
+                   "(its decoder, front end and network)")
 
 
 def cmd_table(args):
