@@ -10,11 +10,13 @@ backbone: the experiments that chose it, and the training of the shipped one.
 
 Per-chunk backbone outputs come from one function, backbone_outputs(): the
 384-d embedding (mean of features.16's map) and the 527 AudioSet logits of
-each 3-second chunk, computed as genred computes them (below). Today it runs
-the PyTorch reference (train/efficientat.py); the C engine gives the same
-numbers within 1e-4 and can take its place there. Outputs are cached per
-track under train/.cache/backbone/<checkpoint sha256>/hop<S>/ (git-ignored:
-they derive from the checkpoint's weights and never enter the repository).
+each 3-second chunk, computed by genred itself (`genred features --values
+embedding,audioset_logits`, $GENRED or build/genred); fine-tuning, which needs
+the trunk's inner activations, and the torchaudio-resampled variant use the
+PyTorch reference (train/efficientat.py), which agrees within 1e-4. Outputs are
+cached per track under train/.cache/backbone/<checkpoint sha256>[-genred-<binary
+sha256>]/hop<S>/ (git-ignored: they derive from the checkpoint's weights and
+never enter the repository).
 
 Chunks as the daemon cuts them (src/features.c, include/genred/mel.h): the
 whole 30 s excerpt is analysed (the 15 s trim applies only to long songs);
