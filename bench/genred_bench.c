@@ -182,6 +182,7 @@ static int cmd_stages(int argc, char **argv) {
         return 2;
     }
     av_log_set_level(AV_LOG_QUIET);
+    audio_limit_libav();
     gr_err err = {0};
     size_t len;
     unsigned char *data = read_file(file, &len);

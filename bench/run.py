@@ -30,6 +30,12 @@ and bench/out/results.json):
             against the ffmpeg floor (beside the bundled CNN), the C engine
             against PyTorch on the same chunks (bench/torch_backbone.py) on
             one thread and on every core, and the cost of each layer
+  catalogue songs per second per core over a folder of 300 generated
+            3-minute MP3s (bench/make-catalogue): one song at a time,
+            `genred classify`'s catalogue mode, a daemon fed by
+            scripts/classify-remote; the --jobs sweep; max_chunks: speed
+            and agreement with the full analysis (not in the default set:
+            ~15 minutes; --only catalogue)
 
 Audio is made from the shared GTZAN excerpts with the ffmpeg CLI into
 bench/out/ (gitignored); servers bind 127.0.0.1 on ephemeral ports; every
@@ -476,8 +482,11 @@ def bench_memory(args, big):
     say("## 5. Memory: 16 concurrent 10 MB uploads")
     say()
     body = big.read_bytes()
-    cases = [("defaults (max_active_requests = 2 x cores, max_batch 8)", [], None),
-             ("no admission limit (max_active_requests 65536)",
+    cases = [("defaults (max_upload_memory 256M, max_active_requests = 2 x cores, "
+              "max_batch 8)", [], None),
+             ("max_upload_memory 128M (uploads past it: 503)",
+              ["--max-upload-memory", "128M"], None),
+             ("no classification limit (max_active_requests 65536)",
               ["--max-active-requests", 65536], None),
              ("max_batch 32", ["--max-batch", 32], None),
              ("defaults, glibc MALLOC_ARENA_MAX=2", [], {"MALLOC_ARENA_MAX": "2"})]
@@ -666,6 +675,153 @@ def bench_backbone(args, song):
                             sorted(lay["ops"], key=lambda o: -o["ms_per_chunk"])[:5]) + ".")
     say()
     results["backbone"] = out
+def run_child(cmd, **kw):
+    """Wall s, CPU s (user + sys) and peak RSS (MiB) of one child; its
+    stdout is returned too."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, **kw)
+    out = p.stdout.read()
+    _, status, ru = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - t0
+    return wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024, p.returncode, out
+
+
+def tops_of(path):
+    return {x["file"]: x.get("top") for x in map(json.loads, Path(path).read_text().splitlines())}
+
+
+def bench_catalogue(args):
+    """Songs per second per core over a folder of generated songs."""
+    say("## 7. Catalogues: songs per second per core")
+    say()
+    n = 60 if args.quick else 300
+    folder = OUT / "catalogue"
+    subprocess.run([ROOT / "bench" / "make-catalogue", folder, "--songs", str(n)], check=True,
+                   stdout=subprocess.DEVNULL)
+    songs = sorted(folder.glob("song-*.mp3"))[:n]
+    listing = OUT / "catalogue.list"
+    listing.write_text("".join(f"{p}\n" for p in songs))
+    cores = os.cpu_count()
+    work = OUT / "catalogue-runs"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    genred = [args.genred, "classify", "--config", ROOT / "conf" / "genred.conf",
+              "--model", MODEL, "--files-from", listing]
+
+    def local(label, *flags):
+        out = work / f"{label}.jsonl"
+        wall, cpu, rss, rc, _ = run_child([*genred, *flags, "--output", out], cwd=ROOT,
+                                          env=genred_env())
+        assert rc == 0, f"{label}: genred classify exited {rc}"
+        return {"wall_s": wall, "cpu_s": cpu, "peak_rss_mib": rss, "out": out}
+
+    def remote(label, jobs):
+        d = Daemon(args.genred)
+        try:
+            out = work / f"{label}.jsonl"
+            cpu0 = d.cpu_seconds()
+            wall, client_cpu, _, rc, _ = run_child(
+                ["/usr/bin/python3", ROOT / "scripts" / "classify-remote", "--url",
+                 f"http://127.0.0.1:{d.port}", "--jobs", jobs, "--files-from", listing,
+                 "--output", out], env=genred_env())
+            cpu = d.cpu_seconds() - cpu0
+            rss = d.status("VmHWM") / 1024
+        finally:
+            d.stop()
+        assert rc == 0, f"{label}: classify-remote exited {rc}"
+        return {"wall_s": wall, "cpu_s": cpu, "client_cpu_s": client_cpu, "peak_rss_mib": rss,
+                "out": out}
+
+    modes = [("sequential", "one song at a time: `genred classify --jobs 1`",
+              lambda lb: local(lb, "--jobs", 1)),
+             ("catalogue", f"catalogue mode: `genred classify` (--jobs {cores + 1}, the default)",
+              lambda lb: local(lb)),
+             ("daemon", f"a warm daemon under load: `classify-remote --jobs {2 * cores}`",
+              lambda lb: remote(lb, 2 * cores)),
+             ("catalogue-max8", "catalogue mode with `--max-chunks 8`",
+              lambda lb: local(lb, "--max-chunks", 8))]
+    reps = 1 if args.quick else 2
+    runs = {key: [] for key, _, _ in modes}
+    order = [m for r in range(reps) for m in (modes if r % 2 == 0 else modes[::-1])]
+    loads = []
+    for key, _, fn in order:
+        loads.append(os.getloadavg()[0])
+        r = fn(f"{key}-{len(runs[key])}")
+        runs[key].append(r)
+        print(f"  {key}: {n / r['wall_s']:.2f} songs/s ({r['cpu_s'] / n * 1e3:.0f} CPU ms/song)",
+              flush=True)
+    full = tops_of(runs["catalogue"][0]["out"])
+    rows, out = [], {}
+    for key, label, _ in modes:
+        rs = runs[key]
+        rate = [n / r["wall_s"] for r in rs]
+        cpu_ms = [r["cpu_s"] / n * 1e3 for r in rs]
+        busy = [r["cpu_s"] / r["wall_s"] / cores for r in rs]
+        same = tops_of(rs[0]["out"])
+        agree = sum(same[f] == full[f] for f in full) / len(full)
+        out[key] = {"songs_per_s": rate, "cpu_ms_per_song": cpu_ms, "cores_busy": busy,
+                    "peak_rss_mib": [r["peak_rss_mib"] for r in rs],
+                    "client_cpu_ms_per_song": [r.get("client_cpu_s", 0) / n * 1e3 for r in rs],
+                    "top_agrees_with_full": agree}
+        rows.append([label, " / ".join(f"{x:.2f}" for x in rate),
+                     " / ".join(f"{x / cores:.2f}" for x in rate),
+                     " / ".join(f"{x:.0f}" for x in cpu_ms),
+                     " / ".join(f"{x:.0%}" for x in busy),
+                     f"{max(r['peak_rss_mib'] for r in rs):.0f}", f"{agree:.1%}"])
+    table([f"{n} songs of 3 minutes, {cores} cores", "songs/s", "songs/s per core",
+           "genred CPU ms per song", "cores busy (genred CPU / wall)", "peak RSS MiB",
+           "same top as all chunks"], rows)
+    d = out["daemon"]
+    out["load_avg_at_run_starts"] = loads
+    say(f"Load average (1 min) at the start of each run: {min(loads):.1f} to {max(loads):.1f}. "
+        f"Runs in the order A B C D D C B A; each cell gives both. songs/s per core = songs/s "
+        f"/ {cores}. The daemon's CPU is its own (/proc); classify-remote, on the same cores, "
+        f"took {med(d['client_cpu_ms_per_song']):.0f} ms of CPU per song more (reading the file "
+        "and posting it). Peak RSS: the genred process (VmHWM / ru_maxrss).")
+    say()
+
+    # Songs in flight, on the first 60 songs: what the default is chosen from.
+    sub = OUT / "catalogue-60.list"
+    sub.write_text("".join(f"{p}\n" for p in songs[:60]))
+    rows, sweep = [], {}
+    for jobs in (1, 2, 3, 4, 6):
+        rs = []
+        for _ in range(reps):
+            outp = work / f"jobs{jobs}-{len(rs)}.jsonl"
+            wall, cpu, _, rc, _ = run_child([args.genred, "classify", "--config",
+                                             ROOT / "conf" / "genred.conf", "--model", MODEL,
+                                             "--files-from", sub, "--jobs", jobs, "-o", outp],
+                                            cwd=ROOT, env=genred_env())
+            assert rc == 0
+            rs.append((60 / wall, cpu / 60 * 1e3))
+        sweep[jobs] = rs
+        rows.append([jobs, " / ".join(f"{a:.2f}" for a, _ in rs),
+                     " / ".join(f"{b:.0f}" for _, b in rs)])
+    table(["--jobs (60 songs)", "songs/s", "CPU ms per song"], rows)
+    out["jobs_sweep"] = sweep
+
+    # max_chunks: speed, and how often the top genre is the full analysis'.
+    rows, curve = [], {}
+    for keep in (1, 2, 4, 8, 16, 0):
+        r = local(f"max{keep}", "--max-chunks", keep)
+        got = tops_of(r["out"])
+        agree = sum(got[f] == full[f] for f in full) / len(full)
+        curve[keep] = {"songs_per_s": n / r["wall_s"], "cpu_ms_per_song": r["cpu_s"] / n * 1e3,
+                       "top_agrees_with_full": agree}
+        rows.append([keep or "0 (all 50)", f"{n / r['wall_s']:.2f}", f"{n / r['wall_s'] / cores:.2f}",
+                     f"{r['cpu_s'] / n * 1e3:.0f}", f"{agree:.1%}"])
+    table(["max_chunks", "songs/s", "songs/s per core", "CPU ms per song",
+           f"same top as all chunks ({n} songs)"], rows)
+    say("Agreement is with the catalogue-mode run of all 50 chunks, on the bundled model; "
+        "accuracy against max_chunks on held-out tracks is train/max_chunks.py's.")
+    say()
+    out["max_chunks"] = curve
+    for v in out.values():
+        if isinstance(v, dict):
+            v.pop("out", None)
+    results["catalogue"] = out
 
 
 def machine():
@@ -710,6 +866,8 @@ def main():
         bench_coldstart(args)
     if "backbone" in only:
         bench_backbone(args, song)
+    if "catalogue" in only:
+        bench_catalogue(args)
     results["machine"] = machine()
     (OUT / "results.json").write_text(json.dumps(results, indent=1))
     (OUT / "results.md").write_text("\n".join(report) + "\n")

@@ -18,7 +18,8 @@
  *
  * The model is models/gtzan-cnn.gmodel of the source tree (compiled in), or
  * $GENRED_FUZZ_MODEL. Limits are small so valid audio costs little: 1 MiB
- * uploads, 60 s of audio, one worker.
+ * uploads, 60 s of audio, one worker; one origin may call it from a browser
+ * (cors_origins), so CORS headers and preflights are on the path too.
  *
  * What it does not do: TLS, API keys, signals (the daemon's own tests). */
 #include <arpa/inet.h>
@@ -36,6 +37,7 @@
 
 #include <libavutil/log.h>
 
+#include "genred/audio.h"
 #include "genred/config.h"
 #include "genred/engine.h"
 #include "genred/http.h"
@@ -74,6 +76,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     signal(SIGPIPE, SIG_IGN);
     verbose = getenv("GENRED_FUZZ_VERBOSE") != NULL;
     av_log_set_level(AV_LOG_QUIET);
+    audio_limit_libav();
     config cfg;
     config_defaults(&cfg);
     gr_err err = {0};
@@ -86,6 +89,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
         config_set(&cfg, "max_upload_bytes", "1M", &err) != 0 ||
         config_set(&cfg, "max_duration_s", "60", &err) != 0 ||
         config_set(&cfg, "idle_timeout_s", "5", &err) != 0 ||
+        config_set(&cfg, "cors_origins", "http://127.0.0.1:3000", &err) != 0 ||
         config_set(&cfg, "log_level", "error", &err) != 0)
         die("config", err.msg);
     if (!(fx.met = metrics_create(&err))) die("metrics_create", err.msg);

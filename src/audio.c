@@ -44,14 +44,19 @@
 #include <libavutil/opt.h>
 #include <libswresample/swresample.h>
 
-#define FORMAT_WHITELIST "mp3,wav,flac,ogg"
-/* Decoder names (not codec ids): what the four containers carry in practice. */
+/* "mov" is lavf's QuickTime/MP4 demuxer (M4A, MP4); "aiff" takes AIFF and
+ * AIFF-C. */
+#define FORMAT_WHITELIST "mp3,wav,flac,ogg,mov,aiff"
+/* Decoder names (not codec ids): what the containers carry in practice. MP4
+ * carries AAC or ALAC (and, rarely, MP3, FLAC, Opus or PCM); AIFF carries
+ * big-endian PCM (AIFF-C also 8-bit, float, a-law, mu-law, little-endian). */
 #define CODEC_WHITELIST                                                      \
-    "mp3float,mp3,flac,vorbis,opus,"                                         \
-    "pcm_u8,pcm_s16le,pcm_s16be,pcm_s24le,pcm_s24be,pcm_s32le,pcm_s32be,"   \
-    "pcm_s64le,pcm_s64be,pcm_f32le,pcm_f32be,pcm_f64le,pcm_f64be,"          \
+    "mp3float,mp3,flac,vorbis,opus,aac,alac,"                                \
+    "pcm_u8,pcm_s8,pcm_s16le,pcm_s16be,pcm_s24le,pcm_s24be,pcm_s32le,"      \
+    "pcm_s32be,pcm_s64le,pcm_s64be,pcm_f32le,pcm_f32be,pcm_f64le,pcm_f64be," \
     "pcm_alaw,pcm_mulaw"
-#define UNSUPPORTED_MSG "not a supported audio container (mp3, wav, flac, ogg)"
+#define UNSUPPORTED_MSG                                                      \
+    "not a supported audio container (mp3, wav, flac, ogg, m4a/mp4, aiff)"
 
 enum {
     AVIO_BUFFER_SIZE = 32 * 1024,
@@ -198,6 +203,185 @@ static int header_claims_fit(const char *format, const uint8_t *p, size_t len) {
     return 0;
 }
 
+/* ---- MP4 (lavf's mov demuxer) --------------------------------------------
+ *
+ * The mov demuxer reads far more than music files need. Before it runs, the
+ * file's top-level boxes (and the moov box's children) are walked here with
+ * lavf's own rules for box sizes, and four kinds of file are refused:
+ *   - fragmented MP4 (a top-level moof, sidx or mfra, or an mvex in moov):
+ *     streaming segments, not music files, whose fragment index lavf grows
+ *     one moof at a time; 415, with the remux that fixes it;
+ *   - a compressed movie header (cmov): lavf inflates it into a buffer of
+ *     the size the file claims, up to 2 GB from a few MB; 415. It needs the
+ *     bytes "dcomzlib" (mov.c's mov_read_cmov()), so their absence anywhere
+ *     in the upload proves no cmov can be inflated, wherever it is nested;
+ *   - a top-level box other than mdat that claims more bytes than were
+ *     uploaded, i.e. a moov cut short: 422. An mdat cut short decodes what
+ *     is there, as a truncated MP3 or WAV does;
+ *   - a track whose sample table claims more samples than the upload has
+ *     bytes (mp4_samples_fit()): 422. Tables hidden elsewhere in the moov,
+ *     where lavf reads them too, are bounded by audio_limit_libav().
+ * After the header is read, job_open_container() refuses a video track (an
+ * attached picture, i.e. cover art, is not one).
+ *
+ * External data references (a dref 'alis' record naming another file, which
+ * lavf would open for the samples) are never followed: enable_drefs is set
+ * to 0 explicitly (lavf's default), nested opens are refused
+ * (refuse_nested_open()) and the protocol whitelist is empty. A track whose
+ * data lies elsewhere has no packets: 422 (tests/test_hostile.py proves,
+ * with inotify, that no open is even attempted). */
+
+#define BOX(a, b, c, d) ((uint32_t)(a) << 24 | (uint32_t)(b) << 16 | (uint32_t)(c) << 8 | (uint32_t)(d))
+
+/* The box at p[at..end): its type, where its body starts and where it ends
+ * (size 0: at `end`; size 1: a 64-bit size follows). 1: a whole box; -1: it
+ * claims to end past `end` (*next = end); 0: no box here, which ends lavf's
+ * walk too (fewer than 8 bytes left, or a size below the header's). */
+static int box_next(const uint8_t *p, size_t at, size_t end, uint32_t *type, size_t *body,
+                    size_t *next) {
+    if (end - at < 8) return 0;
+    uint64_t size = job_u32(p + at, 1);
+    size_t head = 8;
+    *type = job_u32(p + at + 4, 1);
+    if (size == 1) {
+        if (end - at < 16) return 0;
+        size = (uint64_t)job_u32(p + at + 8, 1) << 32 | job_u32(p + at + 12, 1);
+        head = 16;
+    } else if (size == 0) {
+        size = end - at;
+    }
+    if (size < head) return 0;
+    *body = at + head;
+    if (size > end - at) {
+        *next = end;
+        return -1;
+    }
+    *next = at + (size_t)size;
+    return 1;
+}
+
+#define FRAGMENTED_MSG                                                       \
+    "fragmented MP4 (streaming segments) is not supported: remux it into "  \
+    "one file first, e.g. ffmpeg -i in.mp4 -c copy out.m4a"
+
+/* A box type as text, non-printable bytes as '?' (it goes into messages). */
+static void box_name(uint32_t type, char out[5]) {
+    for (int i = 0; i < 4; i++) {
+        unsigned ch = type >> (24 - 8 * i) & 0xff;
+        out[i] = ch >= 0x20 && ch < 0x7f ? (char)ch : '?';
+    }
+    out[4] = '\0';
+}
+
+/* The first child of type `want` among the boxes of p[at..end), as box_next()
+ * gives it; 0 if there is none. */
+static int box_find(const uint8_t *p, size_t at, size_t end, uint32_t want, size_t *body,
+                    size_t *next) {
+    uint32_t type;
+    for (; box_next(p, at, end, &type, body, next) > 0; at = *next)
+        if (type == want) return 1;
+    return 0;
+}
+
+/* n * k + *sum into *sum, saturating at UINT64_MAX. */
+static void add_product(uint64_t *sum, uint64_t n, uint64_t k) {
+    uint64_t prod;
+    if (__builtin_mul_overflow(n, k, &prod) || __builtin_add_overflow(*sum, prod, sum))
+        *sum = UINT64_MAX;
+}
+
+/* The samples an stbl (the box p[at..end)) describes must have bytes in the
+ * upload: lavf allocates and fills one index entry (24 bytes) per sample
+ * before reading any, so a constant-size stsz claiming 80 million samples
+ * cost 1.9 GB and 5 s from a 0.5 MB file. A sample is at least one byte, or
+ * the constant size stsz gives; the stsc's samples per chunk over the
+ * chunks stco counts (lavf indexes raw PCM by chunk) are samples too. */
+static int mp4_samples_fit(const uint8_t *p, size_t at, size_t end, size_t len) {
+    size_t body, next;
+    uint64_t claimed = 0, chunks = 0;
+    if (box_find(p, at, end, BOX('s', 't', 's', 'z'), &body, &next) && next - body >= 12) {
+        uint64_t size = job_u32(p + body + 4, 1);
+        add_product(&claimed, job_u32(p + body + 8, 1), size ? size : 1);
+        if (claimed > len) return 0;
+    }
+    if ((box_find(p, at, end, BOX('s', 't', 'c', 'o'), &body, &next) ||
+         box_find(p, at, end, BOX('c', 'o', '6', '4'), &body, &next)) &&
+        next - body >= 8)
+        chunks = job_u32(p + body + 4, 1);
+    if (!box_find(p, at, end, BOX('s', 't', 's', 'c'), &body, &next) || next - body < 8)
+        return 1;
+    /* Entries: first chunk (from 1), samples per chunk, description. */
+    uint64_t entries = job_u32(p + body + 4, 1);
+    claimed = 0;
+    for (uint64_t i = 0; i < entries && (next - body - 8) / 12 > i; i++) {
+        const uint8_t *e = p + body + 8 + 12 * i;
+        uint64_t first = job_u32(e, 1), per_chunk = job_u32(e + 4, 1);
+        uint64_t until = i + 1 < entries && (next - body - 8) / 12 > i + 1
+                             ? job_u32(e + 12, 1) : chunks + 1;
+        if (until > first) add_product(&claimed, until - first, per_chunk);
+        if (claimed > len) return 0;
+    }
+    return 1;
+}
+
+/* moov's children (p[at..end)): no mvex (fragments), and every track's
+ * samples fit. */
+static int mp4_check_moov(const uint8_t *p, size_t at, size_t end, size_t len, gr_err *err) {
+    size_t body, next, b, n;
+    uint32_t type;
+    for (; box_next(p, at, end, &type, &body, &next) > 0; at = next) {
+        if (type == BOX('m', 'v', 'e', 'x')) return gr_fail(err, GR_EUNSUPPORTED, FRAGMENTED_MSG);
+        if (type == BOX('t', 'r', 'a', 'k') &&
+            box_find(p, body, next, BOX('m', 'd', 'i', 'a'), &b, &n) &&
+            box_find(p, b, n, BOX('m', 'i', 'n', 'f'), &b, &n) &&
+            box_find(p, b, n, BOX('s', 't', 'b', 'l'), &b, &n) && !mp4_samples_fit(p, b, n, len))
+            return gr_fail(err, GR_EUNPROCESSABLE,
+                           "malformed MP4: its sample table claims more samples than the "
+                           "upload holds");
+    }
+    return 0;
+}
+
+/* The checks on the bytes, before lavf's mov demuxer runs. */
+static int mp4_check_structure(const uint8_t *p, size_t len, gr_err *err) {
+    if (memmem(p, len, "dcomzlib", 8))
+        return gr_fail(err, GR_EUNSUPPORTED,
+                       "MP4 with a compressed movie header (cmov) is not supported");
+    size_t at = id3v2_prefix(p, len), body, next;
+    uint32_t type;
+    int got;
+    for (; (got = box_next(p, at, len, &type, &body, &next)) != 0; at = next) {
+        if (type == BOX('m', 'o', 'o', 'f') || type == BOX('s', 'i', 'd', 'x') ||
+            type == BOX('m', 'f', 'r', 'a'))
+            return gr_fail(err, GR_EUNSUPPORTED, FRAGMENTED_MSG);
+        if (got < 0) {
+            if (type == BOX('m', 'd', 'a', 't')) break;
+            char name[5];
+            box_name(type, name);
+            return gr_fail(err, GR_EUNPROCESSABLE,
+                           "malformed MP4: its '%s' box claims more bytes than uploaded "
+                           "(a file cut short?)", name);
+        }
+        if (type == BOX('m', 'o', 'o', 'v') && mp4_check_moov(p, body, next, len, err) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* After lavf read the header: an MP4 must be audio only. */
+static int mp4_check_streams(const AVFormatContext *fmt, gr_err *err) {
+    for (unsigned i = 0; i < fmt->nb_streams; i++) {
+        const AVStream *st = fmt->streams[i];
+        if (st->codecpar->codec_type == AVMEDIA_TYPE_VIDEO &&
+            !(st->disposition & AV_DISPOSITION_ATTACHED_PIC))
+            return gr_fail(err, GR_EUNSUPPORTED,
+                           "MP4 with a video track: only audio files are accepted "
+                           "(extract the audio first, e.g. ffmpeg -i in.mp4 -vn -c:a copy "
+                           "out.m4a)");
+    }
+    return 0;
+}
+
 int job_open_container(decode_job *job, gr_err *err) {
     uint8_t *buf = av_malloc(AVIO_BUFFER_SIZE);
     if (!buf) return gr_fail(err, GR_EINTERNAL, "out of memory");
@@ -221,6 +405,8 @@ int job_open_container(decode_job *job, gr_err *err) {
         return gr_fail(err, GR_EUNPROCESSABLE,
                        "malformed %s: header claims more bytes than uploaded",
                        ifmt->name);
+    const int is_mp4 = av_match_list(ifmt->name, "mov", ',') > 0;
+    if (is_mp4 && mp4_check_structure(job->in.data, job->in.len, err) < 0) return -1;
 
     job->fmt = avformat_alloc_context();
     if (!job->fmt) return gr_fail(err, GR_EINTERNAL, "out of memory");
@@ -235,9 +421,27 @@ int job_open_container(decode_job *job, gr_err *err) {
         av_opt_set(job->fmt, "protocol_whitelist", "", 0) < 0)
         return gr_fail(err, GR_EINTERNAL, "out of memory");
 
+    /* The mov demuxer's own doors, shut by name (see mp4_check_structure()):
+     * a leftover entry means this lavf lacks the option, and then a door
+     * might be open. Chapters are not read: they are not audio. */
+    AVDictionary *opts = NULL;
+    if (is_mp4 && (av_dict_set(&opts, "enable_drefs", "0", 0) < 0 ||
+                   av_dict_set(&opts, "use_absolute_path", "0", 0) < 0 ||
+                   av_dict_set(&opts, "ignore_chapters", "1", 0) < 0)) {
+        av_dict_free(&opts);
+        return gr_fail(err, GR_EINTERNAL, "out of memory");
+    }
     /* Frees job->fmt (but not our avio) on failure. */
-    ret = avformat_open_input(&job->fmt, NULL, ifmt, NULL);
+    ret = avformat_open_input(&job->fmt, NULL, ifmt, &opts);
+    const AVDictionaryEntry *unknown = av_dict_get(opts, "", NULL, AV_DICT_IGNORE_SUFFIX);
+    char lacking[32] = "";
+    if (unknown) av_strlcpy(lacking, unknown->key, sizeof lacking);
+    av_dict_free(&opts);
     if (ret < 0) return job_fail_av(err, ret, "reading container header");
+    if (lacking[0])
+        return gr_fail(err, GR_EINTERNAL, "libavformat's mov demuxer lacks the option %s",
+                       lacking);
+    if (is_mp4 && mp4_check_streams(job->fmt, err) < 0) return -1;
     ret = avformat_find_stream_info(job->fmt, NULL);
     if (ret == AVERROR(ENOMEM) || ret == AVERROR_EXIT)
         return job_fail_av(err, ret, "analysing streams");
@@ -544,6 +748,8 @@ int audio_decode(const void *data, size_t len, int sample_rate,
     audio_source_close(s);
     return rc;
 }
+
+void audio_limit_libav(void) { av_max_alloc(AUDIO_LIBAV_MAX_ALLOC); }
 
 void audio_free(audio *a) {
     if (!a) return;

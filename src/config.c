@@ -4,13 +4,16 @@
  * the conf file, GENRED_* variables and command-line flags all end in
  * config_set(), so a value is validated the same way wherever it comes from.
  * config_print() writes the conf-file syntax config_load_file() reads, so a
- * printed configuration loads back to the same struct.
+ * printed configuration loads back to the same struct (from the working
+ * directory: a relative path in a conf file names a file beside it, so one
+ * printed into another folder names other files).
  *
  * What it does not do: decide precedence (main() calls the layers in order)
  * or parse argv (main() splits --key=value and hands the pair over). */
 #include "genred/config.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -31,8 +34,10 @@ typedef enum key_kind {
     KIND_ADDRESS,   /* char[]: literal IPv4 or IPv6 address */
     KIND_PATH,      /* char[]: non-empty, no control characters */
     KIND_OPT_PATH,  /* char[]: a KIND_PATH, or "" for none */
+    KIND_ORIGINS,   /* char[]: web origins, comma or space separated; "*"; or "" */
     KIND_LOG_LEVEL, /* log_level: error | warn | info | debug */
     KIND_INT,       /* int */
+    KIND_OPT_PORT,  /* int: a TCP port, or "off" (-1) */
     KIND_COUNT,     /* size_t, plain integer */
     KIND_BYTES,     /* size_t, integer with optional K/M/G suffix */
     KIND_SECONDS,   /* double, non-negative decimal */
@@ -52,21 +57,28 @@ typedef struct key {
 static const key keys[] = {
     {"listen", KIND_ADDRESS, FIELD(listen), 0, 0},
     {"port", KIND_INT, FIELD(port), 0, 65535},
+    {"ops_port", KIND_OPT_PORT, FIELD(ops_port), 0, 65535},
     {"model", KIND_PATH, FIELD(model), 0, 0},
     {"workers", KIND_INT, FIELD(workers), 0, 256},
     {"max_batch", KIND_INT, FIELD(max_batch), 1, 1024},
-    {"queue_capacity", KIND_COUNT, FIELD(queue_capacity), 1, 1000000},
+    {"queue_capacity", KIND_COUNT, FIELD(queue_capacity), 0, 1000000},
     {"max_upload_bytes", KIND_BYTES, FIELD(max_upload_bytes), 1, 4294967296.0},
+    {"max_upload_memory", KIND_BYTES, FIELD(max_upload_memory), 1, 1099511627776.0},
     {"max_duration_s", KIND_SECONDS, FIELD(max_duration_s), 1, 86400},
     {"trim_start_s", KIND_SECONDS, FIELD(trim_start_s), 0, 3600},
     {"trim_end_s", KIND_SECONDS, FIELD(trim_end_s), 0, 3600},
     {"trim_min_keep_s", KIND_SECONDS, FIELD(trim_min_keep_s), 0, 86400},
+    {"max_chunks", KIND_INT, FIELD(max_chunks), 0, MAX_CHUNKS_LIMIT},
     {"max_connections", KIND_INT, FIELD(max_connections), 1, 65536},
+    {"max_connections_per_client", KIND_INT, FIELD(max_connections_per_client), 0, 65536},
     {"max_active_requests", KIND_INT, FIELD(max_active_requests), 0, 65536},
     {"idle_timeout_s", KIND_INT, FIELD(idle_timeout_s), 1, 86400},
+    {"header_timeout_s", KIND_SECONDS, FIELD(header_timeout_s), 0.5, 3600},
+    {"min_upload_rate", KIND_BYTES, FIELD(min_upload_rate), 0, 1073741824.0},
     {"request_timeout_s", KIND_SECONDS, FIELD(request_timeout_s), 0, 86400},
     {"shutdown_timeout_s", KIND_SECONDS, FIELD(shutdown_timeout_s), 0, 3600},
     {"api_keys_file", KIND_OPT_PATH, FIELD(api_keys_file), 0, 0},
+    {"cors_origins", KIND_ORIGINS, FIELD(cors_origins), 0, 0},
     {"tls_cert_file", KIND_OPT_PATH, FIELD(tls_cert_file), 0, 0},
     {"tls_key_file", KIND_OPT_PATH, FIELD(tls_key_file), 0, 0},
     {"log_level", KIND_LOG_LEVEL, FIELD(log_level), 0, 0},
@@ -99,17 +111,21 @@ void config_defaults(config *c) {
     memset(c, 0, sizeof *c);
     memcpy(c->listen, "127.0.0.1", sizeof "127.0.0.1");
     c->port = 8080;
+    c->ops_port = -1;
     memcpy(c->model, GENRED_DEFAULT_MODEL, sizeof GENRED_DEFAULT_MODEL);
     c->workers = 0;
     c->max_batch = 8;
     c->queue_capacity = 64;
     c->max_upload_bytes = (size_t)64 << 20;
+    c->max_upload_memory = (size_t)256 << 20;
     c->max_duration_s = 1200;
     c->trim_start_s = 15;
     c->trim_end_s = 15;
     c->trim_min_keep_s = 30;
     c->max_connections = 256;
     c->idle_timeout_s = 30;
+    c->header_timeout_s = 10;
+    c->min_upload_rate = 1024;
     c->request_timeout_s = 60;
     c->shutdown_timeout_s = 30;
     c->log_level = LOG_LEVEL_INFO;
@@ -227,6 +243,75 @@ static void format_seconds(double v, char buf[40]) {
     }
 }
 
+/* Separators of a cors_origins list. */
+static int is_origin_separator(char ch) { return ch == ',' || ch == ' ' || ch == '\t'; }
+
+/* An origin exactly as a browser sends it in Origin (RFC 6454's
+ * serialisation): http or https, a lower-case host name or a bracketed
+ * IPv6 address, a port only when it is not the scheme's default, nothing
+ * after. Anything else would never match, so it is refused. */
+static int origin_valid(const char *s, size_t n) {
+    size_t at;
+    unsigned default_port;
+    if (n > 7 && memcmp(s, "http://", 7) == 0) at = 7, default_port = 80;
+    else if (n > 8 && memcmp(s, "https://", 8) == 0) at = 8, default_port = 443;
+    else return 0;
+    size_t host = at;
+    if (s[at] == '[') {
+        while (++at < n && s[at] != ']')
+            if (!strchr("0123456789abcdef:.", s[at])) return 0;
+        if (at == n || at == host + 1) return 0;
+        at++;
+    } else {
+        while (at < n && (islower((unsigned char)s[at]) || isdigit((unsigned char)s[at]) ||
+                          s[at] == '-' || s[at] == '.'))
+            at++;
+        if (at == host) return 0;
+    }
+    if (at == n) return 1;
+    if (s[at] != ':' || n - at < 2 || n - at > 6 || s[at + 1] == '0') return 0;
+    unsigned long port = 0;
+    for (size_t i = at + 1; i < n; i++) {
+        if (!isdigit((unsigned char)s[i])) return 0;
+        port = port * 10 + (unsigned long)(s[i] - '0');
+    }
+    return port >= 1 && port <= 65535 && port != default_port;
+}
+
+/* cors_origins: "", "*", or origins separated by commas and blanks. */
+static int origins_valid(const char *value, char show[64], const char **why) {
+    if (strcmp(value, "*") == 0) return 1;
+    for (const char *p = value; *p;) {
+        while (is_origin_separator(*p)) p++;
+        size_t n = 0;
+        while (p[n] && !is_origin_separator(p[n])) n++;
+        if (n == 0) break;
+        if (!origin_valid(p, n)) {
+            snprintf(show, 64, "%.*s%s", n > 48 ? 48 : (int)n, p, n > 48 ? "..." : "");
+            for (char *q = show; *q; q++)
+                if ((unsigned char)*q < 0x20 || *q == 0x7f) *q = '?';
+            *why = strcmp(show, "*") == 0 ? "'*' stands alone, for any origin" : NULL;
+            return 0;
+        }
+        p += n;
+    }
+    return 1;
+}
+
+int config_origin_allowed(const config *c, const char *origin) {
+    if (!origin || !origin[0] || !c->cors_origins[0]) return 0;
+    if (strcmp(c->cors_origins, "*") == 0) return 1;
+    size_t want = strlen(origin);
+    for (const char *p = c->cors_origins; *p;) {
+        while (is_origin_separator(*p)) p++;
+        size_t n = 0;
+        while (p[n] && !is_origin_separator(p[n])) n++;
+        if (n == want && memcmp(p, origin, n) == 0) return 1;
+        p += n;
+    }
+    return 0;
+}
+
 static int set_string(const key *k, char *field, const char *value,
                       gr_err *err) {
     char show[64];
@@ -242,6 +327,17 @@ static int set_string(const key *k, char *field, const char *value,
             return gr_fail(err, GR_ECONFIG,
                            "%s: expected a literal IPv4 or IPv6 address, got '%s'",
                            k->name, shown(value, show));
+        break;
+    }
+    case KIND_ORIGINS: {
+        char bad[64];
+        const char *why = NULL;
+        if (!origins_valid(value, bad, &why))
+            return gr_fail(err, GR_ECONFIG,
+                           "%s: '%s' is not an origin as browsers send it: %s", k->name, bad,
+                           why ? why
+                               : "scheme://host[:port], http or https, lower case, no path, "
+                                 "no default port (e.g. https://app.example.com)");
         break;
     }
     case KIND_PATH:
@@ -276,6 +372,7 @@ int config_set(config *c, const char *key_name, const char *value, gr_err *err) 
     case KIND_ADDRESS:
     case KIND_PATH:
     case KIND_OPT_PATH:
+    case KIND_ORIGINS:
         return set_string(k, field, value, err);
     case KIND_LOG_LEVEL:
         for (size_t i = 0; i < LOG_LEVEL_COUNT; i++) {
@@ -287,13 +384,20 @@ int config_set(config *c, const char *key_name, const char *value, gr_err *err) 
         return gr_fail(err, GR_ECONFIG, "%s: expected one of error, warn, info, debug, got '%s'",
                        k->name, shown(value, show));
     case KIND_INT:
+    case KIND_OPT_PORT:
     case KIND_COUNT: {
+        if (k->kind == KIND_OPT_PORT && strcmp(value, "off") == 0) {
+            int off = -1;
+            memcpy(field, &off, sizeof off);
+            return 0;
+        }
         unsigned long long v;
         if (parse_uint(value, strlen(value), &v) < 0 || (double)v < k->min ||
             (double)v > k->max)
-            return gr_fail(err, GR_ECONFIG, "%s: expected an integer in %.0f..%.0f, got '%s'",
-                           k->name, k->min, k->max, shown(value, show));
-        if (k->kind == KIND_INT) {
+            return gr_fail(err, GR_ECONFIG, "%s: expected %san integer in %.0f..%.0f, got '%s'",
+                           k->name, k->kind == KIND_OPT_PORT ? "off or " : "", k->min, k->max,
+                           shown(value, show));
+        if (k->kind != KIND_COUNT) {
             int iv = (int)v;
             memcpy(field, &iv, sizeof iv);
         } else {
@@ -382,6 +486,26 @@ static conf_line split_line(char *s, char **key_out, char **value_out, const cha
     return CONF_SETTING;
 }
 
+/* A path in a conf file names a file beside it when it is relative: it is
+ * joined to the folder of the conf file (as the conf file was named), so
+ * the file reads the same from any working directory. */
+static int set_from_file(config *c, const char *conf, const char *key_name, const char *value,
+                         gr_err *err) {
+    const key *k = find_key(key_name);
+    const char *slash = strrchr(conf, '/');
+    if (!k || (k->kind != KIND_PATH && k->kind != KIND_OPT_PATH) || value[0] == '\0' ||
+        value[0] == '/' || !slash)
+        return config_set(c, key_name, value, err);
+    char joined[sizeof c->model];
+    size_t dir = (size_t)(slash - conf) + 1, n = strlen(value);
+    if (dir + n >= sizeof joined || dir + n >= k->size)
+        return gr_fail(err, GR_ECONFIG, "%s: path too long once joined to the conf file's folder",
+                       k->name);
+    memcpy(joined, conf, dir);
+    memcpy(joined + dir, value, n + 1);
+    return config_set(c, key_name, joined, err);
+}
+
 int config_load_file(config *c, const char *path, gr_err *err) {
     FILE *f = fopen(path, "r");
     if (!f) return gr_fail(err, GR_EFILE, "%s: cannot open: %s", path, strerror(errno));
@@ -404,7 +528,7 @@ int config_load_file(config *c, const char *path, gr_err *err) {
         gr_err e;
         if (kind == CONF_MALFORMED)
             rc = gr_fail(err, GR_ECONFIG, "%s:%u: %s", path, lines.lineno, why);
-        else if (kind == CONF_SETTING && config_set(c, k, v, &e) < 0)
+        else if (kind == CONF_SETTING && set_from_file(c, path, k, v, &e) < 0)
             rc = gr_fail(err, e.status, "%s:%u: %s", path, lines.lineno, e.msg);
     }
     if (rc == 0 && got == LINE_FAILED) rc = -1;
@@ -481,7 +605,8 @@ void config_print(const config *c, FILE *f) {
         }
         case KIND_ADDRESS:
         case KIND_PATH:
-        case KIND_OPT_PATH: {
+        case KIND_OPT_PATH:
+        case KIND_ORIGINS: {
             /* Bounded even if the struct was filled without config_set(). */
             char s[sizeof c->model];
             size_t n = strnlen(field, k->size - 1);
@@ -490,10 +615,12 @@ void config_print(const config *c, FILE *f) {
             print_string(f, s);
             break;
         }
-        case KIND_INT: {
+        case KIND_INT:
+        case KIND_OPT_PORT: {
             int v;
             memcpy(&v, field, sizeof v);
-            fprintf(f, "%d", v);
+            if (v < 0) fputs("off", f);
+            else fprintf(f, "%d", v);
             break;
         }
         case KIND_COUNT: {
@@ -528,6 +655,13 @@ int config_validate(const config *c, gr_err *err) {
         return gr_fail(err, GR_ECONFIG, "tls_cert_file and tls_key_file must be set "
                        "together (both for HTTPS, neither for HTTP)");
     return 0;
+}
+
+int config_max_active_requests(const config *c) {
+    if (c->max_active_requests > 0) return c->max_active_requests;
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    if (n < 1) return 2;
+    return 2 * (n > 4096 ? 4096 : (int)n);
 }
 
 int config_workers(const config *c) {

@@ -86,8 +86,10 @@ static generation *generation_create(engine *e, gr_err *err) {
                 model_input_floats(g->model), featurizer_chunk_floats(g->fz));
         goto fail;
     }
+    /* Callers admit at most max_active_requests classifications at once
+     * (http.c), so a queue of that many never refuses one of them. */
     g->batcher = batcher_create(g->model, config_workers(cfg), cfg->max_batch,
-                                cfg->queue_capacity, e->met, err);
+                                (size_t)config_max_active_requests(cfg), e->met, err);
     if (!g->batcher) goto fail;
     g->refs = 1;
     return g;
@@ -214,7 +216,7 @@ json_t *engine_describe_model(engine *e) {
     return d;
 }
 
-char *engine_render_metrics(engine *e) {
+char *engine_render_metrics(engine *e, const metrics_load *load) {
     pthread_mutex_lock(&e->mu);
     generation *cur = e->current;
     cur->refs++;
@@ -230,7 +232,7 @@ char *engine_render_metrics(engine *e) {
         add_stats(&sum, &st);
     }
     pthread_mutex_unlock(&e->mu);
-    char *text = metrics_render(e->met, &sum, cur->model);
+    char *text = metrics_render(e->met, &sum, load, cur->model);
     release(e, cur);
     return text;
 }
@@ -421,7 +423,7 @@ static json_t *build_answer(const generation *gen, const float *probs, size_t n_
         SET(ans, "chunks", json_integer((json_int_t)n_chunks));
         SET(ans, "duration_s", json_real(an->duration_s));
         SET(analyzed, "start_s", json_real(start_s));
-        SET(analyzed, "end_s", json_real(start_s + (double)n_chunks * chunk_s));
+        SET(analyzed, "end_s", json_real(start_s + (double)an->window_chunks * chunk_s));
         SET(analyzed, "trimmed", json_boolean(an->trimmed));
         SET(ans, "analyzed", analyzed);
         SET(mod, "name", json_string(model_name(m)));
@@ -450,9 +452,10 @@ static json_t *build_answer(const generation *gen, const float *probs, size_t n_
             json_t *seg = json_object(), *pr = json_object();
             ok = seg && pr;
             for (int i = 0; ok && i < g; i++) SET(pr, model_genre(m, i), json_real(p[i]));
+            size_t at = features_chunk_pick(c, n_chunks, an->window_chunks);
             if (ok) {
-                SET(seg, "start_s", json_real(start_s + (double)c * chunk_s));
-                SET(seg, "end_s", json_real(start_s + (double)(c + 1) * chunk_s));
+                SET(seg, "start_s", json_real(start_s + (double)at * chunk_s));
+                SET(seg, "end_s", json_real(start_s + (double)(at + 1) * chunk_s));
                 SET(seg, "top", json_string(model_genre(m, argmax(p, g))));
                 SET(seg, "probabilities", pr);
                 if (music) SET(seg, "music", json_boolean(music[c]));
@@ -575,6 +578,7 @@ static json_t *classify_on(engine *e, const generation *g, const void *data, siz
     double deadline = e->cfg.request_timeout_s > 0 ? t0 + e->cfg.request_timeout_s : 0;
     features_opts fo = features_opts_from_config(&e->cfg, o->trim);
     fo.deadline = deadline;
+    fo.max_chunks = o->max_chunks > 0 ? (size_t)o->max_chunks : 0;
     analysis an;
     if (features_compute(g->fz, &fo, data, len, &an, err) != 0) return NULL;
     if (may_go_on(e, deadline, "computing features", err) != 0) {

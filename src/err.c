@@ -29,6 +29,9 @@ const char *gr_status_code(gr_status status) {
     case GR_EUNPROCESSABLE: return "unprocessable_audio";
     case GR_EBUSY: return "busy";
     case GR_EDEADLINE: return "deadline_exceeded";
+    case GR_ETOOSLOW: return "request_timeout";
+    case GR_ETOOLONG: return "uri_too_long";
+    case GR_ENOTIMPL: return "not_implemented";
     case GR_ECONFIG: return "bad_config";
     case GR_EFILE: return "bad_file";
     case GR_EINTERNAL: return "internal";

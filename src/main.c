@@ -1,17 +1,19 @@
 /* main.c - the genred binary: serve, classify, features.
  *
  *   genred serve [--config FILE] [--KEY VALUE ...]
- *   genred classify [--config FILE] [--trim 0|1] [--segments 0|1]
- *                   [--embedding 0|1] FILE...
+ *   genred classify [--config FILE] [--trim 0|1] [--segments 0|1] [--embedding 0|1]
+ *                   [--jobs N] [--output FILE] [--files-from LIST] [--shard K/N] FILE...
  *   genred features [--config FILE] [--trim 0|1] [--params FILE]
  *                   [--chunk-hop SECONDS] [--values NAME,...] FILE -o OUT.npy
  *   genred --check-config FILE
  *
  * Settings come in layers: defaults, the conf file (--config or
- * $GENRED_CONFIG), GENRED_* environment variables, then flags. This is the
- * only file with process-wide concerns: signals, exit codes, stdout. */
+ * $GENRED_CONFIG; for the binary run from its build folder, the checkout's),
+ * GENRED_* environment variables, then flags. This is the only file with
+ * process-wide concerns: signals, exit codes, stdout, libav's globals. */
 #include <errno.h>
 #include <libavutil/log.h>
+#include <limits.h>
 #include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
@@ -20,6 +22,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "genred/audio.h"
+#include "genred/catalogue.h"
 #include "genred/clock.h"
 #include "genred/config.h"
 #include "genred/engine.h"
@@ -55,11 +59,20 @@ static void usage(FILE *f) {
             "  genred --check-config FILE                        validate and print a config\n"
             "  genred --version | --help\n\n"
             "options:\n"
-            "  --config FILE      conf file (default: $GENRED_CONFIG, else built-in defaults)\n"
+            "  --config FILE      conf file (default: $GENRED_CONFIG, else none; run from\n"
+            "                     its build folder, the checkout's conf/genred.conf)\n"
             "  --trim 0|1         classify/features: apply the trim rule (default 1)\n"
             "  --segments 0|1     classify: add the per-chunk timeline (default 0)\n"
             "  --embedding 0|1    classify: add the song's embedding, with a model that has\n"
             "                     one (default 0)\n"
+            "  --max-chunks N     classify: analyse at most N chunks per song, spread\n"
+            "                     evenly (a conf key; default 0 = all)\n"
+            "  --jobs N           classify: songs in flight (default: cores + 1)\n"
+            "  -o, --output FILE  classify: append the lines to FILE, skipping the files\n"
+            "                     it has lines for (resume); features: the .npy to write\n"
+            "  --files-from LIST  classify: also the files named in LIST ('-': stdin),\n"
+            "                     NUL-separated if it holds a NUL, else one per line\n"
+            "  --shard K/N        classify: only shard K of N (0 <= K < N), by name\n"
             "  --params FILE      features: feature parameters (JSON) instead of the model's\n"
             "  --chunk-hop S      features: start a chunk every S seconds (default: one\n"
             "                     chunk length, as the daemon does); for training data\n"
@@ -72,14 +85,31 @@ static void usage(FILE *f) {
 
 typedef struct cli {
     const char *config_path;
-    const char *out_path;
+    const char *config_from;   /* how config_path was chosen, for messages */
+    const char *model_from;    /* which layer set cfg->model, for messages */
+    int checkout;              /* this genred runs from its build folder */
+    const char *out_path;      /* -o/--output */
     const char *params_path;
+    const char *files_from;  /* classify: --files-from */
     const char *values;   /* features only: named layer outputs to write */
     double chunk_hop_s;   /* features only; 0 = back-to-back chunks */
     int trim, segments, embedding;
+    int jobs;             /* classify: 0 = catalogue_default_jobs() */
+    unsigned shard, shards; /* classify: --shard K/N; shards 0 = all */
     int nfiles;
     char **files;
 } cli;
+
+/* A whole decimal number in [lo, hi]. */
+static int parse_uint_in(const char *v, unsigned long lo, unsigned long hi, unsigned long *out) {
+    char *end;
+    if (*v < '0' || *v > '9') return -1;
+    errno = 0;
+    unsigned long n = strtoul(v, &end, 10);
+    if (errno || *end || n < lo || n > hi) return -1;
+    *out = n;
+    return 0;
+}
 
 static int parse_flag01(const char *name, const char *v, int *out) {
     if (strcmp(v, "0") == 0) *out = 0;
@@ -89,6 +119,26 @@ static int parse_flag01(const char *name, const char *v, int *out) {
         return -1;
     }
     return 0;
+}
+
+/* 1 when this binary is the one meson built, run from its build folder
+ * (meson.build passes the folder): then it is a checkout's, which reads
+ * the checkout's conf file and model by default. An installed copy (or any
+ * other) lives elsewhere and keeps to its prefix. */
+static int runs_from_build_folder(void) {
+#ifdef GENRED_BUILD_ROOT
+    char exe[PATH_MAX], here[PATH_MAX], build[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0) return 0;
+    exe[n] = '\0';
+    char *slash = strrchr(exe, '/');
+    if (!slash) return 0;
+    *slash = '\0';
+    return realpath(exe[0] ? exe : "/", here) && realpath(GENRED_BUILD_ROOT, build) &&
+           strcmp(here, build) == 0;
+#else
+    return 0;
+#endif
 }
 
 /* Loads config layers and parses the command's arguments. Flags may be
@@ -103,16 +153,39 @@ static int load_settings(int argc, char **argv, config *cfg, cli *o) {
     }
     config_defaults(cfg);
     gr_err err = {0};
+    o->model_from = "is the built-in default of a genred installed under its prefix";
+#ifdef GENRED_CHECKOUT_MODEL
+    o->checkout = runs_from_build_folder();
+    if (o->checkout) {
+        if (config_set(cfg, "model", GENRED_CHECKOUT_MODEL, &err) != 0) goto bad;
+        o->model_from = "is the default of a genred run from its build folder";
+    }
+#endif
 
     /* The conf file comes first whatever its position among the flags, so
      * that flags override it. */
     o->config_path = getenv("GENRED_CONFIG");
+    o->config_from = "$GENRED_CONFIG";
     for (int i = 0; i < argc; i++) {
-        if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) o->config_path = argv[i + 1];
-        else if (strncmp(argv[i], "--config=", 9) == 0) o->config_path = argv[i] + 9;
+        if (strcmp(argv[i], "--config") == 0 && i + 1 < argc)
+            o->config_path = argv[i + 1], o->config_from = "--config";
+        else if (strncmp(argv[i], "--config=", 9) == 0)
+            o->config_path = argv[i] + 9, o->config_from = "--config";
     }
+#ifdef GENRED_CHECKOUT_CONF
+    if (!o->config_path && o->checkout && access(GENRED_CHECKOUT_CONF, F_OK) == 0) {
+        o->config_path = GENRED_CHECKOUT_CONF;
+        o->config_from = "the checkout's, read by a genred run from its build folder";
+    }
+#endif
+    char model[sizeof cfg->model];
+    memcpy(model, cfg->model, sizeof model);
     if (o->config_path && config_load_file(cfg, o->config_path, &err) != 0) goto bad;
+    if (strcmp(model, cfg->model) != 0) o->model_from = "comes from the conf file's model line";
+    memcpy(model, cfg->model, sizeof model);
     if (config_load_env(cfg, &err) != 0) goto bad;
+    if (strcmp(model, cfg->model) != 0) o->model_from = "comes from GENRED_MODEL";
+    memcpy(model, cfg->model, sizeof model);
 
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
@@ -148,8 +221,35 @@ static int load_settings(int argc, char **argv, config *cfg, cli *o) {
             value = argv[++i];
         }
         if (strcmp(key, "config") == 0) continue; /* applied above */
+        unsigned long n, k;
+        char *slash;
         if (strcmp(key, "params") == 0) o->params_path = value;
+        else if (strcmp(key, "output") == 0) o->out_path = value;
         else if (strcmp(key, "values") == 0) o->values = value;
+        else if (strcmp(key, "files-from") == 0) o->files_from = value;
+        else if (strcmp(key, "jobs") == 0) {
+            if (parse_uint_in(value, 1, 1024, &n) != 0) {
+                fprintf(stderr, "genred: --jobs expects 1..1024, got '%s'\n", value);
+                return -1;
+            }
+            o->jobs = (int)n;
+        } else if (strcmp(key, "shard") == 0) {
+            char kbuf[32];
+            slash = strchr(value, '/');
+            if (!slash || (size_t)(slash - value) >= sizeof kbuf) slash = NULL;
+            else {
+                memcpy(kbuf, value, (size_t)(slash - value));
+                kbuf[slash - value] = '\0';
+            }
+            if (!slash || parse_uint_in(slash + 1, 1, 1000000, &n) != 0 ||
+                parse_uint_in(kbuf, 0, n - 1, &k) != 0) {
+                fprintf(stderr, "genred: --shard expects K/N with 0 <= K < N, got '%s'\n",
+                        value);
+                return -1;
+            }
+            o->shard = (unsigned)k;
+            o->shards = (unsigned)n;
+        }
         else if (strcmp(key, "chunk-hop") == 0) {
             char *end;
             o->chunk_hop_s = strtod(value, &end);
@@ -168,11 +268,40 @@ static int load_settings(int argc, char **argv, config *cfg, cli *o) {
             goto bad;
         }
     }
+    if (strcmp(model, cfg->model) != 0) o->model_from = "comes from --model";
     if (config_validate(cfg, &err) != 0) goto bad;
     return 0;
 bad:
     fprintf(stderr, "genred: %s\n", err.msg);
     return -1;
+}
+
+/* Before anything loads it: the model must open, or the error says where
+ * its path came from and what was looked at, since a wrong default is the
+ * first thing a new user meets. */
+static int model_opens(const config *cfg, const cli *o) {
+    FILE *f = fopen(cfg->model, "rb");
+    if (f) {
+        fclose(f);
+        return 1;
+    }
+    int e = errno;
+    fprintf(stderr, "genred: cannot open the model %s: %s\n", cfg->model, strerror(e));
+    if (o->config_path)
+        fprintf(stderr, "genred: tried the conf file %s (%s); the model path %s\n",
+                o->config_path, o->config_from, o->model_from);
+    else
+        fprintf(stderr, "genred: tried no conf file (none named by --config or "
+                        "$GENRED_CONFIG%s); the model path %s\n",
+#ifdef GENRED_CHECKOUT_CONF
+                o->checkout ? ", and the checkout's " GENRED_CHECKOUT_CONF " is missing" : "",
+#else
+                "",
+#endif
+                o->model_from);
+    fprintf(stderr, "genred: name the model with --model PATH, GENRED_MODEL=PATH or "
+                    "`model = PATH` in a conf file\n");
+    return 0;
 }
 
 /* Reads a file for classify/features, enforcing the upload limit so the
@@ -182,48 +311,45 @@ static unsigned char *load_input(const char *path, const config *cfg, size_t *le
     return file_read(path, cfg->max_upload_bytes, GR_ETOOBIG, len, err);
 }
 
-static void print_error_line(const char *file, const gr_err *err) {
-    json_t *line = json_pack("{s:s,s:{s:s,s:s}}", "file", file, "error", "code",
-                             gr_status_code(err->status), "message", err->msg);
-    char *text = line ? json_dumps(line, JSON_COMPACT) : NULL;
-    if (text) printf("%s\n", text);
-    else fprintf(stderr, "genred: %s: %s\n", file, err->msg);
-    free(text);
-    json_decref(line);
-}
-
+/* Every file named on the command line and in --files-from, through the
+ * catalogue (catalogue.h): one line each, several songs at once. Exit
+ * status: 0 every file answered, 1 some error lines, 3 the run stopped (the
+ * list or the output could not be read or written). */
 static int cmd_classify(engine *e, const config *cfg, const cli *o) {
-    int failures = 0;
-    for (int i = 0; i < o->nfiles; i++) {
-        gr_err err = {0};
-        size_t len;
-        unsigned char *data = load_input(o->files[i], cfg, &len, &err);
-        json_t *ans = NULL;
-        if (data) {
-            classify_opts co = {.trim = o->trim, .segments = o->segments,
-                                .embedding = o->embedding};
-            ans = engine_classify(e, data, len, &co, &err);
-            free(data);
-        }
-        if (!ans || json_object_set_new(ans, "file", json_string(o->files[i])) != 0) {
-            if (ans) gr_fail(&err, GR_EINTERNAL, "out of memory");
-            print_error_line(o->files[i], &err);
-            json_decref(ans);
-            failures++;
-            continue;
-        }
-        char *text = json_dumps(ans, JSON_COMPACT | JSON_REAL_PRECISION(7));
-        json_decref(ans);
-        if (!text) {
-            fprintf(stderr, "genred: out of memory\n");
-            failures++;
-            continue;
-        }
-        printf("%s\n", text);
-        fflush(stdout);
-        free(text);
+    gr_err err = {0};
+    char **listed = NULL;
+    size_t n_listed = 0;
+    if (o->files_from && catalogue_read_list(o->files_from, &listed, &n_listed, &err) != 0) {
+        fprintf(stderr, "genred: %s\n", err.msg);
+        return 3;
     }
-    return failures ? 1 : 0;
+    char **files = malloc(((size_t)o->nfiles + n_listed + 1) * sizeof *files);
+    if (!files) {
+        catalogue_list_free(listed, n_listed);
+        fprintf(stderr, "genred: out of memory\n");
+        return 3;
+    }
+    memcpy(files, o->files, (size_t)o->nfiles * sizeof *files);
+    if (n_listed) memcpy(files + o->nfiles, listed, n_listed * sizeof *files);
+    catalogue_opts co = {
+        .classify = {.trim = o->trim, .segments = o->segments, .embedding = o->embedding,
+                     .max_chunks = cfg->max_chunks},
+        .max_upload_bytes = cfg->max_upload_bytes,
+        .jobs = o->jobs,
+        .output = o->out_path,
+        .shard = o->shard,
+        .shards = o->shards,
+        .progress = isatty(STDERR_FILENO),
+    };
+    catalogue_counts c;
+    int rc = catalogue_run(e, files, (size_t)o->nfiles + n_listed, &co, &c, &err);
+    free(files);
+    catalogue_list_free(listed, n_listed);
+    if (rc != 0) {
+        fprintf(stderr, "genred: %s\n", err.msg);
+        return 3;
+    }
+    return c.failed ? 1 : 0;
 }
 
 /* ---- FFTW wisdom (mel.h) ------------------------------------------------ */
@@ -308,6 +434,11 @@ static featurizer *features_featurizer(const config *cfg, const cli *o, gr_err *
         json_decref(j);
         if (rc != 0) return NULL;
     } else {
+        if (!model_opens(cfg, o)) {
+            gr_fail(err, GR_EFILE, "no model to take the feature parameters from "
+                                   "(--params FILE gives them without one)");
+            return NULL;
+        }
         model *m = model_load(cfg->model, err);
         if (!m) return NULL;
         p = *model_features(m);
@@ -517,9 +648,13 @@ static int cmd_serve(engine *e, metrics *met, const config *cfg) {
         fprintf(stderr, "genred: %s\n", err.msg);
         return 1;
     }
-    printf("genred: listening on %s://%s%s%s:%d\n", cfg->tls_cert_file[0] ? "https" : "http",
-           strchr(cfg->listen, ':') ? "[" : "", cfg->listen,
-           strchr(cfg->listen, ':') ? "]" : "", server_port(s));
+    /* The ops line first: whoever waits for "listening on" has both. */
+    const char *scheme = cfg->tls_cert_file[0] ? "https" : "http";
+    const char *lb = strchr(cfg->listen, ':') ? "[" : "", *rb = *lb ? "]" : "";
+    if (server_ops_port(s) >= 0)
+        printf("genred: ops listening on %s://%s%s%s:%d\n", scheme, lb, cfg->listen, rb,
+               server_ops_port(s));
+    printf("genred: listening on %s://%s%s%s:%d\n", scheme, lb, cfg->listen, rb, server_port(s));
     fflush(stdout);
     /* The model is loaded (engine_create) and the port bound: ready. */
     notify_service("READY=1");
@@ -586,13 +721,14 @@ int main(int argc, char **argv) {
         free(o.files);
         return 2;
     }
-    if (is_classify && o.nfiles == 0) {
-        fprintf(stderr, "genred: classify needs at least one file\n");
+    if (is_classify && o.nfiles == 0 && !o.files_from) {
+        fprintf(stderr, "genred: classify needs at least one file (or --files-from)\n");
         free(o.files);
         return 2;
     }
 
     av_log_set_level(cfg.log_level >= LOG_LEVEL_DEBUG ? AV_LOG_WARNING : AV_LOG_QUIET);
+    audio_limit_libav();
     wisdom_load(&cfg);
     if (is_features) {
         int rc = cmd_features(&cfg, &o);
@@ -600,7 +736,7 @@ int main(int argc, char **argv) {
         return rc;
     }
     if (!is_serve) { /* offline: never refuse, never give up */
-        cfg.queue_capacity = (size_t)-1 / 2;
+        cfg.max_active_requests = 65536; /* the batcher's queue: never full */
         cfg.request_timeout_s = 0;
     }
 
@@ -624,6 +760,10 @@ int main(int argc, char **argv) {
         mallopt(M_MMAP_THRESHOLD, 256 * 1024);
         mallopt(M_TRIM_THRESHOLD, 2 * 1024 * 1024);
     }
+    if (!model_opens(&cfg, &o)) {
+        free(o.files);
+        return 1;
+    }
     gr_err err = {0};
     metrics *met = is_serve ? metrics_create(&err) : NULL;
     if (is_serve && !met) {
@@ -636,7 +776,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "genred: %s\n", err.msg);
         metrics_free(met);
         free(o.files);
-        return 1;
+        return is_classify ? 3 : 1; /* classify: 1 means some files failed */
     }
     if (!is_serve) wisdom_learn_model(&cfg, e); /* serve: once it is ready */
     int rc = is_serve ? cmd_serve(e, met, &cfg) : cmd_classify(e, &cfg, &o);

@@ -321,12 +321,52 @@ static void render_locked(const metrics *m, sbuf *b) {
     sb_histogram(b, "genred_chunks_per_request", "", &m->chunks_per_request);
 }
 
+/* One sample of a family without labels, with its HELP and TYPE. */
+static void sb_single(sbuf *b, const char *name, const char *type, const char *help,
+                      unsigned long long value) {
+    sb_family(b, name, type, help);
+    sb_printf(b, "%s %llu\n", name, value);
+}
+
+static void render_load(const metrics_load *l, sbuf *b) {
+    const struct {
+        const char *name, *type, *help;
+        unsigned long long value;
+    } rows[] = {
+        {"genred_connections", "gauge", "Connections open on the API port.",
+         (unsigned long long)l->connections},
+        {"genred_max_connections", "gauge",
+         "Connections the API port serves; more get 503 or are closed.",
+         (unsigned long long)l->max_connections},
+        {"genred_queue_depth", "gauge", "Whole uploads waiting for a classification slot.",
+         l->queue_depth},
+        {"genred_queue_capacity", "gauge",
+         "Most uploads that may wait; more get 503, and /readyz is 503 when full.",
+         l->queue_capacity},
+        {"genred_active_requests", "gauge", "Classifications running.",
+         (unsigned long long)l->active_requests},
+        {"genred_max_active_requests", "gauge", "Most classifications running at once.",
+         (unsigned long long)l->max_active_requests},
+        {"genred_upload_memory_bytes", "gauge",
+         "Bytes of uploads held (received, waiting or classifying).", l->upload_memory},
+        {"genred_max_upload_memory_bytes", "gauge",
+         "Most bytes of uploads held at once; more get 503, and /readyz is 503 at it.",
+         l->max_upload_memory},
+        {"genred_header_timeouts_total", "counter",
+         "Connections closed for not completing a request's header block within "
+         "header_timeout_s (slow clients, and keep-alive connections idle that long).",
+         l->header_timeouts},
+        {"genred_slow_uploads_total", "counter",
+         "Uploads cut with 408 for falling under min_upload_rate.", l->slow_uploads},
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
+        sb_single(b, rows[i].name, rows[i].type, rows[i].help, rows[i].value);
+}
+
 static void render_batcher(const batcher_stats *st, sbuf *b) {
-    sb_family(b, "genred_queue_depth", "gauge", "Requests waiting for inference.");
-    sb_printf(b, "genred_queue_depth %zu\n", st->queued_requests);
-    sb_family(b, "genred_queue_capacity", "gauge",
-              "Most requests that may wait; more get 503.");
-    sb_printf(b, "genred_queue_capacity %zu\n", st->queue_capacity);
+    sb_family(b, "genred_inference_queue_depth", "gauge",
+              "Classifications waiting for the model (at most max_active_requests).");
+    sb_printf(b, "genred_inference_queue_depth %zu\n", st->queued_requests);
     sb_family(b, "genred_workers", "gauge", "Inference worker threads.");
     sb_printf(b, "genred_workers %d\n", st->workers);
     sb_family(b, "genred_max_batch", "gauge", "Most chunks per model forward pass.");
@@ -357,7 +397,7 @@ static void render_model(const model *mod, sbuf *b) {
     sb_puts(b, "\"} 1\n");
 }
 
-char *metrics_render(metrics *m, const struct batcher_stats *st,
+char *metrics_render(metrics *m, const struct batcher_stats *st, const metrics_load *load,
                      const struct model *model) {
     sbuf b = {malloc(16384), 0, 16384, 0};
     if (!b.p) return NULL;
@@ -367,6 +407,7 @@ char *metrics_render(metrics *m, const struct batcher_stats *st,
         render_locked(m, &b);
         pthread_mutex_unlock(&m->mu);
     }
+    if (load) render_load(load, &b);
     if (st) render_batcher(st, &b);
     if (model) render_model(model, &b);
     if (b.failed) {

@@ -6,8 +6,12 @@ CLIENTS threads send requests back to back for DURATION seconds, each drawn
 from a fixed mix (MIX): real music (MP3, WAV, Ogg made from GTZAN excerpts at
 run time), a short tone, multipart uploads, GETs, and hostile input from
 test_hostile.py (random bytes, truncations, lying headers, broken multipart,
-oversized headers and uploads, clients that hang up). Every kind has the one
-status it must get; anything else is an unexpected status.
+oversized headers and uploads, clients that hang up, smuggling shapes) and
+slow clients (a slowloris connection, cut at header_timeout_s; an upload of
+a byte a second, 408). Every kind has the one status it must get; anything
+else is an unexpected status. Meanwhile a prober asks /healthz and /readyz
+on the ops listener every PROBE_EVERY_S: every probe must be a 200 within
+PROBE_LIMIT_S.
 
 Reports requests served, statuses by kind, errors by status, latency
 percentiles (all requests, and classifications of the 30 s excerpts alone),
@@ -15,9 +19,10 @@ and memory: VmRSS (and its anonymous part, RssAnon) sampled every second
 under load, and measured idle after a warm-up phase (the first
 WARMUP_FRACTION of the run) and at the end; drift = end minus warm-up.
 
-Fails (exit status 1) on any unexpected status, a daemon that died or did
-not exit 0 on SIGTERM, fewer than MIN_SERVED requests, or RSS drift over
---max-rss-drift-mb. Latency is reported, not judged: CI machines are shared.
+Fails (exit status 1) on any unexpected status, a failed or slow probe, a
+daemon that died or did not exit 0 on SIGTERM, fewer than MIN_SERVED
+requests, or RSS drift over --max-rss-drift-mb. Latency is reported, not
+judged: CI machines are shared.
 
   soak.py [--duration 90] [--clients 4] [--max-rss-drift-mb 16]
 
@@ -33,6 +38,7 @@ import json
 import os
 import pathlib
 import random
+import socket
 import sys
 import tempfile
 import threading
@@ -47,6 +53,9 @@ import test_hostile as th  # noqa: E402  (the hostile inputs)
 WARMUP_FRACTION = 0.25
 IDLE_SETTLE_S = 1.0
 MIN_SERVED = 50
+HEADER_TIMEOUT_S = 3     # the daemon's header_timeout_s: slowloris ends after it
+PROBE_EVERY_S = 0.25
+PROBE_LIMIT_S = 1.0
 
 
 def env_path(name):
@@ -84,6 +93,30 @@ def build_mix(inp, port):
             return None  # nothing to read: the client left
         return send
 
+    def trickle(head, drip, every_s, limit_s):
+        """Sends head, then drip every every_s until the server answers or
+        closes; returns the answer's status, or "cut" for a close without
+        one."""
+        def send():
+            got = b""
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.sendall(head)
+                s.settimeout(every_s)
+                end = time.monotonic() + limit_s
+                while time.monotonic() < end:
+                    try:
+                        chunk = s.recv(65536)
+                    except socket.timeout:
+                        s.sendall(drip)
+                        continue
+                    except ConnectionResetError:
+                        break
+                    if not chunk:
+                        break
+                    got += chunk
+            return th.read_responses(got)[0][0] if got else "cut"
+        return send
+
     mp3_req = th.request_bytes(port, inp.mp3, "audio/mpeg")
     info = b"LIST" + (0xFFFFFFF0).to_bytes(4, "little") + b"INFO"
     mix = [
@@ -117,6 +150,14 @@ def build_mix(inp, port):
              raw(b"", "audio/wav", b"Content-Length: 99999999999\r\n", length=False)),
         Kind("hang-up-mid-upload", 2, None, hang_up(mp3_req[:len(mp3_req) // 2], 0.02)),
         Kind("hang-up-before-answer", 2, None, hang_up(mp3_req, 0.0)),
+        Kind("smuggled-content-length", 1, 400,
+             raw(b"0\r\n\r\nGET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", "audio/wav",
+                 b"Transfer-Encoding: chunked\r\n")),
+        Kind("slowloris", 1, "cut",
+             trickle(b"GET / HTTP/1.1\r\nHost: x\r\n", b"X-a: b\r\n", 0.5, 30)),
+        Kind("slow-upload", 1, 408,
+             trickle(f"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: audio/mpeg\r\n"
+                     f"Content-Length: 100000\r\n\r\n".encode(), b"x", 1.0, 30)),
     ]
     return mix
 
@@ -152,6 +193,8 @@ def main():
         flags = conftest._base_flags(source, model)
         flags["max-upload-bytes"] = str(th.UPLOAD_LIMIT)
         flags["workers"] = "2"  # the same load shape on any machine
+        flags["ops-port"] = "0"
+        flags["header-timeout-s"] = str(HEADER_TIMEOUT_S)
         daemon = conftest.Daemon(binary, flags, tmp / "daemon.log")
         try:
             ok = soak(daemon, inp, args)
@@ -218,6 +261,22 @@ def soak(daemon, inp, args):
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
+    probes = []  # (path, status or exception, seconds)
+
+    def probe():
+        paths = ("/healthz", "/readyz")
+        while not stop.is_set():
+            path = paths[len(probes) % 2]
+            t0 = time.monotonic()
+            try:
+                status = daemon.request("GET", path, ops=True, timeout=5).status_code
+            except Exception as e:  # noqa: BLE001 - a failed probe is a finding
+                status = f"{type(e).__name__}: {e}"
+            probes.append((path, status, time.monotonic() - t0))
+            stop.wait(PROBE_EVERY_S)
+
+    prober = threading.Thread(target=probe, daemon=True)
+    prober.start()
     start_mem = (th.rss_kb(daemon), th.rss_kb(daemon, "RssAnon"))
     warm_s = args.duration * WARMUP_FRACTION
     # Each worker's model workspace is sized for max_batch chunks but only
@@ -241,6 +300,8 @@ def soak(daemon, inp, args):
     alive = daemon.alive()
     stop.set()
     sampler.join(5)
+    prober.join(10)
+    bad_probes = [p for p in probes if p[1] != 200 or p[2] > PROBE_LIMIT_S]
 
     served = sum(sum(c.values()) for c in statuses.values())
     by_status = collections.Counter()
@@ -262,6 +323,9 @@ def soak(daemon, inp, args):
         print(f"  {k.name:22s} [{k.status}] {counts}")
     print("errors by status: " + ", ".join(f"{s}: {n}" for s, n in sorted(
         by_status.items(), key=str) if s not in (200, None)))
+    print(f"probes on the ops listener (/healthz, /readyz every {PROBE_EVERY_S} s): "
+          f"{len(probes)}, failed or over {PROBE_LIMIT_S:.0f} s: {len(bad_probes)}, "
+          f"max {max((p[2] for p in probes), default=0) * 1e3:.0f} ms")
     print(f"latency all requests: p50 {percentile(all_lat, 50) * 1e3:.0f} ms, "
           f"p99 {percentile(all_lat, 99) * 1e3:.0f} ms, max {max(all_lat, default=0) * 1e3:.0f} ms")
     print(f"latency 30 s songs:   p50 {percentile(music, 50) * 1e3:.0f} ms, "
@@ -277,7 +341,8 @@ def soak(daemon, inp, args):
         "served": served, "by_status": {str(k): v for k, v in by_status.items()},
         "unexpected": len(unexpected), "p99_ms": round(percentile(all_lat, 99) * 1e3, 1),
         "p99_song_ms": round(percentile(music, 99) * 1e3, 1),
-        "rss_drift_mb": round(drift_mb, 1)}))
+        "rss_drift_mb": round(drift_mb, 1), "probes": len(probes),
+        "probes_failed": len(bad_probes)}))
 
     ok = True
     if not alive:
@@ -285,6 +350,10 @@ def soak(daemon, inp, args):
         ok = False
     if unexpected:
         print(f"FAIL: {len(unexpected)} unexpected statuses, e.g. {unexpected[:10]}")
+        ok = False
+    if bad_probes or len(probes) < 10:
+        print(f"FAIL: {len(bad_probes)} of {len(probes)} probes failed or were slow, "
+              f"e.g. {bad_probes[:5]}")
         ok = False
     if served < MIN_SERVED:
         print(f"FAIL: only {served} requests served (at least {MIN_SERVED} expected)")

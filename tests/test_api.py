@@ -15,17 +15,22 @@ import collections
 import concurrent.futures
 import json
 import math
+import os
 import random
 import re
 import socket
+import subprocess
 import threading
 import time
 
 import pytest
 
+import conftest
+from conftest import chunk_pick
+
 CLASSIFY = "/v1/classify"
 CONTENT_TYPES = {".mp3": "audio/mpeg", ".wav": "audio/wav", ".flac": "audio/flac",
-                 ".ogg": "audio/ogg"}
+                 ".ogg": "audio/ogg", ".m4a": "audio/mp4", ".aiff": "audio/aiff"}
 UPLOAD_LIMIT = 8 * 1024 * 1024  # the daemons' --max-upload-bytes 8M
 TRIM_S = 15.0                    # the default trim at each end
 
@@ -164,7 +169,9 @@ def test_web_page_is_served(daemon, api, source_dir, route):
 
 EXCERPTS = [("excerpt_mp3", "audio/mpeg", 0.1), ("excerpt_mp3", "application/octet-stream", 0.1),
             ("excerpt_wav", "audio/wav", 0.01), ("excerpt_wav", "audio/x-wav", 0.01),
-            ("excerpt_flac", "audio/flac", 0.01), ("excerpt_ogg", "audio/ogg", 0.1)]
+            ("excerpt_flac", "audio/flac", 0.01), ("excerpt_ogg", "audio/ogg", 0.1),
+            ("excerpt_m4a", "audio/mp4", 0.05), ("excerpt_m4a", "audio/x-m4a", 0.05),
+            ("excerpt_aiff", "audio/aiff", 0.01), ("excerpt_aiff", "audio/x-aiff", 0.01)]
 
 
 @pytest.mark.parametrize("name,content_type,duration_tol", EXCERPTS,
@@ -205,6 +212,20 @@ def test_multipart_equals_raw_upload(daemon, api, check_classify, audio, classif
     raw = classified("excerpt_mp3")
     for key in ("genres", "top", "chunks", "duration_s", "analyzed", "model"):
         assert ans[key] == raw[key], key
+
+
+def test_every_documented_content_type_is_accepted(daemon, api, check_classify, audio):
+    """openapi.yaml's raw Content-Types are the ones http.c accepts: each
+    gets an answer (the bytes decide the format, so one file serves all)."""
+    body = audio.excerpt_wav.read_bytes()
+    types = [t for t in api.doc["paths"][CLASSIFY]["post"]["requestBody"]["content"]
+             if t != "multipart/form-data"]
+    assert {"audio/mp4", "audio/x-m4a", "audio/aiff", "audio/x-aiff"} <= set(types), types
+    for ctype in types:
+        expect_answer(api, check_classify, post_audio(daemon, body, ctype))
+    for ctype in ("audio/x-ms-wma", "video/mp4", "audio/aac", "text/plain"):
+        r = post_audio(daemon, body, ctype)
+        assert r.status_code == 415, (ctype, r.status_code)
 
 
 def test_no_content_type_is_octet_stream(daemon, api, check_classify, audio, classified):
@@ -499,6 +520,9 @@ BAD = [
         raw_body("audio/mpeg", mp3_bytes, {"segments": "yes"})),
     Bad("mel-2", "POST", CLASSIFY, 400, "bad_request", None,
         raw_body("audio/mpeg", mp3_bytes, {"mel": "2"})),
+    *[Bad(f"max-chunks-{v or 'empty'}", "POST", CLASSIFY, 400, "bad_request", None,
+          raw_body("audio/mpeg", mp3_bytes, {"max_chunks": v}))
+      for v in ("-1", "", "abc", "1e3", "8.0", " 8", "100001", "99999999999999999999")],
     Bad("2s-clip", "POST", CLASSIFY, 422, "unprocessable_audio", None,
         raw_body("audio/wav", lambda a: a.short_wav.read_bytes())),
     Bad("2s-clip-trim-0", "POST", CLASSIFY, 422, "unprocessable_audio", None,
@@ -623,6 +647,43 @@ def test_upload_over_limit_chunked(daemon, api):
     assert daemon.alive()
 
 
+# --- max_chunks -------------------------------------------------------------
+
+@pytest.mark.parametrize("name,keep", [("song_mp3", 8), ("song_mp3", 1), ("song_mp3", 40),
+                                       ("excerpt_ogg", 3), ("excerpt_mp3", 10)])
+def test_max_chunks_analyses_the_full_analysis_chunks(classified, name, keep):
+    """max_chunks=N analyses N chunks spread evenly over the window. For the
+    song at 8 and 1 only those chunks are decoded; at 40 of 50, and for Ogg
+    (whose length is unknown before decoding), everything is, and the chunks
+    are chosen afterwards. Either way each segment is the full analysis'
+    segment at the picked place, and the summary is the segments'."""
+    full = classified(name, segments=1)
+    part = classified(name, segments=1, max_chunks=keep)
+    n = full["chunks"]
+    assert part["chunks"] == min(keep, n)
+    assert part["analyzed"] == full["analyzed"], "the window must not change"
+    assert part["duration_s"] == full["duration_s"]
+    for k, seg in enumerate(part["segments"]):
+        ref = full["segments"][chunk_pick(k, part["chunks"], n)]
+        assert (seg["start_s"], seg["end_s"], seg["top"]) == \
+            (ref["start_s"], ref["end_s"], ref["top"]), k
+        # Chunks batched with others' can differ in the last digits.
+        assert seg["probabilities"] == pytest.approx(ref["probabilities"], abs=1e-5), k
+
+
+def test_max_chunks_conf_default_and_query_override(start_daemon, api, check_classify, audio):
+    d = start_daemon({"max-chunks": 4})
+    body = audio.song_mp3.read_bytes()
+    ans = expect_answer(api, check_classify, post_audio(d, body, "audio/mpeg"))
+    assert ans["chunks"] == 4
+    ans = expect_answer(api, check_classify, post_audio(d, body, "audio/mpeg",
+                                                        params={"max_chunks": 0}))
+    assert ans["chunks"] == 50
+    ans = expect_answer(api, check_classify, post_audio(d, body, "audio/mpeg",
+                                                        params={"max_chunks": 12}))
+    assert ans["chunks"] == 12
+
+
 # --- limits of other daemons ------------------------------------------------
 
 def test_audio_longer_than_max_duration(start_daemon, api, check_classify, audio):
@@ -636,13 +697,14 @@ def test_audio_longer_than_max_duration(start_daemon, api, check_classify, audio
 
 
 def test_full_queue_answers_503_with_retry_after(start_daemon, api, check_classify, audio):
-    """One worker, one batch slot, one queued request: eight simultaneous
-    10-minute uploads (trim=0, 200 chunks each, one chunk per forward pass)
-    reach the queue within the time the first one holds it, so some must be
-    refused with 503 + Retry-After and every other one answered in full.
-    Bounded: at most two waves, 120 s per request."""
-    d = start_daemon({"workers": 1, "queue-capacity": 1, "max-batch": 1,
-                      "max-upload-bytes": "32M", "max-duration-s": 900})
+    """One classification slot, one waiting upload, one worker with one
+    batch slot: eight simultaneous 10-minute uploads (trim=0, 200 chunks
+    each, one chunk per forward pass) arrive within the time the first one
+    holds the slot, so some must be refused with 503 + Retry-After and every
+    other one answered in full. Bounded: at most two waves, 120 s per
+    request."""
+    d = start_daemon({"workers": 1, "max-active-requests": 1, "queue-capacity": 1,
+                      "max-batch": 1, "max-upload-bytes": "32M", "max-duration-s": 900})
     body = audio.long_wav.read_bytes()
     want_chunks = int(audio.long_duration_s // 3)
     threads = 8
@@ -696,6 +758,140 @@ def test_full_queue_answers_503_with_retry_after(start_daemon, api, check_classi
             assert expect_json(api, p, 200) == {"status": "ready"}
     # Drained: ready again.
     assert expect_json(api, d.request("GET", "/readyz"), 200) == {"status": "ready"}
+
+
+# --- CORS (cors_origins) -----------------------------------------------------
+
+FRONT_END = "http://127.0.0.1:3000"
+CORS_KEY = "cors-test-key-0123456789abcdef"
+
+
+def tokens(value):
+    return [t.strip() for t in (value or "").split(",") if t.strip()]
+
+
+def route_methods(api, path):
+    """What openapi.yaml documents for path, as Allow names it."""
+    item = api.doc["paths"][path]
+    return (["GET", "HEAD"] if "get" in item else []) + (["POST"] if "post" in item else []) + \
+        ["OPTIONS"]
+
+
+def preflight(d, path, origin, method, headers=""):
+    h = {"Origin": origin, "Access-Control-Request-Method": method}
+    if headers:
+        h["Access-Control-Request-Headers"] = headers
+    return d.request("OPTIONS", path, headers=h)
+
+
+@pytest.fixture(scope="module")
+def cors_daemons(genred_bin, model_path, tmp_path_factory):
+    """Daemons with cors_origins set: one open, one with API keys."""
+    tmp = tmp_path_factory.mktemp("cors")
+    keys = tmp / "keys"
+    keys.write_text(CORS_KEY + "\n")
+    flags = conftest._base_flags(None, model_path)
+    flags["cors-origins"] = f"https://app.example.com, {FRONT_END}"
+    open_ = conftest.Daemon(genred_bin, flags, tmp / "open.log")
+    keyed = conftest.Daemon(genred_bin, {**flags, "api-keys-file": str(keys)}, tmp / "keyed.log")
+    yield open_, keyed
+    conftest._stop_all([open_, keyed])
+
+
+def test_cors_listed_origin_reads_every_answer(cors_daemons, api, audio):
+    """Answers to a listed origin carry Access-Control-Allow-Origin (errors
+    too, so its page can show them) and expose the headers a page needs."""
+    d, keyed = cors_daemons
+    answers = [d.request("GET", "/healthz", headers={"Origin": FRONT_END}),
+               post_audio(d, b"not audio" * 100, "audio/mpeg", headers={"Origin": FRONT_END}),
+               post_audio(d, audio.excerpt_wav.read_bytes(), "audio/wav",
+                          headers={"Origin": FRONT_END}),
+               keyed.request("GET", "/v1/model", headers={"Origin": FRONT_END})]
+    assert [r.status_code for r in answers] == [200, 415, 200, 401]
+    for r in answers:
+        assert r.headers.get("Access-Control-Allow-Origin") == FRONT_END, (r.status_code, r.headers)
+        assert "Origin" in tokens(r.headers.get("Vary"))
+        assert {"X-Request-Id", "Retry-After", "WWW-Authenticate"} <= \
+            set(tokens(r.headers.get("Access-Control-Expose-Headers"))), r.headers
+
+
+def test_cors_other_origins_get_no_cors_headers(cors_daemons, daemon, audio):
+    d, _ = cors_daemons
+    for origin in ("http://127.0.0.1:3001", "https://app.example.com.evil.test", "null",
+                   "HTTP://127.0.0.1:3000", "http://127.0.0.1:3000/", ""):
+        for r in (d.request("GET", "/healthz", headers={"Origin": origin}),
+                  preflight(d, CLASSIFY, origin, "POST", "content-type")):
+            assert "Access-Control-Allow-Origin" not in r.headers, (origin, r.headers)
+            assert not any(k.lower().startswith("access-control-") for k in r.headers), r.headers
+    r = d.request("GET", "/healthz")  # no Origin: not a browser's cross-origin call
+    assert "Access-Control-Allow-Origin" not in r.headers
+    # Without cors_origins (the default) nothing is said about origins at all.
+    r = daemon.request("GET", "/healthz", headers={"Origin": FRONT_END})
+    assert "Access-Control-Allow-Origin" not in r.headers and "Vary" not in r.headers
+
+
+def test_cors_preflight_on_every_route(cors_daemons, api):
+    """Every route of the table answers OPTIONS without a key: Allow and,
+    for a listed origin's preflight, the same methods, the headers a page
+    may send (Authorization only when keys are on) and a cache lifetime."""
+    for d, keys_on in zip(cors_daemons, (False, True)):
+        for path in api.paths("get") + api.paths("post"):
+            want = route_methods(api, path)
+            method = "POST" if "POST" in want else "GET"
+            r = preflight(d, path, FRONT_END, method, "content-type, x-request-id")
+            assert r.status_code == 204 and r.content == b"", (path, r.status_code, r.text)
+            assert tokens(r.headers.get("Allow")) == want, (path, r.headers)
+            assert tokens(r.headers.get("Access-Control-Allow-Methods")) == want, r.headers
+            assert r.headers.get("Access-Control-Allow-Origin") == FRONT_END
+            allowed = {t.lower() for t in tokens(r.headers.get("Access-Control-Allow-Headers"))}
+            assert {"content-type", "x-request-id"} <= allowed, r.headers
+            assert ("authorization" in allowed) == keys_on, (keys_on, r.headers)
+            assert int(r.headers.get("Access-Control-Max-Age")) > 0
+            # A plain OPTIONS: the methods, no CORS.
+            plain = d.request("OPTIONS", path)
+            assert plain.status_code == 204 and tokens(plain.headers.get("Allow")) == want
+            assert "Access-Control-Allow-Methods" not in plain.headers
+    r = cors_daemons[0].request("OPTIONS", "/no/such/route", headers={"Origin": FRONT_END})
+    assert r.status_code == 404
+
+
+def test_cors_preflight_then_keyed_upload(cors_daemons, api, check_classify, audio):
+    """What a browser does for a page that sends its key: the preflight,
+    then the upload with Authorization; a wrong key's 401 is readable."""
+    _, keyed = cors_daemons
+    r = preflight(keyed, CLASSIFY, FRONT_END, "POST", "authorization, content-type")
+    assert r.status_code == 204 and "authorization" in r.headers["Access-Control-Allow-Headers"].lower()
+    body = audio.excerpt_mp3.read_bytes()
+    r = post_audio(keyed, body, "audio/mpeg",
+                   headers={"Origin": FRONT_END, "Authorization": f"Bearer {CORS_KEY}"})
+    expect_answer(api, check_classify, r)
+    assert r.headers["Access-Control-Allow-Origin"] == FRONT_END
+    r = post_audio(keyed, body, "audio/mpeg",
+                   headers={"Origin": FRONT_END, "Authorization": "Bearer wrong-key-0123456789abcdef"})
+    expect_error(api, r, 401, "unauthorized")
+    assert r.headers["Access-Control-Allow-Origin"] == FRONT_END
+
+
+def test_cors_any_origin(start_daemon):
+    """cors_origins = "*": any origin may read the answers, and the header
+    says "*" rather than repeat what the client sent."""
+    d = start_daemon({"cors-origins": "*"})
+    for origin in ("https://anywhere.example", "http://127.0.0.1:9"):
+        r = d.request("GET", "/healthz", headers={"Origin": origin})
+        assert r.headers.get("Access-Control-Allow-Origin") == "*", r.headers
+        r = preflight(d, CLASSIFY, origin, "POST", "content-type")
+        assert r.status_code == 204 and r.headers.get("Access-Control-Allow-Origin") == "*"
+
+
+@pytest.mark.parametrize("value", ["http://127.0.0.1:3000/", "HTTPS://APP.EXAMPLE.COM",
+                                   "https://app.example.com:443", "app.example.com", "null",
+                                   "ftp://x.example", "https://a.example, *", "http://[::1"])
+def test_cors_origins_that_never_match_are_refused(genred_bin, model_path, value):
+    r = subprocess.run([str(genred_bin), "serve", "--model", str(model_path), "--port", "0",
+                        "--cors-origins", value], capture_output=True, text=True, timeout=30,
+                       env={k: v for k, v in os.environ.items() if not k.startswith("GENRED_")})
+    assert r.returncode == 2, (value, r.returncode, r.stdout)
+    assert "cors_origins" in r.stderr and "not an origin as browsers send it" in r.stderr, r.stderr
 
 
 # --- robustness -------------------------------------------------------------

@@ -396,12 +396,130 @@ static void test_flac_vorbis_opus(void **state) {
     }
 }
 
+/* ---- MP4 (M4A) and AIFF ------------------------------------------------ */
+
+#define MOV_NAME "mov,mp4,m4a,3gp,3g2,mj2" /* lavf's name for its MP4 demuxer */
+
+/* The GTZAN track as AAC and ALAC in M4A and as AIFF against the original:
+ * the lossless ones like WAV, AAC like MP3 (its encoder delay is in the
+ * edit list, which lavf honours: no lag). */
+static void test_m4a_and_aiff_music(void **state) {
+    fixture *fx = *state;
+    size_t n_ref;
+    const float *ref = reference(fx, &n_ref);
+    static const struct {
+        const char *name, *codec, *format;
+        int lossless;
+    } cases[] = {
+        {"music.m4a", "aac", MOV_NAME, 0},
+        {"music-alac.m4a", "alac", MOV_NAME, 1},
+        {"music.aiff", "pcm_s16be", "aiff", 1},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        make_stereo_44k(fx, cases[i].name, cases[i].codec);
+        audio a;
+        assert_int_equal(decode_named(fx, cases[i].name, 0, &a), GR_OK);
+        assert_string_equal(a.format, cases[i].format);
+        long lag = best_lag(ref, n_ref, a.samples, a.n_samples, 1200);
+        comparison c = compare(ref, n_ref, a.samples, a.n_samples, lag);
+        if (cases[i].lossless ? !(lag == 0 && labs((long)a.n_samples - (long)n_ref) <= 2 &&
+                                  c.corr > 0.9995 && c.max_abs < 0.05 && c.rms_rel < 0.02)
+                              : !(lag == 0 && labs((long)a.n_samples - (long)n_ref) <= 400 &&
+                                  c.corr > 0.99 && c.gain > 0.9 && c.gain < 1.1))
+            fail_msg("%s: %zu samples (original %zu), lag %ld corr %.5f max|d| %.4f gain %.4f",
+                     cases[i].name, a.n_samples, n_ref, lag, c.corr, c.max_abs, c.gain);
+        audio_free(&a);
+    }
+}
+
+/* What else MP4 and AIFF carry: MP3, Opus and PCM in MP4, AIFF-C's 8-bit,
+ * float and mu-law. */
+static void test_m4a_and_aiff_codecs(void **state) {
+    fixture *fx = *state;
+    static const struct {
+        const char *name, *codec, *rate, *format;
+        double tol;
+    } cases[] = {
+        {"sine.m4a", "aac", "48000", "mp4", 0.05},
+        {"sine-alac.m4a", "alac", "44100", "ipod", 0.01},
+        {"sine-mp3.mp4", "libmp3lame", "44100", "mp4", 0.05},
+        {"sine-opus.mp4", "libopus", "48000", "mp4", 0.05},
+        {"sine-pcm.mov", "pcm_s16le", "44100", "mov", 0.01},
+        {"sine8.aiff", "pcm_s8", "22050", "aiff", 0.02},
+        {"sine-float.aiff", "pcm_f32be", "44100", "aiff", 0.01},
+        {"sine-mulaw.aiff", "pcm_mulaw", "8000", "aiff", 0.05},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char out[PATH_MAX];
+        path_in(fx, cases[i].name, out);
+        FFMPEG("-f", "lavfi", "-i",
+               "aevalsrc=0.5*sin(2*PI*1000*t)|0.5*sin(2*PI*1000*t):s=44100:d=3",
+               "-ar", (char *)cases[i].rate, "-c:a", (char *)cases[i].codec,
+               "-f", (char *)cases[i].format, out);
+        audio a;
+        assert_int_equal(decode_named(fx, cases[i].name, 0, &a), GR_OK);
+        assert_string_equal(a.format, strcmp(cases[i].format, "aiff") == 0 ? "aiff" : MOV_NAME);
+        expect_tone(&a, 3.0, 1000, 0.5, cases[i].tol);
+        audio_free(&a);
+    }
+}
+
+/* The MP4s refused, and the ones that look odd but are music. */
+static void test_mp4_structure(void **state) {
+    fixture *fx = *state;
+    char tone[PATH_MAX], path[PATH_MAX];
+    path_in(fx, "tone.m4a", tone);
+    FFMPEG("-f", "lavfi", "-i", "aevalsrc=0.5*sin(2*PI*1000*t):s=44100:d=4", "-c:a", "aac",
+           tone);
+    audio a;
+
+    path_in(fx, "video.mp4", path);
+    FFMPEG("-f", "lavfi", "-i", "testsrc=size=64x48:rate=5", "-t", "2", "-c:v", "mpeg4", path);
+    assert_int_equal(decode_named(fx, "video.mp4", 0, &a), GR_EUNSUPPORTED);
+    path_in(fx, "video-audio.mp4", path);
+    FFMPEG("-f", "lavfi", "-i", "testsrc=size=64x48:rate=5", "-i", tone, "-t", "4",
+           "-c:v", "mpeg4", "-c:a", "copy", path);
+    assert_int_equal(decode_named(fx, "video-audio.mp4", 0, &a), GR_EUNSUPPORTED);
+    path_in(fx, "fragmented.m4a", path);
+    FFMPEG("-i", tone, "-c", "copy", "-movflags", "frag_keyframe+empty_moov", path);
+    assert_int_equal(decode_named(fx, "fragmented.m4a", 0, &a), GR_EUNSUPPORTED);
+
+    /* Cover art is an attached picture, not a video track. */
+    char png[PATH_MAX];
+    path_in(fx, "cover.png", png);
+    FFMPEG("-f", "lavfi", "-i", "testsrc=size=64x64:rate=1", "-frames:v", "1", png);
+    path_in(fx, "cover.m4a", path);
+    FFMPEG("-i", tone, "-i", png, "-map", "0", "-map", "1", "-c:a", "copy", "-c:v", "png",
+           "-disposition:v", "attached_pic", path);
+    assert_int_equal(decode_named(fx, "cover.m4a", 0, &a), GR_OK);
+    expect_tone(&a, 4.0, 1000, 0.5, 0.05);
+    audio_free(&a);
+
+    /* The moov first (faststart): cut inside it, nothing is known; cut in
+     * the mdat, what came decodes. */
+    path_in(fx, "faststart.m4a", path);
+    FFMPEG("-i", tone, "-c", "copy", "-movflags", "faststart", path);
+    size_t len;
+    uint8_t *data = read_file(path, &len);
+    const uint8_t *mdat = memmem(data, len, "mdat", 4);
+    assert_non_null(mdat);
+    gr_err err;
+    expect_status(data, 200, GR_EUNPROCESSABLE);
+    size_t cut = (size_t)(mdat - data) + (len - (size_t)(mdat - data)) / 2;
+    assert_int_equal(decode_bytes(data, cut, 0, &a, &err), 0);
+    if (!(a.duration_s > 1.5 && a.duration_s < 2.5)) fail_msg("%.2f s decoded", a.duration_s);
+    audio_free(&a);
+    free(data);
+}
+
 /* Valid containers carrying codecs outside the decoder whitelist. */
 static void test_codecs_outside_whitelist(void **state) {
     fixture *fx = *state;
     static const struct { const char *name, *codec, *format; } cases[] = {
         {"adpcm.wav", "adpcm_ms", "wav"},
         {"speex.ogg", "libspeex", "ogg"},
+        {"ac3.m4a", "ac3", "mp4"},
+        {"ima.aiff", "adpcm_ima_qt", "aiff"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char out[PATH_MAX];
@@ -823,6 +941,7 @@ int main(void) {
     /* The test is the caller here: keep expected libav complaints about the
      * hostile inputs off the test log. */
     av_log_set_level(AV_LOG_QUIET);
+    audio_limit_libav();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_flac_original_is_exact),
         cmocka_unit_test(test_wav_44k_stereo_matches_original),
@@ -831,6 +950,9 @@ int main(void) {
         cmocka_unit_test(test_8ch_192k_float_wav),
         cmocka_unit_test(test_8bit_wav),
         cmocka_unit_test(test_flac_vorbis_opus),
+        cmocka_unit_test(test_m4a_and_aiff_music),
+        cmocka_unit_test(test_m4a_and_aiff_codecs),
+        cmocka_unit_test(test_mp4_structure),
         cmocka_unit_test(test_codecs_outside_whitelist),
         cmocka_unit_test(test_unknown_layouts_are_mean_downmixed),
         cmocka_unit_test(test_parameters_changing_midstream),

@@ -10,7 +10,8 @@ scripts/classify-folder is also checked on its own: every audio file under a
 folder (nested, spaces and newlines in names, upper-case extensions) gets
 exactly one JSON line on stdout, a broken file an error line and exit status
 1, other files are ignored; progress goes to stderr only when stderr is a
-terminal (a pseudo-terminal here), never to stdout.
+terminal (a pseudo-terminal here), never to stdout; with --output a second
+run adds nothing.
 
 What it does not do: test the API itself (test_api.py).
 """
@@ -126,11 +127,14 @@ def folder(audio, tmp_path_factory):
     """Audio under awkward names, a broken file and a non-audio file."""
     root = tmp_path_factory.mktemp("folder")
     (root / "a b" / "deep").mkdir(parents=True)
+    (root / "Album").mkdir()
     files = {
         "a b/deep/with space.mp3": audio.excerpt_mp3,
         "UPPER.WAV": audio.excerpt_wav,
         "line\nbreak.flac": audio.excerpt_flac,
         "-dash.ogg": audio.excerpt_ogg,
+        "Album/Song.M4A": audio.excerpt_m4a,
+        "studio take.aiff": audio.excerpt_aiff,
     }
     for name, src in files.items():
         shutil.copyfile(src, root / name)
@@ -164,6 +168,22 @@ def test_classify_folder_one_line_per_file(source_dir, genred_bin, model_path, f
         assert ans["chunks"] == 10
 
 
+def test_classify_folder_resumes_with_output(source_dir, genred_bin, model_path, folder,
+                                             tmp_path):
+    root, good, broken = folder
+    out = tmp_path / "tags.jsonl"
+    script = source_dir / "scripts" / "classify-folder"
+    argv = [str(script), str(root), "--model", str(model_path), "--output", str(out)]
+    e = {**{k: v for k, v in os.environ.items() if not k.startswith("GENRED_")},
+         "GENRED": str(genred_bin)}
+    r = subprocess.run(argv, env=e, capture_output=True, timeout=RUN_TIMEOUT_S)
+    assert r.returncode == 1 and r.stdout == b"", r.stderr
+    first = out.read_bytes()
+    assert sorted(json.loads(x)["file"] for x in first.splitlines()) == sorted(good + [broken])
+    r = subprocess.run(argv, env=e, capture_output=True, timeout=RUN_TIMEOUT_S)
+    assert r.returncode == 0 and out.read_bytes() == first, r.stderr
+
+
 def test_classify_folder_exit_0_when_all_classify(source_dir, genred_bin, model_path, audio,
                                                   tmp_path):
     shutil.copyfile(audio.excerpt_wav, tmp_path / "x.wav")
@@ -193,8 +213,8 @@ def test_classify_folder_progress_only_on_a_terminal(source_dir, genred_bin, mod
             os.close(slave)
         os.close(master)
     total = len(good) + 1
-    assert f"classify-folder: {total}/{total} files".encode() in shown, shown[-300:]
-    assert b"classify-folder" not in r.stdout
+    assert f"] {total}/{total} files 100%".encode() in shown, shown[-300:]
+    assert b"files/s" not in r.stdout
     assert len(r.stdout.decode().splitlines()) == total
 
 

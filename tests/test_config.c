@@ -18,21 +18,28 @@ extern char **environ;
 static void assert_config_equal(const config *a, const config *b) {
     assert_string_equal(a->listen, b->listen);
     assert_int_equal(a->port, b->port);
+    assert_int_equal(a->ops_port, b->ops_port);
     assert_string_equal(a->model, b->model);
     assert_int_equal(a->workers, b->workers);
     assert_int_equal(a->max_batch, b->max_batch);
     assert_int_equal(a->queue_capacity, b->queue_capacity);
     assert_int_equal(a->max_upload_bytes, b->max_upload_bytes);
+    assert_int_equal(a->max_upload_memory, b->max_upload_memory);
     assert_true(a->max_duration_s == b->max_duration_s);
     assert_true(a->trim_start_s == b->trim_start_s);
     assert_true(a->trim_end_s == b->trim_end_s);
     assert_true(a->trim_min_keep_s == b->trim_min_keep_s);
+    assert_int_equal(a->max_chunks, b->max_chunks);
     assert_int_equal(a->max_connections, b->max_connections);
+    assert_int_equal(a->max_connections_per_client, b->max_connections_per_client);
     assert_int_equal(a->max_active_requests, b->max_active_requests);
     assert_int_equal(a->idle_timeout_s, b->idle_timeout_s);
+    assert_true(a->header_timeout_s == b->header_timeout_s);
+    assert_int_equal(a->min_upload_rate, b->min_upload_rate);
     assert_true(a->request_timeout_s == b->request_timeout_s);
     assert_true(a->shutdown_timeout_s == b->shutdown_timeout_s);
     assert_string_equal(a->api_keys_file, b->api_keys_file);
+    assert_string_equal(a->cors_origins, b->cors_origins);
     assert_string_equal(a->tls_cert_file, b->tls_cert_file);
     assert_string_equal(a->tls_key_file, b->tls_key_file);
     assert_int_equal(a->log_level, b->log_level);
@@ -70,6 +77,7 @@ static void test_defaults(void **state) {
     config_defaults(&c);
     assert_string_equal(c.listen, "127.0.0.1");
     assert_int_equal(c.port, 8080);
+    assert_int_equal(c.ops_port, -1);
     /* The installed model under the prefix meson was configured with. */
     assert_string_equal(c.model, GENRED_DEFAULT_MODEL);
     assert_true(c.model[0] == '/');
@@ -80,12 +88,18 @@ static void test_defaults(void **state) {
     assert_int_equal(c.max_batch, 8);
     assert_int_equal(c.queue_capacity, 64);
     assert_int_equal(c.max_upload_bytes, 64u << 20);
+    assert_int_equal(c.max_upload_memory, 256u << 20);
     assert_true(c.max_duration_s == 1200);
     assert_true(c.trim_start_s == 15);
     assert_true(c.trim_end_s == 15);
     assert_true(c.trim_min_keep_s == 30);
+    assert_int_equal(c.max_chunks, 0);
     assert_int_equal(c.max_connections, 256);
+    assert_int_equal(c.max_connections_per_client, 0);
+    assert_int_equal(c.max_active_requests, 0);
     assert_int_equal(c.idle_timeout_s, 30);
+    assert_true(c.header_timeout_s == 10);
+    assert_int_equal(c.min_upload_rate, 1024);
     assert_true(c.request_timeout_s == 60);
     assert_true(c.shutdown_timeout_s == 30);
     assert_string_equal(c.api_keys_file, "");
@@ -114,6 +128,24 @@ static void test_set_every_key(void **state) {
     assert_int_equal(c.port, 0);
     set_ok(&c, "port", "65535");
     assert_int_equal(c.port, 65535);
+    set_ok(&c, "ops_port", "0");
+    assert_int_equal(c.ops_port, 0);
+    set_ok(&c, "ops-port", "9090");
+    assert_int_equal(c.ops_port, 9090);
+    set_ok(&c, "ops_port", "off");
+    assert_int_equal(c.ops_port, -1);
+    set_ok(&c, "max_upload_memory", "1G");
+    assert_int_equal(c.max_upload_memory, (size_t)1 << 30);
+    set_ok(&c, "max_connections_per_client", "16");
+    assert_int_equal(c.max_connections_per_client, 16);
+    set_ok(&c, "header_timeout_s", "2.5");
+    assert_true(c.header_timeout_s == 2.5);
+    set_ok(&c, "min_upload_rate", "0");
+    assert_int_equal(c.min_upload_rate, 0);
+    set_ok(&c, "min_upload_rate", "4K");
+    assert_int_equal(c.min_upload_rate, 4096);
+    set_ok(&c, "queue_capacity", "0");
+    assert_int_equal(c.queue_capacity, 0);
     set_ok(&c, "model", "/srv/models/other model.gmodel");
     assert_string_equal(c.model, "/srv/models/other model.gmodel");
     set_ok(&c, "workers", "256");
@@ -140,6 +172,8 @@ static void test_set_every_key(void **state) {
     assert_true(c.trim_end_s == 0);
     set_ok(&c, "trim_min_keep_s", "1e2");
     assert_true(c.trim_min_keep_s == 100);
+    set_ok(&c, "max-chunks", "8");
+    assert_int_equal(c.max_chunks, 8);
     set_ok(&c, "max_connections", "1");
     assert_int_equal(c.max_connections, 1);
     set_ok(&c, "idle-timeout-s", "600");
@@ -156,6 +190,12 @@ static void test_set_every_key(void **state) {
     assert_string_equal(c.api_keys_file, "/etc/genred/keys");
     set_ok(&c, "api-keys-file", ""); /* optional paths may be emptied again */
     assert_string_equal(c.api_keys_file, "");
+    set_ok(&c, "cors_origins", "https://app.example.com, http://127.0.0.1:3000 http://[::1]:8000");
+    assert_string_equal(c.cors_origins,
+                        "https://app.example.com, http://127.0.0.1:3000 http://[::1]:8000");
+    set_ok(&c, "cors-origins", "*");
+    set_ok(&c, "cors_origins", "");
+    assert_string_equal(c.cors_origins, "");
     set_ok(&c, "tls_cert_file", "/etc/genred/cert.pem");
     assert_string_equal(c.tls_cert_file, "/etc/genred/cert.pem");
     set_ok(&c, "tls_key_file", "key.pem");
@@ -195,7 +235,13 @@ static void test_bad_values_refused(void **state) {
         {"model", "tab\there"},   {"workers", "257"},
         {"workers", "-1"},        {"workers", "1.5"},
         {"max_batch", "0"},       {"max_batch", "1025"},
-        {"max_batch", "abc"},     {"queue_capacity", "0"},
+        {"max_batch", "abc"},     {"ops_port", "65536"},
+        {"ops_port", "-1"},       {"ops_port", "Off"},
+        {"ops_port", ""},         {"max_upload_memory", "0"},
+        {"max_upload_memory", "2048G"}, {"max_connections_per_client", "-1"},
+        {"header_timeout_s", "0"}, {"header_timeout_s", "0.4"},
+        {"header_timeout_s", "3601"}, {"min_upload_rate", "2G"},
+        {"min_upload_rate", "-1"},
         {"queue_capacity", "1000001"}, {"queue_capacity", "1K"},
         {"max_upload_bytes", "0"}, {"max_upload_bytes", "5G"},
         {"max_upload_bytes", "1T"}, {"max_upload_bytes", "K"},
@@ -208,7 +254,8 @@ static void test_bad_values_refused(void **state) {
         {"max_duration_s", "."},  {"max_duration_s", "1e"},
         {"max_duration_s", "1e999"}, {"trim_start_s", "3601"},
         {"trim_start_s", ""},     {"trim_end_s", "-0.5"},
-        {"trim_min_keep_s", "1,5"}, {"max_connections", "0"},
+        {"trim_min_keep_s", "1,5"}, {"max_chunks", "-1"},
+        {"max_chunks", "100001"}, {"max_chunks", "8.5"}, {"max_connections", "0"},
         {"max_connections", "65537"}, {"idle_timeout_s", "0"},
         {"idle_timeout_s", "86401"}, {"request_timeout_s", "-1"},
         {"request_timeout_s", "86401"}, {"request_timeout_s", "1m"},
@@ -217,6 +264,16 @@ static void test_bad_values_refused(void **state) {
         {"tls_key_file", "\t"},  {"log_level", "DEBUG"},
         {"log_level", "trace"},   {"log_level", ""},
         {"log_level", "info "},
+        /* Origins a browser never sends as written: they would never match. */
+        {"cors_origins", "app.example.com"}, {"cors_origins", "https://app.example.com/"},
+        {"cors_origins", "https://App.example.com"}, {"cors_origins", "HTTPS://a.example"},
+        {"cors_origins", "https://a.example:443"}, {"cors_origins", "http://a.example:80"},
+        {"cors_origins", "http://a.example:0"}, {"cors_origins", "http://a.example:65536"},
+        {"cors_origins", "http://a.example:08080"}, {"cors_origins", "http://a.example:"},
+        {"cors_origins", "ftp://a.example"},  {"cors_origins", "null"},
+        {"cors_origins", "https://a.example, *"}, {"cors_origins", "http://[::1"},
+        {"cors_origins", "http://[]"},        {"cors_origins", "http://a.example;b"},
+        {"cors_origins", "http://a\nhttp://b"}, {"cors_origins", "https://"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         config c, before;
@@ -295,10 +352,11 @@ static void test_file_syntax(void **state) {
     assert_true(c.trim_start_s == 2.5);
     assert_int_equal(c.workers, 0); /* untouched keys keep their value */
 
-    /* '#' not after whitespace is part of the value; single quotes are literal. */
+    /* '#' not after whitespace is part of the value; single quotes are
+     * literal; a relative path is joined to the file's folder (/tmp). */
     rc = load_text(&c, "model = a#b\\c\nlisten='127.0.0.1'#x\n", &err);
     if (rc != 0) fail_msg("load failed: %s", err.msg);
-    assert_string_equal(c.model, "a#b\\c");
+    assert_string_equal(c.model, "/tmp/a#b\\c");
 
     /* A byte order mark, an empty file and a last line without newline. */
     rc = load_text(&c, "\xEF\xBB\xBFport = 1", &err);
@@ -452,6 +510,8 @@ static void test_env(void **state) {
 }
 
 /* Prints c, loads the text over the defaults, expects c back. */
+/* Printed, then read back as a conf file from the working directory (a
+ * relative path in a file elsewhere would name a file beside it). */
 static void assert_round_trip(const config *c) {
     char *text = NULL;
     size_t len = 0;
@@ -459,9 +519,17 @@ static void assert_round_trip(const config *c) {
     assert_non_null(f);
     config_print(c, f);
     assert_int_equal(fclose(f), 0);
+    char path[64], cwd[4096];
+    write_temp(path, text, strlen(text));
+    assert_non_null(getcwd(cwd, sizeof cwd));
+    assert_int_equal(chdir("/tmp"), 0);
     config back;
+    config_defaults(&back);
     gr_err err = {0};
-    if (load_text(&back, text, &err) != 0) fail_msg("reload failed: %s\n%s", err.msg, text);
+    int rc = config_load_file(&back, path + strlen("/tmp/"), &err);
+    assert_int_equal(chdir(cwd), 0);
+    unlink(path);
+    if (rc != 0) fail_msg("reload failed: %s\n%s", err.msg, text);
     assert_config_equal(&back, c);
     free(text);
 }
@@ -476,20 +544,27 @@ static void test_print_round_trip(void **state) {
      * forgot would come back as the default and fail. */
     set_ok(&c, "listen", "fe80::1");
     set_ok(&c, "port", "0");
+    set_ok(&c, "ops_port", "9191");
     set_ok(&c, "model", " #odd \"path\" with \\ and 'quotes' ");
     set_ok(&c, "workers", "3");
     set_ok(&c, "max_batch", "5");
     set_ok(&c, "queue_capacity", "7");
     set_ok(&c, "max_upload_bytes", "1536K");
+    set_ok(&c, "max_upload_memory", "3000001");
     set_ok(&c, "max_duration_s", "1.1");
     set_ok(&c, "trim_start_s", "0.1");
     set_ok(&c, "trim_end_s", "1e-7");
     set_ok(&c, "trim_min_keep_s", "33.333333333333336");
     set_ok(&c, "max_connections", "9");
+    set_ok(&c, "max_connections_per_client", "4");
+    set_ok(&c, "max_active_requests", "6");
     set_ok(&c, "idle_timeout_s", "11");
+    set_ok(&c, "header_timeout_s", "0.75");
+    set_ok(&c, "min_upload_rate", "3M");
     set_ok(&c, "request_timeout_s", "2.5");
     set_ok(&c, "shutdown_timeout_s", "0.5");
     set_ok(&c, "api_keys_file", "/k # keys");
+    set_ok(&c, "cors_origins", "http://127.0.0.1:3000 https://a.example");
     set_ok(&c, "tls_cert_file", "c.pem");
     set_ok(&c, "tls_key_file", "'k.pem'");
     set_ok(&c, "log_level", "error");
@@ -534,6 +609,90 @@ static void test_validate(void **state) {
     assert_int_equal(config_validate(&c, &err), -1);
 }
 
+/* cors_origins matches an Origin header byte for byte, one listed origin
+ * at a time; "*" matches any; "" none. */
+static void test_origin_allowed(void **state) {
+    (void)state;
+    config c;
+    config_defaults(&c);
+    assert_false(config_origin_allowed(&c, "https://app.example.com"));
+    set_ok(&c, "cors_origins", " https://app.example.com,http://127.0.0.1:3000 ,\thttp://[::1]:8 ");
+    static const char *const yes[] = {"https://app.example.com", "http://127.0.0.1:3000",
+                                      "http://[::1]:8"};
+    for (size_t i = 0; i < sizeof yes / sizeof *yes; i++) assert_true(config_origin_allowed(&c, yes[i]));
+    static const char *const no[] = {"", "https://app.example.co", "https://app.example.com.evil",
+                                     "http://app.example.com", "http://127.0.0.1:300",
+                                     "http://127.0.0.1:30000", "https://app.example.com,", "null",
+                                     "http://[::1]:80", "*"};
+    for (size_t i = 0; i < sizeof no / sizeof *no; i++)
+        if (config_origin_allowed(&c, no[i])) fail_msg("'%s' allowed", no[i]);
+    assert_false(config_origin_allowed(&c, NULL));
+    set_ok(&c, "cors_origins", "*");
+    assert_true(config_origin_allowed(&c, "https://anywhere.example"));
+    assert_false(config_origin_allowed(&c, ""));
+}
+
+/* Relative paths in a conf file name files beside it; elsewhere (flags,
+ * the environment) they stay relative to the working directory. */
+static void test_paths_relative_to_the_file(void **state) {
+    (void)state;
+    char dir[] = "/tmp/genred-test-rel-XXXXXX", cwd[4096];
+    assert_non_null(mkdtemp(dir));
+    assert_non_null(getcwd(cwd, sizeof cwd));
+    char path[4200];
+    snprintf(path, sizeof path, "%s/genred.conf", dir);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("model = ../models/m.gmodel\napi_keys_file = keys\ntls_cert_file = /abs/cert.pem\n"
+          "tls_key_file = './k #1.pem'\nfftw_wisdom = \"\"\n", f);
+    assert_int_equal(fclose(f), 0);
+    config c;
+    config_defaults(&c);
+    gr_err err = {0};
+    if (config_load_file(&c, path, &err) != 0) fail_msg("%s", err.msg);
+    char want[4300];
+    snprintf(want, sizeof want, "%s/../models/m.gmodel", dir);
+    assert_string_equal(c.model, want);
+    snprintf(want, sizeof want, "%s/keys", dir);
+    assert_string_equal(c.api_keys_file, want);
+    assert_string_equal(c.tls_cert_file, "/abs/cert.pem");
+    snprintf(want, sizeof want, "%s/./k #1.pem", dir);
+    assert_string_equal(c.tls_key_file, want);
+    assert_string_equal(c.fftw_wisdom, "");
+    assert_int_equal(c.port, 8080); /* other kinds untouched */
+
+    /* A conf file named relative to the working directory: still beside it. */
+    assert_int_equal(chdir("/tmp"), 0);
+    snprintf(path, sizeof path, "%s/genred.conf", dir + strlen("/tmp/"));
+    config_defaults(&c);
+    if (config_load_file(&c, path, &err) != 0) fail_msg("%s", err.msg);
+    snprintf(want, sizeof want, "%s/../models/m.gmodel", dir + strlen("/tmp/"));
+    assert_string_equal(c.model, want);
+    /* In the working directory itself: as written. */
+    assert_int_equal(chdir(dir), 0);
+    config_defaults(&c);
+    if (config_load_file(&c, "genred.conf", &err) != 0) fail_msg("%s", err.msg);
+    assert_string_equal(c.model, "../models/m.gmodel");
+    /* Flags and the environment do not join anything. */
+    set_ok(&c, "model", "rel/m.gmodel");
+    assert_string_equal(c.model, "rel/m.gmodel");
+
+    /* Too long once joined: refused, not cut. */
+    char text[4200] = "model = ";
+    memset(text + 8, 'x', 4080);
+    strcpy(text + 8 + 4080, "\n");
+    f = fopen("genred.conf", "w");
+    assert_non_null(f);
+    fputs(text, f);
+    assert_int_equal(fclose(f), 0);
+    snprintf(path, sizeof path, "%s/genred.conf", dir);
+    assert_int_equal(config_load_file(&c, path, &err), -1);
+    assert_non_null(strstr(err.msg, "path too long once joined"));
+    assert_int_equal(unlink(path), 0);
+    assert_int_equal(chdir(cwd), 0);
+    assert_int_equal(rmdir(dir), 0);
+}
+
 static void test_shipped_conf_is_defaults(void **state) {
     (void)state;
     const char *src = getenv("GENRED_SOURCE");
@@ -545,9 +704,13 @@ static void test_shipped_conf_is_defaults(void **state) {
     memset(&c, 0x5a, sizeof c); /* every key must be set by the file itself */
     gr_err err = {0};
     if (config_load_file(&c, path, &err) != 0) fail_msg("%s", err.msg);
-    /* In the repository the file names the repository's model; meson
-     * install rewrites that line to the default (tests/test_install.py). */
-    assert_string_equal(c.model, "models/gtzan-cnn.gmodel");
+    /* In the repository the file names the repository's model, beside its
+     * folder; meson install rewrites that line to the default
+     * (tests/test_install.py). */
+    char model[4200];
+    snprintf(model, sizeof model, "%s/conf/../models/gtzan-cnn.gmodel", src);
+    assert_string_equal(c.model, model);
+    assert_int_equal(access(c.model, R_OK), 0);
     memcpy(d.model, c.model, sizeof d.model);
     assert_config_equal(&c, &d);
 }
@@ -575,6 +738,8 @@ int main(void) {
         cmocka_unit_test(test_env),
         cmocka_unit_test(test_print_round_trip),
         cmocka_unit_test(test_validate),
+        cmocka_unit_test(test_paths_relative_to_the_file),
+        cmocka_unit_test(test_origin_allowed),
         cmocka_unit_test(test_shipped_conf_is_defaults),
         cmocka_unit_test(test_workers),
     };

@@ -10,9 +10,9 @@ the daemon cannot drift apart silently; only statuses that no request can
 provoke on purpose are exempt, each with its reason. The GET routes are
 also asked with HEAD: same status and headers, no body.
 
-The 503 recipes are deterministic: a daemon with one worker, one batch slot
-and a queue of one is kept busy by a long song with trim=0, during which
-/readyz and a second upload must be refused.
+The 503 recipes are deterministic: a daemon with one classification slot
+and a queue of one is kept busy by two long songs with trim=0, during which
+/readyz and a third upload must be refused.
 
 What it does not do: check answers beyond their schemas (test_api.py) or
 the document on its own (test_openapi.py).
@@ -21,6 +21,7 @@ import concurrent.futures
 import http.client
 import json
 import re
+import socket
 import time
 
 import pytest
@@ -90,10 +91,64 @@ def too_large(d, audio):
         conn.close()
 
 
+class RawAnswer(Answer):
+    """An answer read off a raw socket: the checks' view of it."""
+
+    def __init__(self, data):
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        self.status_code = int(lines[0].split()[1])
+        self.headers = requests.structures.CaseInsensitiveDict(
+            (k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in lines[1:]))
+        self.content = body[:int(self.headers.get("Content-Length", len(body)))]
+        self.text = self.content.decode("utf-8", "replace")
+
+
+def raw_exchange(d, head, trickle_s=None):
+    """Sends head on a raw socket, then (with trickle_s) one body byte every
+    trickle_s seconds, until the server answers and closes."""
+    with socket.create_connection(("127.0.0.1", d.port), timeout=30) as s:
+        s.sendall(head)
+        data = b""
+        s.settimeout(trickle_s or 30)
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except socket.timeout:
+                s.sendall(b"\0")
+                continue
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            data += chunk
+        return RawAnswer(data)
+
+
+def too_slow(d, audio):
+    """An upload of one byte a second: 408 once 10 s have passed."""
+    return raw_exchange(d, f"POST {CLASSIFY} HTTP/1.1\r\nHost: x\r\nContent-Type: audio/mpeg\r\n"
+                           f"Content-Length: 100000\r\n\r\n".encode(), trickle_s=1.0)
+
+
+def query_too_long(d, audio):
+    query = "&".join(f"p{i}=1" for i in range(40))
+    return raw_exchange(d, f"POST {CLASSIFY}?{query} HTTP/1.1\r\nHost: x\r\n"
+                           "Content-Type: audio/mpeg\r\nContent-Length: 0\r\n\r\n".encode())
+
+
+def coding_unknown(d, audio):
+    return raw_exchange(d, f"POST {CLASSIFY} HTTP/1.1\r\nHost: x\r\nContent-Type: audio/mpeg\r\n"
+                           "Transfer-Encoding: gzip\r\n\r\nabc".encode())
+
+
 RECIPES = {
     (CLASSIFY, "post", "200"): lambda d, a: post(d, a.excerpt_mp3.read_bytes()),
     (CLASSIFY, "post", "400"): lambda d, a: post(d, b"", "audio/wav"),
+    (CLASSIFY, "post", "408"): too_slow,
     (CLASSIFY, "post", "413"): too_large,
+    (CLASSIFY, "post", "414"): query_too_long,
+    (CLASSIFY, "post", "501"): coding_unknown,
     (CLASSIFY, "post", "415"): lambda d, a: post(d, b"plain text, not audio\n" * 64),
     (CLASSIFY, "post", "422"): lambda d, a: post(d, a.short_wav.read_bytes(), "audio/wav"),
     ("/healthz", "get", "200"): get("/healthz"),
@@ -121,27 +176,41 @@ def by_crowded_daemon(route, method, status):
     return status == "503" and (route, method, status) not in BUSY
 
 
+def load_gauge(d, name):
+    m = re.search(rf"^{name} (\d+)$", d.request("GET", "/metrics", timeout=10).text,
+                  flags=re.M)
+    return int(m.group(1)) if m else 0
+
+
 def busy_answers(start_daemon, audio):
-    """{(route, method, "503"): response} from a daemon whose only queue slot
-    is held by a 3-minute song analysed untrimmed, one chunk per forward
-    pass. Up to five rounds, in case a round's song finishes first."""
-    d = start_daemon({"workers": 1, "queue-capacity": 1, "max-batch": 1})
+    """{(route, method, "503"): response} from a daemon with one
+    classification slot, held by a 3-minute song analysed untrimmed one
+    chunk per forward pass, and a queue of one, taken by a second song:
+    /readyz and a third upload must be refused. Up to five rounds, in case
+    a round's songs finish first."""
+    d = start_daemon({"workers": 1, "max-active-requests": 1, "queue-capacity": 1,
+                      "max-batch": 1})
     song, short = audio.song_mp3.read_bytes(), audio.excerpt_mp3.read_bytes()
     found = {}
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
         for _round in range(5):
             holder = pool.submit(post, d, song, "audio/mpeg", {"trim": "0"})
+            while load_gauge(d, "genred_active_requests") < 1 and not holder.done():
+                time.sleep(0.005)
+            waiter = pool.submit(post, d, song, "audio/mpeg", {"trim": "0"})
             deadline = time.monotonic() + 60
             while not holder.done() and time.monotonic() < deadline:
-                r = d.request("GET", "/readyz", timeout=10)
-                if r.status_code == 503:
-                    found.setdefault(("/readyz", "get", "503"), r)
-                    other = post(d, short)
-                    if other.status_code == 503:
-                        found.setdefault((CLASSIFY, "post", "503"), other)
+                if load_gauge(d, "genred_queue_depth") >= 1:
+                    r = d.request("GET", "/readyz", timeout=10)
+                    if r.status_code == 503:
+                        found.setdefault(("/readyz", "get", "503"), r)
+                        other = post(d, short)
+                        if other.status_code == 503:
+                            found.setdefault((CLASSIFY, "post", "503"), other)
                     break
                 time.sleep(0.005)
             assert holder.result(timeout=120).status_code == 200
+            assert waiter.result(timeout=120).status_code == 200
             if len(found) == 2:
                 break
     return found

@@ -1,4 +1,4 @@
-"""test_install.py - `meson install` puts everything where operators look.
+"""test_install.py - where genred finds its files, installed and in a checkout.
 
 Installs the build tree under test into a temporary DESTDIR (the prefix the
 tree was configured with, /usr/local by default, below it) and checks: the
@@ -6,7 +6,14 @@ binary, the model, the conf file, the systemd unit and genred(8) are in
 their usual places; the installed conf file loads to exactly the built-in
 defaults and its model is the installed model under the prefix; the unit and
 the man page name the installed paths; the installed binary classifies real
-audio with the installed model and conf file.
+audio with the installed model and conf file, and, run inside the checkout,
+still reads no conf file and looks for its model under its prefix only.
+
+The binary in the build folder is a checkout's: with no flags, no
+GENRED_CONFIG and from any working directory, it reads the checkout's
+conf/genred.conf and model; a copy of it elsewhere does not. A model that
+does not open is an error that names the conf file tried and where the
+model path came from.
 
 What it does not do: verify the unit with systemd (test_ops.py) or install
 into the real prefix.
@@ -15,6 +22,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 
 import pytest
@@ -23,10 +31,11 @@ INSTALL_TIMEOUT_S = 120
 RUN_TIMEOUT_S = 120
 
 
-def run(argv, **kw):
+def run(argv, env=None, **kw):
     kw.setdefault("timeout", RUN_TIMEOUT_S)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GENRED_")}
-    return subprocess.run([str(a) for a in argv], capture_output=True, text=True, env=env, **kw)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("GENRED_")}
+    return subprocess.run([str(a) for a in argv], capture_output=True, text=True,
+                          env={**base, **(env or {})}, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +107,7 @@ def test_installed_conf_is_the_defaults_with_the_installed_model(installed, dirs
     inst = installed["conf"].read_text().splitlines()
     assert len(repo) == len(inst)
     differ = [(a, b) for a, b in zip(repo, inst) if a != b]
-    assert differ == [("model = models/gtzan-cnn.gmodel", f"model = {model}")], differ
+    assert differ == [("model = ../models/gtzan-cnn.gmodel", f"model = {model}")], differ
 
 
 def test_unit_and_man_page_name_the_installed_paths(installed, dirs):
@@ -142,3 +151,84 @@ def test_installed_binary_classifies_with_installed_files(installed, audio):
     assert len(lines) == 1, r.stdout
     ans = json.loads(lines[0])
     assert ans["chunks"] == 10 and ans["model"]["name"] == "gtzan-cnn", ans
+
+
+def test_installed_binary_keeps_to_its_prefix(installed, dirs, source_dir, audio):
+    """Run inside the checkout it was built from, the installed binary still
+    reads no conf file and takes the model under its prefix."""
+    model = dirs["datadir"] / "genred" / "models" / "gtzan-cnn.gmodel"
+    r = run([installed["bin"], "classify", audio.excerpt_wav], cwd=source_dir)
+    if pathlib.Path(model).is_file():  # this machine has genred installed: that model serves
+        assert r.returncode == 0, r.stderr
+    else:
+        assert r.returncode == 1, r.stdout
+        assert f"genred: cannot open the model {model}: No such file" in r.stderr, r.stderr
+        assert "tried no conf file" in r.stderr and "installed under its prefix" in r.stderr
+    assert str(source_dir) not in r.stderr, r.stderr
+
+
+# --- a checkout ----------------------------------------------------------------
+
+def classified(r):
+    assert r.returncode == 0, r.stderr
+    (line,) = r.stdout.splitlines()
+    ans = json.loads(line)
+    assert ans["chunks"] == 10 and ans["model"]["name"] == "gtzan-cnn", ans
+    return ans
+
+
+def test_checkout_binary_just_works(genred_bin, build_root, audio, tmp_path):
+    """`build/genred classify song` with no flags, from the build folder, the
+    checkout and anywhere else."""
+    for cwd in (build_root, build_root.parent, tmp_path, "/"):
+        classified(run([genred_bin, "classify", audio.excerpt_wav], cwd=cwd))
+
+
+def test_checkout_binary_reads_the_checkouts_conf(genred_bin, source_dir, audio, tmp_path):
+    """The error for a model that does not open names the conf file the
+    checkout's binary read, and which layer named the model."""
+    conf = source_dir / "conf" / "genred.conf"
+    r = run([genred_bin, "classify", audio.excerpt_wav], cwd=tmp_path,
+            env={"GENRED_MODEL": "/nonexistent/m.gmodel"})
+    assert r.returncode == 1 and r.stdout == "", r.stdout
+    assert r.stderr.splitlines() == [
+        "genred: cannot open the model /nonexistent/m.gmodel: No such file or directory",
+        f"genred: tried the conf file {conf} (the checkout's, read by a genred run from its "
+        "build folder); the model path comes from GENRED_MODEL",
+        "genred: name the model with --model PATH, GENRED_MODEL=PATH or `model = PATH` in a "
+        "conf file"], r.stderr
+
+    # A conf file of its own replaces the checkout's; its relative model
+    # path names a file beside it.
+    own = tmp_path / "etc" / "my.conf"
+    own.parent.mkdir()
+    own.write_text("model = ../models/none.gmodel\n")
+    r = run([genred_bin, "classify", "--config", own, audio.excerpt_wav], cwd="/")
+    assert r.returncode == 1
+    assert r.stderr.splitlines()[:2] == [
+        f"genred: cannot open the model {own.parent}/../models/none.gmodel: No such file or "
+        "directory",
+        f"genred: tried the conf file {own} (--config); the model path comes from the conf "
+        "file's model line"], r.stderr
+    (tmp_path / "models").mkdir()
+    shutil.copyfile(source_dir / "models" / "gtzan-cnn.gmodel", tmp_path / "models" / "none.gmodel")
+    classified(run([genred_bin, "classify", audio.excerpt_wav], cwd="/",
+                   env={"GENRED_CONFIG": str(own)}))
+
+
+def test_a_copy_of_the_binary_is_not_a_checkouts(genred_bin, dirs, audio, tmp_path):
+    """Only the binary in its build folder reads the checkout: a copy
+    elsewhere keeps to the prefix, as an installed one does."""
+    copy = tmp_path / "genred"
+    shutil.copyfile(genred_bin, copy)
+    copy.chmod(0o755)
+    model = dirs["datadir"] / "genred" / "models" / "gtzan-cnn.gmodel"
+    r = run([copy, "classify", audio.excerpt_wav], cwd=tmp_path)
+    if pathlib.Path(model).is_file():  # this machine has genred installed: that model serves
+        classified(r)
+        return
+    assert r.returncode == 1
+    assert r.stderr.splitlines()[:2] == [
+        f"genred: cannot open the model {model}: No such file or directory",
+        "genred: tried no conf file (none named by --config or $GENRED_CONFIG); the model "
+        "path is the built-in default of a genred installed under its prefix"], r.stderr

@@ -22,8 +22,8 @@ settings it needs and drives it with real clients:
 - slow clients: a client stalled in its headers or its body is dropped after
   idle_timeout_s while others are served.
 - overload: connections beyond max_connections are closed at once; a flood
-  of classifications beyond queue_capacity gets 503 + Retry-After while
-  /healthz keeps answering fast.
+  of classifications beyond max_active_requests plus queue_capacity gets 503
+  + Retry-After while /healthz keeps answering fast.
 
 Every wait is bounded. Long requests are the 10-minute WAV of conftest's
 `audio` with trim=0 on one worker with batches of one chunk: ~200 forward
@@ -75,8 +75,9 @@ def log_events(d):
 
 
 def queue_depth(d):
+    """Classifications waiting for the model (admitted, past decoding)."""
     text = d.request("GET", "/metrics", timeout=10).text
-    m = re.search(r"^genred_queue_depth (\d+)$", text, flags=re.M)
+    m = re.search(r"^genred_inference_queue_depth (\d+)$", text, flags=re.M)
     return int(m.group(1)) if m else 0
 
 
@@ -401,10 +402,14 @@ def test_api_keys_file_that_does_not_load_refuses_the_start(genred_bin, model_pa
 
 def test_tls(start_daemon, tls_files, excerpt):
     cert, key = tls_files
-    d = start_daemon({"tls-cert-file": cert, "tls-key-file": key})
-    assert d.url.startswith("https://")
+    d = start_daemon({"tls-cert-file": cert, "tls-key-file": key, "ops-port": 0})
+    assert d.url.startswith("https://") and d.ops_url.startswith("https://")
     r = d.request("GET", "/healthz", verify=str(cert))
     assert r.status_code == 200
+    assert d.request("GET", "/readyz", ops=True, verify=str(cert)).status_code == 200
+    # Answers genred writes to the socket itself go through TLS too.
+    r = d.request("GET", "/healthz?" + "&".join(["a=1"] * 40), verify=str(cert))
+    assert r.status_code == 414 and r.json()["error"]["code"] == "uri_too_long", r.text
     r = post_audio(d, excerpt, verify=str(cert))
     assert r.status_code == 200, r.text
     assert r.json()["chunks"] == 10
@@ -438,6 +443,43 @@ def test_bad_tls_settings_refuse_the_start(genred_bin, model_path, tls_files, fl
     assert run.returncode == rc, run.stderr
     assert message in run.stderr
     assert b"PRIVATE KEY" not in run.stderr
+
+
+# --- the ops listener -------------------------------------------------------------
+
+def test_ops_listener_serves_the_probes_and_metrics_only(start_daemon, long_body, tmp_path):
+    """ops_port: /healthz, /readyz and /metrics, with the same API keys as
+    the main port (the probes need none), everything else 404 there; during
+    a shutdown it keeps answering (/readyz 503) while the main port refuses
+    connections."""
+    keys = tmp_path / "keys"
+    keys.write_text("ops-listener-test-key-0123\n")
+    auth = {"Authorization": "Bearer ops-listener-test-key-0123"}
+    d = start_daemon({**LONG, "ops-port": 0, "api-keys-file": keys,
+                      "shutdown-timeout-s": 60})
+    assert d.ops_port and d.ops_port != d.port
+    assert d.request("GET", "/healthz", ops=True).json() == {"status": "ok"}
+    assert d.request("GET", "/readyz", ops=True).json() == {"status": "ready"}
+    assert d.request("GET", "/metrics", ops=True).status_code == 401
+    m = d.request("GET", "/metrics", ops=True, headers=auth)
+    assert m.status_code == 200 and "genred_queue_capacity 64" in m.text
+    for method, path in (("GET", "/v1/model"), ("GET", "/"), ("GET", "/openapi.yaml"),
+                         ("POST", "/v1/classify")):
+        r = d.request(method, path, ops=True, headers=auth, data=b"x" if method == "POST" else None)
+        assert r.status_code == 404, (path, r.text)
+        assert "ops port" in r.json()["error"]["message"]
+    # A long classification in flight keeps the daemon draining after SIGTERM.
+    call = Call(lambda: post_audio(d, long_body, "?trim=0", headers=auth))
+    wait_for("a classification running",
+             lambda: "genred_active_requests 1" in d.request(
+                 "GET", "/metrics", ops=True, headers=auth).text)
+    d.proc.send_signal(signal.SIGTERM)
+    wait_for("new connections refused", lambda: connect_refused(d.port), timeout=5)
+    r = d.request("GET", "/readyz", ops=True)
+    assert r.status_code == 503 and "shutting down" in r.json()["error"]["message"], r.text
+    assert d.request("GET", "/healthz", ops=True).status_code == 200
+    assert call.result().status_code == 200
+    assert wait_exit(d, 60) == 0
 
 
 # --- slow clients and overload ---------------------------------------------------------
@@ -503,7 +545,10 @@ def test_connections_beyond_the_limit(start_daemon):
 
 
 def test_overload_sheds_work_and_healthz_stays_responsive(start_daemon, long_body):
-    d = start_daemon({**LONG, "queue-capacity": 1, "max-connections": 64})
+    # 2 running and 1 waiting, whatever the machine's cores: of 8, some are
+    # refused.
+    d = start_daemon({**LONG, "max-active-requests": 2, "queue-capacity": 1,
+                      "max-connections": 64})
     stop = threading.Event()
     probes = []
 

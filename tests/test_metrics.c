@@ -236,8 +236,9 @@ static size_t check_histograms(const exposition *e) {
     return series;
 }
 
-static char *render_parse(metrics *m, const batcher_stats *st, exposition *e) {
-    char *text = metrics_render(m, st, NULL);
+static char *render_parse(metrics *m, const batcher_stats *st, const metrics_load *load,
+                          exposition *e) {
+    char *text = metrics_render(m, st, load, NULL);
     assert_non_null(text);
     parse(text, e);
     return text;
@@ -248,7 +249,7 @@ static void test_fresh_render_is_valid(void **state) {
     metrics *m = metrics_create(NULL);
     assert_non_null(m);
     exposition e;
-    char *text = render_parse(m, NULL, &e);
+    char *text = render_parse(m, NULL, NULL, &e);
     assert_true(has_sample(&e, "genred_build_info"));
     assert_string_equal(e.samples[0].name, "genred_build_info");
     assert_int_equal(strncmp(e.samples[0].labels, "version=", 8), 0);
@@ -284,7 +285,7 @@ static void test_requests_counted(void **state) {
     metrics_observe_request(m, "/", 999, 0.0001, 0);
 
     exposition e;
-    char *text = render_parse(m, NULL, &e);
+    char *text = render_parse(m, NULL, NULL, &e);
     assert_true(value_of(&e, "genred_requests_total", "route=/v1/classify,status=200") == 3);
     assert_true(value_of(&e, "genred_requests_total", "route=/v1/classify,status=413") == 1);
     assert_true(value_of(&e, "genred_requests_total", "route=/healthz,status=200") == 1);
@@ -302,7 +303,7 @@ static void test_requests_counted(void **state) {
 
     /* Counters only go up. */
     metrics_observe_request(m, "/v1/classify", 200, 0.3, 7);
-    text = render_parse(m, NULL, &e);
+    text = render_parse(m, NULL, NULL, &e);
     assert_true(value_of(&e, "genred_requests_total", "route=/v1/classify,status=200") == 4);
     assert_true(value_of(&e, "genred_upload_bytes_total", "") == 3012);
     assert_true(bucket_of(&e, "genred_request_duration_seconds", "route=/v1/classify", "+Inf") == 5);
@@ -331,7 +332,7 @@ static void test_histogram_buckets(void **state) {
     metrics_observe_chunks(m, 400);
 
     exposition e;
-    char *text = render_parse(m, NULL, &e);
+    char *text = render_parse(m, NULL, NULL, &e);
     const char *d = "stage=decode";
     const char *f = "genred_stage_duration_seconds";
     assert_true(bucket_of(&e, f, d, "0.001") == 1);
@@ -369,10 +370,11 @@ static void test_batcher_stats(void **state) {
                         .chunks = 250, .busy_seconds = 1.25, .workers = 2,
                         .max_batch = 32};
     exposition e;
-    char *text = render_parse(m, &st, &e);
-    assert_string_equal(type_of(&e, "genred_queue_depth"), "gauge");
-    assert_true(value_of(&e, "genred_queue_depth", "") == 3);
-    assert_true(value_of(&e, "genred_queue_capacity", "") == 64);
+    char *text = render_parse(m, &st, NULL, &e);
+    assert_string_equal(type_of(&e, "genred_inference_queue_depth"), "gauge");
+    assert_true(value_of(&e, "genred_inference_queue_depth", "") == 3);
+    /* The queue an operator sizes is the HTTP side's (test_load). */
+    assert_false(has_sample(&e, "genred_queue_capacity"));
     assert_true(value_of(&e, "genred_workers", "") == 2);
     assert_string_equal(type_of(&e, "genred_worker_busy_seconds_total"), "counter");
     assert_true(value_of(&e, "genred_worker_busy_seconds_total", "") == 1.25);
@@ -383,6 +385,33 @@ static void test_batcher_stats(void **state) {
     metrics_free(m);
 }
 
+/* The HTTP side's load: what /readyz judges by, each under its name. */
+static void test_load(void **state) {
+    (void)state;
+    metrics_load load = {.connections = 7, .max_connections = 256, .queue_depth = 5,
+                         .queue_capacity = 64, .active_requests = 4,
+                         .max_active_requests = 4, .upload_memory = 123456,
+                         .max_upload_memory = 268435456, .header_timeouts = 9,
+                         .slow_uploads = 2};
+    exposition e;
+    char *text = render_parse(NULL, NULL, &load, &e);
+    struct { const char *name, *type; double value; } want[] = {
+        {"genred_connections", "gauge", 7}, {"genred_max_connections", "gauge", 256},
+        {"genred_queue_depth", "gauge", 5}, {"genred_queue_capacity", "gauge", 64},
+        {"genred_active_requests", "gauge", 4}, {"genred_max_active_requests", "gauge", 4},
+        {"genred_upload_memory_bytes", "gauge", 123456},
+        {"genred_max_upload_memory_bytes", "gauge", 268435456},
+        {"genred_header_timeouts_total", "counter", 9},
+        {"genred_slow_uploads_total", "counter", 2},
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        assert_string_equal(type_of(&e, want[i].name), want[i].type);
+        assert_true(value_of(&e, want[i].name, "") == want[i].value);
+    }
+    free(e.samples);
+    free(text);
+}
+
 static void test_null_metrics(void **state) {
     (void)state;
     metrics_observe_request(NULL, "/healthz", 200, 0.1, 1);
@@ -390,7 +419,7 @@ static void test_null_metrics(void **state) {
     metrics_observe_batch(NULL, 4);
     metrics_observe_chunks(NULL, 4);
     metrics_free(NULL);
-    char *text = metrics_render(NULL, NULL, NULL);
+    char *text = metrics_render(NULL, NULL, NULL, NULL);
     assert_non_null(text);
     assert_string_equal(text, "");
     free(text);
@@ -413,7 +442,7 @@ static void test_concurrent_observers(void **state) {
     for (int i = 0; i < 4; i++) assert_int_equal(pthread_create(&t[i], NULL, hammer, m), 0);
     for (int i = 0; i < 4; i++) assert_int_equal(pthread_join(t[i], NULL), 0);
     exposition e;
-    char *text = render_parse(m, NULL, &e);
+    char *text = render_parse(m, NULL, NULL, &e);
     assert_true(value_of(&e, "genred_requests_total", "route=/v1/classify,status=200") == 80000);
     assert_true(value_of(&e, "genred_upload_bytes_total", "") == 160000);
     assert_true(value_of(&e, "genred_batch_size_count", "") == 80000);
@@ -427,6 +456,7 @@ static void test_concurrent_observers(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fresh_render_is_valid),
+        cmocka_unit_test(test_load),
         cmocka_unit_test(test_requests_counted),
         cmocka_unit_test(test_histogram_buckets),
         cmocka_unit_test(test_batcher_stats),

@@ -112,8 +112,8 @@ def test_error_codes_match_err_c(api, err_c):
             code = ex["value"]["error"]["code"]
             assert err_c[code] == int(status), f"{method} {route} {status}: example code {code}"
     for name in ("BadRequest", "Unauthorized", "NotFound", "MethodNotAllowed",
-                 "PayloadTooLarge", "UnsupportedMedia", "UnprocessableAudio", "Busy",
-                 "Internal"):
+                 "RequestTimeout", "PayloadTooLarge", "UriTooLong", "UnsupportedMedia",
+                 "UnprocessableAudio", "NotImplemented", "Busy", "Internal"):
         for ex in api.doc["components"]["responses"][name]["content"]["application/json"][
                 "examples"].values():
             assert ex["value"]["error"]["code"] in err_c
@@ -163,7 +163,7 @@ def test_classify_parameters(api):
     body = op["requestBody"]["content"]
     assert body["multipart/form-data"]["schema"]["required"] == ["file"]
     assert {"multipart/form-data", "audio/mpeg", "audio/wav", "audio/x-wav", "audio/flac",
-            "audio/ogg", "application/octet-stream"} <= set(body)
+            "audio/ogg", "audio/mp4", "audio/aiff", "application/octet-stream"} <= set(body)
     assert all(t == "multipart/form-data" or t.startswith(("audio/", "application/"))
                for t in body)
 

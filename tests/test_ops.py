@@ -14,7 +14,7 @@ run cannot show.
   reload, and STOPPING=1 on SIGTERM; a daemon that cannot load its model
   sends nothing.
 - deploy/k8s: every manifest parses; the Deployment's probes are /readyz
-  (readiness) and /healthz (liveness, startup) on the container port, it
+  (readiness) and /healthz (liveness, startup) on the ops port, it
   has resource requests and limits with GENRED_WORKERS at the CPU limit,
   runs as non-root with a read-only root and no privilege escalation, and
   its preStop plus genred's drain fit in the grace period; Service, HPA and
@@ -23,7 +23,15 @@ run cannot show.
 - deploy/nginx/genred.conf, as shipped (only the replica addresses and the
   listen port replaced): nginx on 127.0.0.1 in front of two genred daemons;
   both serve, and one is stopped with SIGTERM under load with no failed
-  request.
+  request. Issue 12's findings 1-3 against it: slowloris and slow uploads
+  end at nginx (the replicas never hold them, a classification and
+  /healthz through nginx are answered meanwhile), and every smuggling shape
+  is refused with one answer (by nginx itself, or by genred through it).
+  In front of three, fed a catalogue by scripts/classify-remote: every file
+  answered once.
+- deploy/k8s/catalogue/job.yaml: an Indexed Job of the Deployment's image
+  whose shard count agrees with its completions; its own shell line, run
+  here for every index, does every file of a list exactly once.
 """
 import collections
 import json
@@ -41,6 +49,8 @@ import time
 import pytest
 import requests
 import yaml
+
+import test_hostile as th
 
 RUN_TIMEOUT_S = 60
 
@@ -275,11 +285,14 @@ def test_k8s_deployment_probes_resources_and_user(manifests, source_dir):
     (c,) = pod["spec"]["containers"]
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     env = {e["name"]: e["value"] for e in c["env"]}
-    assert ports == {"http": int(env["GENRED_PORT"])}
+    assert ports == {"http": int(env["GENRED_PORT"]), "ops": int(env["GENRED_OPS_PORT"])}
+    assert list(ports)[0] == "http"  # tests/ops/container.py posts to the first
+    # Probes and scrapes on the ops listener, which clients cannot crowd.
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(ports["ops"])
 
     def probe(kind):
         p = c[kind]["httpGet"]
-        assert p["port"] in ("http", ports["http"]), p
+        assert p["port"] in ("ops", ports["ops"]), p
         return p["path"]
 
     assert probe("readinessProbe") == "/readyz"
@@ -293,8 +306,11 @@ def test_k8s_deployment_probes_resources_and_user(manifests, source_dir):
     mem = {k: int(v[:-2]) * {"Mi": 1, "Gi": 1024}[v[-2:]] for k, v in
            (("req", res["requests"]["memory"]), ("lim", res["limits"]["memory"]))}
     assert mem["lim"] >= mem["req"]
-    # genred sizes its worker pool from the node's cores, not the pod's CPUs.
-    assert int(env["GENRED_WORKERS"]) == int(float(res["limits"]["cpu"])), env
+    # genred sizes its worker pool and its classification slots from the
+    # node's cores, not the pod's CPUs.
+    cpus = int(float(res["limits"]["cpu"]))
+    assert int(env["GENRED_WORKERS"]) == cpus, env
+    assert int(env["GENRED_MAX_ACTIVE_REQUESTS"]) == 2 * cpus, env
 
     # That the image runs with this user, these args and a read-only root
     # is tests/ops/container.py's (it runs the image with them).
@@ -335,7 +351,7 @@ worker_processes 1;
 {user}
 pid {dir}/nginx.pid;
 error_log {dir}/error.log info;
-events {{ worker_connections 256; }}
+events {{ worker_connections 4096; }}
 http {{
     access_log {dir}/access.log;
     client_body_temp_path {dir}/client_body;
@@ -359,16 +375,17 @@ def free_port():
 
 class Nginx:
     """deploy/nginx/genred.conf under a throwaway prefix: its replica lines
-    pointed at the given ports, its listen line at a free 127.0.0.1 port."""
+    (as many as ports, each with the first line's options) pointed at the
+    given ports, its listen line at a free 127.0.0.1 port."""
 
     def __init__(self, binary, example, workdir, upstream_ports):
         text = example.read_text()
-        servers = SERVER_LINE.findall(text)
+        servers = list(SERVER_LINE.finditer(text))
         assert len(servers) == 2 and len(LISTEN_LINE.findall(text)) == 1, \
             "deploy/nginx/genred.conf changed shape: update this test"
-        ports = iter(upstream_ports)
-        text = SERVER_LINE.sub(lambda m: f"{m.group(1)}server 127.0.0.1:{next(ports)}"
-                                         f"{m.group(2) or ''};", text)
+        indent, options = servers[0].group(1), servers[0].group(2) or ""
+        replicas = "\n".join(f"{indent}server 127.0.0.1:{p}{options};" for p in upstream_ports)
+        text = text[:servers[0].start()] + replicas + SERVER_LINE.sub("", text[servers[0].end():])
         self.dir = workdir
         self.log = workdir / "error.log"
         for attempt in range(3):
@@ -544,3 +561,194 @@ def test_sizing_script_measures_a_replica(source_dir, genred_bin, model_path, au
         assert p["statuses"] == {"200": p["requests"]}, p
         assert p["cpu_s_per_song"] > 0 and p["songs_per_s"] > 0
         assert p["peak_rss_mib"] >= p["rss_mib"] > phases[0]["rss_mib"] / 2
+
+
+# --- nginx against issue 12's hostile clients --------------------------------
+
+def replica_connections(d):
+    """Connections a replica holds open, this request's own included."""
+    m = re.search(r"^genred_connections (\d+)$", d.request("GET", "/metrics", timeout=5).text,
+                  flags=re.M)
+    return int(m.group(1))
+
+
+def test_nginx_keeps_slow_clients_off_the_replicas(nginx_pair, audio):
+    """300 slowloris connections and 100 uploads of a byte a second, all to
+    nginx. nginx holds them (the header block within client_header_timeout,
+    the body at its pace, buffered whole before a replica is picked); the
+    replicas only ever hold what nginx opens to them, and a classification
+    and /healthz through nginx, from another address, are answered at
+    once."""
+    n, a, b = nginx_pair
+    head = (f"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: audio/mpeg\r\n"
+            f"Content-Length: 100000\r\n\r\n").encode()
+    flood = th.slowloris(n.port)
+    slow = th.Flood(n.port, 100, head, b"x", 1.0, reopen=False)
+    try:
+        time.sleep(1.5)
+        probes = th.Prober(n.url, source=th.OTHER_CLIENT)
+        held = []
+        status, took = th.classify_from(n.port, audio.excerpt_mp3.read_bytes(), th.OTHER_CLIENT)
+        while len(held) < 10:
+            held.append(max(replica_connections(a), replica_connections(b)))
+            time.sleep(0.5)
+        probes.stop()
+    finally:
+        flood.stop()
+        slow.stop()
+    assert status == 200, status
+    probe_max = probes.check()
+    print(f"\nnginx under {th.FLOOD} slowloris + 100 slow uploads: replicas held at most "
+          f"{max(held)} connections; classify {took:.2f} s; /healthz and /readyz max "
+          f"{probe_max * 1e3:.0f} ms over {len(probes.results)}")
+    # What nginx keeps open to a replica (keepalive 16), and the metrics
+    # request itself; never the flood's hundreds.
+    assert max(held) <= 16 + 2, held
+
+
+SMUGGLED = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+CLASSIFY_HEAD = b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: audio/wav\r\n"
+SHAPES = {
+    "content-length-and-chunked": (CLASSIFY_HEAD + b"Content-Length: 5\r\n"
+                                   b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + SMUGGLED, 400),
+    "two-content-lengths": (CLASSIFY_HEAD + b"Content-Length: 3\r\nContent-Length: 61\r\n\r\n"
+                            b"abc" + SMUGGLED + b"x" * 20, 400),
+    "unknown-coding": (CLASSIFY_HEAD + b"Transfer-Encoding: gzip\r\n\r\n0\r\n\r\n" + SMUGGLED,
+                       501),
+    "nul-in-path": (b"GET /metrics%00 HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    "raw-nul-in-path": (b"GET /healthz\x00x HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    "query-flood": (b"GET /healthz?" + b"&".join(b"p%d=1" % i for i in range(500)) +
+                    b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+}
+
+
+def test_nginx_refuses_every_smuggling_shape(nginx_pair):
+    """Each shape gets its refusal as the one answer to its bytes, and the
+    /metrics request hidden in a body is never answered. nginx refuses the
+    framing shapes and the NUL paths itself (HTML bodies), so the replicas
+    never see them; the query flood it passes on, and genred answers 414."""
+    n, a, b = nginx_pair
+    seen = []
+    for name, (data, status) in SHAPES.items():
+        answers = th.exchange(n.port, data, timeout=2.0, half_close=False)
+        assert answers and answers[0][0] == status, (name, [r[:2] for r in answers])
+        assert len(answers) == 1, (name, [r[:2] for r in answers])
+        assert b"genred_build_info" not in answers[0][2], name
+        seen.append(f"{name} {status}")
+    logs = a.log_tail(1 << 20) + b.log_tail(1 << 20)
+    statuses = [json.loads(line)["status"] for line in logs.splitlines()
+                if '"event":"request"' in line]
+    assert statuses.count(414) == 1 and not set(statuses) - {414, 200}, statuses
+    print("\nthrough nginx: " + ", ".join(seen))
+# --- catalogues larger than one machine ---------------------------------------
+
+def catalogue_files(audio, folder, n):
+    """n files under folder: copies of two excerpts, under their own names."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i in range(n):
+        src = audio.excerpt_mp3 if i % 2 == 0 else audio.excerpt_wav
+        files.append(folder / f"track{i:03d}{src.suffix}")
+        shutil.copyfile(src, files[-1])
+    return files
+
+
+def test_catalogue_through_nginx_to_three_daemons(start_daemon, source_dir, audio, tmp_path):
+    """Three daemons behind deploy/nginx/genred.conf, fed by
+    scripts/classify-remote with at most 6 uploads in flight: every file of
+    the catalogue gets one line, every daemon works, and the daemons
+    answered each file once (nginx retried nothing that had been answered).
+    Run again, nothing is sent: the output already holds every file."""
+    binary = need_program("nginx")
+    daemons = [start_daemon({"workers": 1}) for _ in range(3)]
+    work = tmp_path / "nginx"
+    work.mkdir()
+    n = Nginx(binary, source_dir / "deploy" / "nginx" / "genred.conf", work,
+              [d.port for d in daemons])
+    try:
+        files = catalogue_files(audio, tmp_path / "catalogue", 18)
+        listing = tmp_path / "files.txt"
+        listing.write_text("".join(f"{f}\n" for f in files))
+        out = tmp_path / "tags.jsonl"
+        argv = ["/usr/bin/python3", source_dir / "scripts" / "classify-remote", "--url", n.url,
+                "--jobs", "6", "--files-from", listing, "--output", out]
+        r = run(argv, env=clean_env(), timeout=300)
+        assert r.returncode == 0, r.stderr
+        lines = [json.loads(x) for x in out.read_text().splitlines()]
+        assert [x["file"] for x in lines] == [str(f) for f in files]
+        assert all(x["chunks"] == 10 for x in lines)
+        served = [classified_ok(d) for d in daemons]
+        assert sum(served) == len(files) and min(served) >= 1, f"per daemon: {served}"
+        r = run(argv, env=clean_env(), timeout=300)
+        assert r.returncode == 0 and len(out.read_text().splitlines()) == len(files), r.stderr
+        assert [classified_ok(d) for d in daemons] == served, "resumed run sent requests"
+    finally:
+        n.stop()
+
+
+@pytest.fixture(scope="module")
+def catalogue_job(source_dir):
+    docs = list(yaml.safe_load_all((source_dir / "deploy" / "k8s" / "catalogue" /
+                                    "job.yaml").read_text()))
+    assert len(docs) == 1
+    return docs[0]
+
+
+def test_k8s_catalogue_job_is_an_indexed_job_of_the_same_image(catalogue_job, manifests):
+    job = catalogue_job
+    assert (job["apiVersion"], job["kind"]) == ("batch/v1", "Job")
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed"
+    assert 1 <= spec["parallelism"] <= spec["completions"]
+    assert spec["backoffLimitPerIndex"] >= 1
+    pod = spec["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"  # what backoffLimitPerIndex requires
+    (c,) = pod["containers"]
+    (served,) = manifests["Deployment"]["spec"]["template"]["spec"]["containers"]
+    assert c["image"] == served["image"], "not the image the Deployment serves with"
+    env = {e["name"]: e for e in c["env"]}
+    index = env["SHARD"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert index == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    assert int(env["GENRED_WORKERS"]["value"]) == int(float(c["resources"]["limits"]["cpu"]))
+    (script,) = c["args"]
+    assert c["command"] == ["/bin/sh", "-c"]
+    assert f'--shard "$SHARD/{spec["completions"]}"' in script, \
+        "completions and the shard count disagree"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    csc = c["securityContext"]
+    assert csc["readOnlyRootFilesystem"] is True and csc["allowPrivilegeEscalation"] is False
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    assert mounts["/catalogue"]["readOnly"] is True and "/results" in mounts
+    assert "/var/cache/genred" in mounts  # FFTW wisdom on a read-only root
+
+
+def test_k8s_catalogue_job_commands_do_every_file_exactly_once(catalogue_job, genred_bin,
+                                                               source_dir, audio, tmp_path):
+    """The Job's own shell line, run for every completion index with the
+    paths moved to this machine (/usr/bin/genred, /etc/genred/genred.conf,
+    /catalogue and /results): the shards' outputs together hold every file
+    of the list exactly once; the shard with a broken file still exits 0;
+    an index run again (a replaced pod) adds nothing."""
+    spec = catalogue_job["spec"]
+    (script,) = spec["template"]["spec"]["containers"][0]["args"]
+    catalogue, results = tmp_path / "catalogue", tmp_path / "results"
+    results.mkdir()
+    files = catalogue_files(audio, catalogue, 24)
+    (catalogue / "broken.mp3").write_bytes(b"not audio\n" * 100)
+    files.append(catalogue / "broken.mp3")
+    (catalogue / "files.txt").write_bytes(b"".join(os.fsencode(f) + b"\0" for f in files))
+    local = (script.replace("/usr/bin/genred", str(genred_bin))
+             .replace("/etc/genred/genred.conf", str(source_dir / "conf" / "genred.conf"))
+             .replace("/catalogue/", f"{catalogue}/").replace("/results/", f"{results}/"))
+    assert local.count(str(tmp_path)) == 2, local
+    for k in range(spec["completions"]):
+        r = run(["/bin/sh", "-c", local], env=clean_env(SHARD=str(k)), cwd=source_dir,
+                timeout=120)
+        assert r.returncode == 0, f"index {k}: {r.stderr}"
+    done = [json.loads(x)["file"] for f in sorted(results.glob("shard-*.jsonl"))
+            for x in f.read_text().splitlines()]
+    assert sorted(done) == sorted(str(f) for f in files), "a file done twice or never"
+    assert len(list(results.glob("shard-*.jsonl"))) == spec["completions"]
+    before = {f: f.read_bytes() for f in results.glob("shard-*.jsonl")}
+    r = run(["/bin/sh", "-c", local], env=clean_env(SHARD="3"), cwd=source_dir, timeout=120)
+    assert r.returncode == 0 and {f: f.read_bytes() for f in before} == before

@@ -14,8 +14,9 @@
  * Inputs are made at test time from a real GTZAN track ($GENRED_SHARED)
  * with the ffmpeg CLI, in the formats where the index knows the length up
  * front (MP3 CBR and VBR at 44.1/48/22.05 kHz, with and without ID3 tags,
- * WAV, FLAC) and in ones where it must fall back (Ogg Vorbis, a truncated
- * MP3, an MP3 with corrupted frames), which must then give the reference's
+ * WAV, FLAC, AIFF) and in ones where it must fall back (Ogg Vorbis, M4A with
+ * AAC or ALAC, a truncated MP3, an MP3 with corrupted frames), which must
+ * then give the reference's
  * samples, except where damage before a window makes the whole decode drop
  * frames (see audio.h): there the window must still be the same music at
  * its timestamps. No timing is asserted here; bench/ measures. */
@@ -279,11 +280,45 @@ static void test_wav_and_flac(void **state) {
     check_file(*state, "song16k.flac", 1);
 }
 
+/* AIFF is indexed like WAV: big-endian PCM, and AIFF-C's float. */
+static void test_aiff(void **state) {
+    char *s16[] = {"-c:a", "pcm_s16be", NULL};
+    make_song(*state, "song.aiff", "44100", "2", s16);
+    check_file(*state, "song.aiff", 1);
+    char *f32[] = {"-c:a", "pcm_f32be", NULL};
+    make_song(*state, "float.aiff", "48000", "1", f32);
+    check_file(*state, "float.aiff", 1);
+}
+
 /* No length up front: everything is decoded once, as the reference. */
 static void test_ogg_falls_back(void **state) {
     char *codec[] = {"-c:a", "libvorbis", NULL};
     make_song(*state, "song.ogg", "44100", "2", codec);
     check_file(*state, "song.ogg", 0);
+}
+
+/* MP4 is decoded sequentially (audio_range.c says why): AAC, whose last
+ * packet lasts less than the frame the decoder gives for it, and ALAC. */
+static void test_m4a_falls_back(void **state) {
+    fixture *fx = *state;
+    char *aac[] = {"-c:a", "aac", "-b:a", "160k", NULL};
+    make_song(fx, "song.m4a", "44100", "2", aac);
+    char *alac[] = {"-c:a", "alac", NULL};
+    make_song(fx, "alac.m4a", "44100", "2", alac);
+    const char *names[] = {"song.m4a", "alac.m4a"};
+    for (int i = 0; i < 2; i++) {
+        char path[PATH_MAX];
+        path_in(fx, names[i], path);
+        size_t len;
+        uint8_t *data = read_file(path, &len);
+        audio_source *src;
+        gr_err err = {0};
+        if (audio_open(data, len, RATE, NULL, &src, &err) != 0) fail_msg("%s", err.msg);
+        assert_int_equal(audio_source_samples(src), 0);
+        audio_source_close(src);
+        free(data);
+        check_file(fx, names[i], 0);
+    }
 }
 
 /* Damaged files: the index may promise a length the decoder does not
@@ -374,6 +409,32 @@ static void test_features_match_whole_decode(void **state) {
                          worst);
             analysis_free(&f);
         }
+        /* max_chunks: the chunks kept are the full analysis' chunks at their
+         * places, bit for bit, whether only they were decoded (few kept:
+         * one span each) or everything was (most kept). */
+        size_t keep[] = {1, 4, n * 3 / 4 - 1, n * 3 / 4 + 1, n - 1, n, n + 5};
+        for (size_t t = 0; t < sizeof keep / sizeof *keep; t++) {
+            features_opts o = {.trim = trim, .trim_start_s = 15, .trim_end_s = 15,
+                               .trim_min_keep_s = 30, .decode_threads = 2,
+                               .max_chunks = keep[t]};
+            analysis f;
+            if (features_compute(fz, &o, data, len, &f, &err) != 0) fail_msg("%s", err.msg);
+            size_t kept = keep[t] < n ? keep[t] : n;
+            assert_int_equal(f.n_chunks, kept);
+            assert_int_equal(f.window_chunks, n);
+            /* Picked: one span per chunk kept; else the spans of 8. */
+            assert_int_equal(f.spans, 4 * kept < 3 * n ? (int)kept : (int)((n + 7) / 8));
+            for (size_t k = 0; k < kept; k++) {
+                size_t at = features_chunk_pick(k, kept, n);
+                assert_true(at < n && (k == 0 || at > features_chunk_pick(k - 1, kept, n)));
+                if (memcmp(f.chunks + k * mel_chunk_floats(m),
+                           want + at * mel_chunk_floats(m),
+                           mel_chunk_floats(m) * sizeof(float)) != 0)
+                    fail_msg("trim %d, max_chunks %zu: chunk %zu (the window's %zu) differs",
+                             trim, keep[t], k, at);
+            }
+            analysis_free(&f);
+        }
         free(want);
     }
     audio_free(&ref);
@@ -383,13 +444,16 @@ static void test_features_match_whole_decode(void **state) {
 
 int main(void) {
     av_log_set_level(AV_LOG_QUIET);
+    audio_limit_libav();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_mp3_cbr_44k_stereo),
         cmocka_unit_test(test_mp3_vbr_48k_with_id3),
         cmocka_unit_test(test_mp3_low_bitrate_22k_mono),
         cmocka_unit_test(test_mp3_mpeg25_8k_mono),
         cmocka_unit_test(test_wav_and_flac),
+        cmocka_unit_test(test_aiff),
         cmocka_unit_test(test_ogg_falls_back),
+        cmocka_unit_test(test_m4a_falls_back),
         cmocka_unit_test(test_damaged_mp3s_give_the_reference),
         cmocka_unit_test(test_features_match_whole_decode),
     };

@@ -100,15 +100,18 @@ static void test_methods_and_allow(void **state) {
         assert_int_equal(route_allows(r, "GET"), get);
         assert_int_equal(route_allows(r, "HEAD"), get);
         assert_int_equal(route_allows(r, "POST"), post);
+        assert_true(route_allows(r, "OPTIONS"));
         assert_false(route_allows(r, "DELETE"));
         assert_false(route_allows(r, "get"));
+        assert_false(route_allows(r, "options"));
         const char *allow = route_allow_header(r);
         assert_int_equal(strstr(allow, "GET, HEAD") != NULL, get);
         assert_int_equal(strstr(allow, "POST") != NULL, post);
+        assert_non_null(strstr(allow, "OPTIONS"));
     }
     const route *classify = route_find("/v1/classify");
     assert_non_null(classify);
-    assert_string_equal(route_allow_header(classify), "POST");
+    assert_string_equal(route_allow_header(classify), "POST, OPTIONS");
     assert_int_equal(classify->handler, HANDLE_CLASSIFY);
 }
 
@@ -154,7 +157,7 @@ static void test_metrics_count_the_table_labels(void **state) {
     metrics *m = metrics_create(NULL);
     assert_non_null(m);
     metrics_observe_request(m, "/no/such/route", 404, 0.001, 0);
-    char *text = metrics_render(m, NULL, NULL);
+    char *text = metrics_render(m, NULL, NULL, NULL);
     assert_non_null(text);
     size_t labels = 0;
     for (const char *p = text; (p = strstr(p, "genred_request_duration_seconds_count{")); p++)

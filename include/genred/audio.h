@@ -2,15 +2,17 @@
  *
  * The bytes are read by libavformat through a custom AVIOContext over the
  * caller's buffer: no file, URL or network protocol is ever opened (empty
- * protocol whitelist), and only whitelisted demuxers (mp3, wav, flac, ogg)
- * and their audio decoders are accepted. The first audio stream is decoded,
+ * protocol whitelist), and only whitelisted demuxers (mp3, wav, flac, ogg,
+ * mp4/m4a, aiff) and their audio decoders are accepted; an MP4 must hold
+ * audio only, in one file (not fragmented, no external data references). The first audio stream is decoded,
  * downmixed and resampled with libswresample to mono float at the requested
  * rate, whatever the channel count, sample rate or sample format.
  *
  * Two ways in. audio_decode() decodes a whole file. audio_open() +
  * audio_source_decode() decode only a range of it, on several threads: the
  * open reads the container once without decoding (an index of its packets),
- * which for MP3, WAV and FLAC tells the exact length before any decoding, so
+ * which for MP3, WAV, FLAC and AIFF tells the exact length before any
+ * decoding (MP4 and Ogg are decoded sequentially: audio_range.c says why), so
  * that the caller can apply the trim rule first and never decode what it
  * cuts. The range is then cut into spans decoded independently, each
  * starting a few packets early (a pre-roll that refills the decoder's and
@@ -75,6 +77,22 @@ int audio_decode(const void *data, size_t len, int sample_rate,
 
 void audio_free(audio *a);
 
+/* The most one allocation inside libav may take, once audio_limit_libav()
+ * has run. libav sizes some allocations by what a header claims before
+ * reading what it describes: an MP4 sample table naming 80 million samples
+ * that are not there made the mov demuxer fill 1.9 GB from a 0.5 MB upload.
+ * audio.c refuses such claims where files keep their tables, and this cap
+ * bounds them wherever a hostile file hides them. Nothing an accepted file
+ * needs comes near it: the largest are cover-art pictures (a few MB) and
+ * sample indexes (24 bytes a packet: 1.3 MB for 20 minutes of AAC). */
+#define AUDIO_LIBAV_MAX_ALLOC ((size_t)64 << 20)
+
+/* Caps libav's allocations at AUDIO_LIBAV_MAX_ALLOC (av_max_alloc(), which
+ * is process-wide): call once at start, before any decoding. Whoever runs
+ * decodes of untrusted bytes calls it (main.c, the fuzz harnesses, the
+ * audio tests). */
+void audio_limit_libav(void);
+
 /* An opened upload: container checked, packets indexed, nothing decoded. */
 typedef struct audio_source audio_source;
 
@@ -85,21 +103,30 @@ int audio_open(const void *data, size_t len, int sample_rate,
                const audio_limits *lim, audio_source **out, gr_err *err);
 
 /* Samples a whole decode yields, when the container tells it exactly before
- * decoding (MP3, WAV, FLAC with consistent timestamps); 0 = unknown. */
+ * decoding (MP3, WAV, FLAC, AIFF with consistent timestamps); 0 = unknown. */
 size_t audio_source_samples(const audio_source *s);
 
 /* Where audio_source_decode() hands a range's samples, span by span, for
  * a caller that works on them as they come (features.c computes log-mel
  * span by span, so no thread holds more than a span of audio). */
 typedef struct audio_sink {
-    size_t span;        /* samples per span; the last one takes the rest */
+    size_t span;        /* samples per span: a range of count samples holds
+                         * ceil((count - margin) / span) spans, at least
+                         * one, the last one taking the rest */
     size_t margin;      /* samples a span also gets before its start and
                          * past its end, within the range: for work on a
                          * span that reads its neighbours' samples */
-    /* Called once per span, on any decoding thread, several at once:
-     * samples[0..n) (borrowed for the call) are samples [at, at + n) of the
-     * range, span number `index` with its margins. Returns 0, or -1 with
-     * err set, which fails the decode. */
+    /* The spans to decode, by span number, ascending, no repeats (borrowed
+     * for the call); NULL: every span of the range. Nothing between picked
+     * spans is decoded but the few packets each span's decoder starts
+     * early, so picking a few spans of a long range costs a few spans. */
+    const size_t *picks;
+    size_t n_picks;
+    /* Called once per decoded span, on any decoding thread, several at
+     * once: samples[0..n) (borrowed for the call) are samples [at, at + n)
+     * of the range, the span with its margins; `index` is its place among
+     * the spans decoded (its span number is picks[index], or index without
+     * picks). Returns 0, or -1 with err set, which fails the decode. */
     int (*take)(void *ctx, size_t index, const float *samples, size_t at, size_t n,
                 gr_err *err);
     void *ctx;

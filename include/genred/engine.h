@@ -34,6 +34,8 @@ typedef struct classify_opts {
                     * model's input is not log-mel (a waveform model). */
     int embedding; /* 1: add "embedding", the mean of the chunks' embeddings,
                     * when the model exports one */
+    int max_chunks; /* 0: analyse every chunk of the window; else at most
+                     * this many, spread evenly (features.h) */
 } classify_opts;
 
 /* Loads cfg->model, builds mel plans and starts the batcher. cfg is copied.
@@ -54,15 +56,18 @@ int engine_reload(engine *e, gr_err *err);
  * inference is) with GR_EBUSY, and later ones fail at once. Thread-safe. */
 void engine_cancel(engine *e);
 
-/* 1 when a classify would be admitted now (not cancelled, queue not full). */
+/* 1 until engine_cancel(): a classify would be taken on now. Load is the
+ * HTTP side's to judge (http.c admits at most max_active_requests
+ * classifications, so the batcher's queue, sized to that, never fills). */
 int engine_ready(engine *e);
 
 /* The current model's description (model_describe()), a new reference. */
 json_t *engine_describe_model(engine *e);
 
-/* GET /metrics: metrics_render() over the current model and the batcher
- * counters summed over every model served so far. Caller frees. */
-char *engine_render_metrics(engine *e);
+/* GET /metrics: metrics_render() over the current model, the batcher
+ * counters summed over every model served so far, and load (borrowed, may
+ * be NULL). Caller frees. */
+char *engine_render_metrics(engine *e, const metrics_load *load);
 
 /* Classifies data[0..len) (borrowed). Returns the API's answer as a new JSON
  * object owned by the caller, or NULL with err set. A model that gives a
@@ -70,7 +75,9 @@ char *engine_render_metrics(engine *e);
  * its genre shares then count only the chunks that are music, and "top" is
  * null for audio that is not music. A model with tags gets "tags". Fails with GR_EDEADLINE
  * when cfg->request_timeout_s (counted from the call) passes first, and
- * GR_EBUSY when the queue is full or the engine is cancelled. Thread-safe. */
+ * GR_EBUSY when the engine is cancelled, or when more than max_active_requests
+ * classifications are in it at once (the batcher's queue is full: the
+ * caller admits no more than that). Thread-safe. */
 json_t *engine_classify(engine *e, const void *data, size_t len,
                         const classify_opts *o, gr_err *err);
 

@@ -15,7 +15,8 @@ typedef enum gr_status {
     GR_OK = 0,
     /* What a request did or asked for (an HTTP request, or a file given to
      * `genred classify`): */
-    GR_EBADREQ,        /* malformed request: bad query, bad multipart, no upload */
+    GR_EBADREQ,        /* malformed request: bad query, bad multipart, no upload,
+                        * framing two parsers could read differently */
     GR_EUNAUTHORIZED,  /* API keys are on and the request has no valid one */
     GR_ENOTFOUND,      /* no such route */
     GR_EMETHOD,        /* a route, but not with this method */
@@ -24,6 +25,9 @@ typedef enum gr_status {
     GR_EUNPROCESSABLE, /* audio that decodes but cannot be classified */
     GR_EBUSY,          /* work queue full, too many connections, shutting down */
     GR_EDEADLINE,      /* request_timeout_s passed before the answer was ready */
+    GR_ETOOSLOW,       /* the client sent its upload slower than min_upload_rate */
+    GR_ETOOLONG,       /* a query string over the limits */
+    GR_ENOTIMPL,       /* a Transfer-Encoding genred does not implement */
     /* The server's own inputs: */
     GR_ECONFIG,        /* a setting (conf file, GENRED_* variable, flag) or a
                         * command-line option is invalid */

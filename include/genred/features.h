@@ -13,6 +13,12 @@
  * say) is analysed on its full length. Input with less than one chunk (3 s)
  * to analyse is GR_EUNPROCESSABLE.
  *
+ * max_chunks: the window holds n back-to-back chunks; with max_chunks = m
+ * below n, only m of them are analysed, spread evenly over the window
+ * (features_chunk_pick()), and only the audio those m chunks read is
+ * decoded. Each is the very chunk the full analysis computes at its place,
+ * bit for bit. For a catalogue: a song's genre rarely needs all of it.
+ *
  * What it does not do: run the model. */
 #ifndef GENRED_FEATURES_H
 #define GENRED_FEATURES_H
@@ -60,14 +66,24 @@ typedef struct features_opts {
                                * overlapping chunks, for training only. */
     int decode_threads;       /* threads decoding spans of the analysed window
                                * (audio_source_decode); <= 1: one */
+    size_t max_chunks;        /* 0: every chunk of the window; else at most
+                               * this many, spread evenly over it */
 } features_opts;
+
+/* The place in the window of the k-th of m chunks kept of n (m <= n): the
+ * middle of the k-th of m equal parts, floor((2k + 1) n / 2m). Ascending,
+ * no repeats; m = n keeps every chunk in order. */
+size_t features_chunk_pick(size_t k, size_t m, size_t n);
 
 /* One upload analysed: the features of its analysed window (the model's
  * input, one chunk per 3 s), where that window lies, and what it cost. */
 typedef struct analysis {
     float *chunks;       /* n_chunks * featurizer_chunk_floats(); owned,
                           * analysis_free() */
-    size_t n_chunks;
+    size_t n_chunks;     /* analysed: window_chunks, or max_chunks of them */
+    size_t window_chunks; /* chunks the analysed window holds; chunk k of
+                          * chunks[] is the window's chunk
+                          * features_chunk_pick(k, n_chunks, window_chunks) */
     double duration_s;   /* of the whole decoded audio */
     double start_s;      /* where the first chunk begins */
     int trimmed;         /* 1 if the trim rule cut anything */

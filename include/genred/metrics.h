@@ -38,9 +38,22 @@ void metrics_observe_stage(metrics *m, metrics_stage stage, double seconds);
 void metrics_observe_batch(metrics *m, int batch_size);
 void metrics_observe_chunks(metrics *m, size_t chunks_per_request);
 
-/* Renders everything in Prometheus text exposition format 0.0.4. st and
- * model may be NULL. Returns a malloc'd string the caller frees, or NULL. */
-char *metrics_render(metrics *m, const struct batcher_stats *st,
+/* The HTTP side's load and limits at the moment of a scrape (http.c): what
+ * /readyz judges saturation by, and the slow clients cut so far. */
+typedef struct metrics_load {
+    int connections, max_connections;       /* open on `port` */
+    size_t queue_depth, queue_capacity;     /* whole uploads waiting for a slot */
+    int active_requests, max_active_requests; /* classifications running */
+    size_t upload_memory, max_upload_memory; /* bytes of uploads held */
+    unsigned long long header_timeouts;     /* closed: no header block within
+                                             * header_timeout_s */
+    unsigned long long slow_uploads;        /* 408: upload under min_upload_rate */
+} metrics_load;
+
+/* Renders everything in Prometheus text exposition format 0.0.4. st, load
+ * and model may be NULL. Returns a malloc'd string the caller frees, or
+ * NULL. */
+char *metrics_render(metrics *m, const struct batcher_stats *st, const metrics_load *load,
                      const struct model *model);
 
 #endif

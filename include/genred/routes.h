@@ -1,8 +1,8 @@
 /* routes.h - every route genred serves, in one table.
  *
  * A route is an exact path, the methods it answers, who may ask (a key, or
- * anyone), the handler that answers it and the label its requests are
- * counted under in /metrics. http.c routes, refuses (404, 405 with Allow,
+ * anyone), the handler that answers it, the label its requests are
+ * counted under in /metrics, and whether the ops listener serves it too. http.c routes, refuses (404, 405 with Allow,
  * 401) and dispatches from this table; its dispatch is a switch over
  * route_handler without a default, so a handler named here and not
  * answered there does not compile. metrics.c takes its closed set of route
@@ -43,8 +43,16 @@ typedef enum route_access {
                          * health probes */
 } route_access;
 
+/* Which listeners serve a route: every route is on `port`; the probes and
+ * /metrics are on `ops_port` too (http.c), which answers nothing else. */
+typedef enum route_listeners {
+    ROUTE_PORT_ONLY = 0,
+    ROUTE_ALSO_OPS,
+} route_listeners;
+
 /* Methods, as bits. GET includes HEAD. A POST is an upload (http.c reads
- * its body within max_upload_bytes). */
+ * its body within max_upload_bytes). Every route also answers OPTIONS
+ * (its Allow, and CORS preflights: http.c), which needs no bit. */
 enum { ROUTE_GET = 1u << 0, ROUTE_POST = 1u << 1 };
 
 typedef struct route {
@@ -54,6 +62,7 @@ typedef struct route {
     route_handler handler;
     const char *label;      /* metrics label; routes may share one (the web
                              * page's three files count as "/") */
+    route_listeners listeners;
 } route;
 
 /* The table, immutable; route_count rows. */
@@ -69,7 +78,9 @@ const route *route_find(const char *path);
 /* 1 if method (as the request line spells it) may be asked of r. */
 int route_allows(const route *r, const char *method);
 
-/* The Allow header of a 405 for r, e.g. "GET, HEAD". */
+/* The methods r answers, OPTIONS included, e.g. "GET, HEAD, OPTIONS": the
+ * Allow header of a 405 and of OPTIONS, and a preflight's
+ * Access-Control-Allow-Methods. */
 const char *route_allow_header(const route *r);
 
 #endif

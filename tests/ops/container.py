@@ -474,7 +474,8 @@ def container_with_tls(cs, work, health_cmd):
     poll("HEALTHCHECK over HTTPS",
          lambda: podman("healthcheck", "run", name, ok=False).returncode == 0, START_TIMEOUT_S)
     # The same command where nothing listens must fail.
-    r = podman("exec", "-e", "GENRED_PORT=1", name, "sh", "-c", health_cmd, ok=False)
+    r = podman("exec", "-e", "GENRED_PORT=1", "-e", "GENRED_OPS_PORT=1", name, "sh", "-c",
+               health_cmd, ok=False)
     check(r.returncode != 0, "the HEALTHCHECK passed with nothing listening")
     stop_exits_zero(name, STOP_TIMEOUT_S)
     shutil.rmtree(tls, ignore_errors=True)

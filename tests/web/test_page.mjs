@@ -7,8 +7,8 @@
  * the timeline and the spectrogram must show exactly what the API answers for
  * the same bytes; random bytes named .mp3 must show the API's 415 message, a
  * 2-second WAV dropped on the page its 422 message, an upload over the limit
- * its 413 message, an upload to a daemon whose one-request queue is held by a
- * 10-minute file its 503 message (and "Try again" must then succeed); with
+ * its 413 message, an upload to a daemon whose one classification slot is held
+ * by a 10-minute file (and no queue) its 503 message (and "Try again" must then succeed); with
  * API keys on, the page must load without one, ask for one, refuse a wrong
  * one with the API's message, and work once given the right one; the page
  * must fit a phone's width. With the bundled CNN the verdict, tags and
@@ -23,8 +23,14 @@
  * refuses, show selected for the user to copy); speech alone must say it is
  * not music and name no genre, and a song after it must get its genre back,
  * on a phone's width. Without the checkpoint only these tests are skipped,
- * with the reason. Screenshots (desktop and phone) go to $GENRED_ARTIFACTS,
- * else tests/artifacts/web/.
+ * with the reason.
+ *
+ * A web front-end of its own origin (a page served from a second local
+ * port) uploads a song to a daemon whose cors_origins lists it and shows the
+ * answer, through the browser's preflight when it sends a raw body or an API
+ * key; the same page from an origin not listed is refused by the browser.
+ * Screenshots (desktop and phone) go to $GENRED_ARTIFACTS, else
+ * tests/artifacts/web/.
  *
  * Environment (set by `meson test`, see tests/meson.build): GENRED_BIN,
  * GENRED_SOURCE, GENRED_SHARED. Run by tests/web/run.sh under `node --test`.
@@ -38,6 +44,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
@@ -75,6 +82,7 @@ const ARTIFACTS = process.env.GENRED_ARTIFACTS || path.join(SOURCE, 'tests', 'ar
 
 const work = fs.mkdtempSync(path.join(os.tmpdir(), 'genred-web-'));
 const daemons = [];  /* every daemon started: { proc, url, stdout, stderr } */
+const frontEnds = []; /* every front-end server started (CORS) */
 let daemon = null;   /* the main one */
 let backbone = null; /* the one with the pretrained backbone (null when skipped) */
 let browser = null;
@@ -443,6 +451,8 @@ after(async () => {
   try {
     if (browser) await browser.close();
   } finally {
+    for (const f of frontEnds) f.server.closeAllConnections();
+    await Promise.all(frontEnds.map((f) => new Promise((r) => f.server.close(r))));
     const codes = [];
     for (const d of daemons) codes.push(await stopDaemon(d));
     fs.rmSync(work, { recursive: true, force: true });
@@ -584,10 +594,12 @@ test('the page fits a phone', { timeout: TEST_TIMEOUT_MS }, async () => {
 });
 
 test('a busy server\'s 503 is shown, and "Try again" then works', { timeout: TEST_TIMEOUT_MS }, async (t) => {
-  /* One worker, one chunk per pass, one request in the queue: while a
-   * 10-minute upload (200 chunks) is in inference, /readyz says 503 and so
-   * must the page's upload. Bounded: at most five tries to hit that window. */
-  const busy = await startDaemon(['--workers', '1', '--max-batch', '1', '--queue-capacity', '1',
+  /* One worker, one chunk per pass, one classification at a time and no
+   * queue: while a 10-minute upload (200 chunks) is classified, /readyz says
+   * 503 and so must the page's upload. Bounded: at most five tries to hit
+   * that window. */
+  const busy = await startDaemon(['--workers', '1', '--max-batch', '1',
+                                  '--max-active-requests', '1', '--queue-capacity', '0',
                                   '--max-duration-s', '900', '--max-upload-bytes', '32M']);
   const { context, page, problems } = await openPage({ viewport: { width: 1280, height: 900 } }, busy);
   try {
@@ -769,3 +781,130 @@ test('with the backbone, speech says it is not music and names no genre, on a ph
     await context.close();
   }
 });
+/* ---- a web front-end of its own origin (CORS) --------------------------------- */
+
+/* A front-end's page: it fetches the song from its own server, posts it to
+ * genred (?api=) as a form (a request the browser sends without asking
+ * first), as a raw audio/mpeg body with an X-Request-Id (which it must ask
+ * leave for: a preflight), or with ?key= as Authorization (a preflight
+ * too), and shows the top genre, the API's error, or that the browser
+ * refused the answer to the page. */
+const FRONT_END_PAGE = `<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>front-end</title></head>
+<body><p id="out">waiting</p>
+<script>
+(async () => {
+  const q = new URLSearchParams(location.search), out = document.getElementById('out');
+  try {
+    const song = await (await fetch('/song.mp3')).blob();
+    const init = { method: 'POST', headers: {} };
+    if (q.get('mode') === 'raw') {
+      init.body = song;
+      init.headers['Content-Type'] = 'audio/mpeg';
+      init.headers['X-Request-Id'] = 'front-end-1';
+    } else {
+      init.body = new FormData();
+      init.body.append('file', song, 'song.mp3');
+    }
+    if (q.get('key')) init.headers.Authorization = 'Bearer ' + q.get('key');
+    const r = await fetch(q.get('api') + '/v1/classify', init);
+    const body = await r.json();
+    out.dataset.requestId = r.headers.get('X-Request-Id') || '';
+    out.textContent = r.ok ? 'top ' + body.top : 'error ' + r.status + ' ' + body.error.code;
+  } catch (e) {
+    out.textContent = 'refused ' + e.name;
+  }
+})();
+</script></body></html>`;
+
+/* Serves FRONT_END_PAGE and the song on 127.0.0.1, an ephemeral port. */
+function startFrontEnd() {
+  const server = http.createServer((req, res) => {
+    const where = new URL(req.url, 'http://x').pathname;
+    if (where === '/') {
+      res.writeHead(200, { 'Content-Type': 'text/html; charset=utf-8' });
+      res.end(FRONT_END_PAGE);
+    } else if (where === '/song.mp3') {
+      res.writeHead(200, { 'Content-Type': 'audio/mpeg' });
+      res.end(fs.readFileSync(audio.song));
+    } else {
+      res.writeHead(404);
+      res.end();
+    }
+  });
+  const f = { server, url: null };
+  frontEnds.push(f);
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      f.url = `http://127.0.0.1:${server.address().port}`;
+      resolve(f);
+    });
+  });
+}
+
+/* Opens the front-end's page with query q; resolves to what it shows once
+ * it has shown anything but "waiting", and the errors on its console. */
+async function frontEndShows(front, q) {
+  const context = await browser.newContext();
+  context.setDefaultTimeout(STEP_TIMEOUT_MS);
+  const page = await context.newPage();
+  const errors = [];
+  page.on('console', (m) => { if (m.type() === 'error') errors.push(m.text()); });
+  try {
+    await page.goto(`${front.url}/?${new URLSearchParams(q)}`, { waitUntil: 'load' });
+    await page.locator('#out').filter({ hasNotText: 'waiting' }).waitFor();
+    return { text: await page.locator('#out').innerText(),
+             requestId: await page.locator('#out').getAttribute('data-request-id'), errors };
+  } finally {
+    await context.close();
+  }
+}
+
+/* The daemon's request log lines (log_level info) for a route. */
+function logged(d, route) {
+  return d.stderr.split('\n').filter((l) => l.startsWith('{"event":"request"'))
+    .map((l) => JSON.parse(l)).filter((e) => e.route === route);
+}
+
+test('a front-end of a listed origin uploads to genred; an unlisted one is refused',
+  { timeout: TEST_TIMEOUT_MS }, async () => {
+    const listed = await startFrontEnd(), other = await startFrontEnd();
+    const KEY = 'cors-test-key-0123456789abcdef';
+    const keys = path.join(work, 'cors-keys');
+    fs.writeFileSync(keys, `${KEY}\n`);
+    const flags = ['--cors-origins', `https://app.example.com, ${listed.url}`, '--workers', '1'];
+    const open = await startDaemon(flags);
+    const keyed = await startDaemon([...flags, '--api-keys-file', keys]);
+    const want = await classify(audio.song, '', open);
+    assert.equal(want.status, 200);
+
+    /* A form upload: no preflight; the answer is the page's to read. */
+    let shown = await frontEndShows(listed, { api: open.url });
+    assert.equal(shown.text, `top ${want.body.top}`);
+    assert.match(shown.requestId, /^[0-9a-f]{16}$/, 'X-Request-Id is not exposed to the page');
+
+    /* A raw body with a header of its own: the browser asks first. */
+    const before = logged(open, '/v1/classify').filter((e) => e.status === 204).length;
+    shown = await frontEndShows(listed, { api: open.url, mode: 'raw' });
+    assert.equal(shown.text, `top ${want.body.top}`);
+    assert.equal(shown.requestId, 'front-end-1');
+    assert.ok(await eventually(async () => logged(open, '/v1/classify')
+      .filter((e) => e.status === 204).length === before + 1, STEP_TIMEOUT_MS),
+    'no preflight (OPTIONS, 204) reached genred');
+
+    /* With API keys on: the key goes through the preflight as Authorization,
+     * and a wrong key's 401 is still the page's to show. */
+    shown = await frontEndShows(listed, { api: keyed.url, key: KEY });
+    assert.equal(shown.text, `top ${want.body.top}`);
+    shown = await frontEndShows(listed, { api: keyed.url, key: 'wrong-key-0123456789abcdef', mode: 'raw' });
+    assert.equal(shown.text, 'error 401 unauthorized');
+
+    /* The same page from an origin not listed: the browser refuses the
+     * answer (a form) or the request itself (after the preflight). */
+    for (const q of [{ api: open.url }, { api: open.url, mode: 'raw' }, { api: keyed.url, key: KEY }]) {
+      shown = await frontEndShows(other, q);
+      assert.equal(shown.text, 'refused TypeError', JSON.stringify(q));
+      assert.ok(shown.errors.some((m) => /CORS policy/.test(m)), shown.errors.join('\n'));
+    }
+  });
