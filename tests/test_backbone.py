@@ -369,3 +369,48 @@ def test_the_bundled_cnn_has_none_of_it(daemon, audio):
     for key in ("music", "tags", "embedding"):
         assert key not in ans
     assert isinstance(ans["top"], str)
+
+
+def readme_sounds_like_blocks(source_dir):
+    """The sh and python blocks of the README's "Sounds like" section."""
+    import re
+    text = (source_dir / "README.md").read_text()
+    m = re.search(r"^### Sounds like.*?\n(.*?)(?=^## |^### )", text, flags=re.M | re.S)
+    assert m, "README.md has no 'Sounds like' section"
+    blocks = dict(re.findall(r"^```(\w+)\n(.*?)^```$", m.group(1), flags=re.M | re.S))
+    assert set(blocks) == {"sh", "python"}, sorted(blocks)
+    return blocks
+
+
+def test_readme_sounds_like_search(genred_bin, source_dir, backbone_model, gtzan_dir, tmp_path):
+    """The README's recipe, as written but for the paths: a folder of 12
+    excerpts of three genres into library.jsonl with embeddings, then its
+    nearest-neighbour script for each song. Most songs' nearest neighbour
+    must share their genre (chance: 3 of 11)."""
+    blocks = readme_sounds_like_blocks(source_dir)
+    music = tmp_path / "Music"
+    for genre in ("classical", "metal", "reggae"):
+        (music / genre).mkdir(parents=True)
+        for f in sorted((gtzan_dir / genre).glob("*.flac"))[:4]:
+            shutil.copyfile(f, music / genre / f.name)
+    sh = (blocks["sh"].replace("build/genred", str(genred_bin))
+          .replace("~/Music", str(music)).replace("conf/genred.conf", str(source_dir / "conf" / "genred.conf"))
+          .replace("models/efficientat-mn04-genres.gmodel", str(backbone_model))
+          .replace("library.jsonl", str(tmp_path / "library.jsonl")))
+    r = subprocess.run(["bash", "-c", sh], cwd=source_dir, capture_output=True, text=True,
+                       timeout=300, env=GENRED_ENV)
+    assert r.returncode == 0, r.stderr
+    (tmp_path / "nearest.py").write_text(blocks["python"])
+    songs = sorted(music.glob("*/*.flac"))
+    same = 0
+    for song in songs:
+        r = subprocess.run([sys.executable, str(tmp_path / "nearest.py"),
+                            str(tmp_path / "library.jsonl"), str(song)],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.splitlines()
+        assert len(lines) == 5, lines
+        scores = [float(line.split()[0]) for line in lines]
+        assert scores == sorted(scores, reverse=True) and all(-1 <= x <= 1 for x in scores)
+        same += pathlib.Path(lines[0].split(None, 1)[1]).parent.name == song.parent.name
+    assert same >= 9, f"{same} of {len(songs)} songs' nearest neighbour shares their genre"
