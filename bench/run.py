@@ -618,9 +618,12 @@ def bench_backbone(args, song):
     torch_runs, c_runs = {}, []
     for _ in range(2):  # alternated, so both see the same background
         for th in sorted({1, cores}):
+            # Debian's torch multiplies matrices with OpenBLAS, whose own
+            # thread pool torch.set_num_threads() does not limit.
+            env = dict(os.environ, OPENBLAS_NUM_THREADS=str(th), OMP_NUM_THREADS=str(th))
             r = subprocess.run(["/usr/bin/python3", ROOT / "bench" / "torch_backbone.py",
                                 BACKBONE_CHECKPOINT, song, feats, str(reps), str(th)],
-                               check=True, capture_output=True, text=True)
+                               check=True, capture_output=True, text=True, env=env)
             torch_runs.setdefault(th, []).append(json.loads(r.stdout))
         r = subprocess.run([args.bench, "stages", model, song, "44100", str(reps)], cwd=ROOT,
                            check=True, capture_output=True, text=True)
