@@ -22,6 +22,11 @@
  * The FFT plan: making it estimated, measured, or from wisdom, and the log-mel
  * of SECONDS of noise with the estimated and with the measured plan.
  *
+ *   genred-bench layers MODEL FILE BATCH REPS
+ *
+ * Each op's CPU time per chunk in model_forward() on one thread (the
+ * per-layer cost table of docs/performance.md).
+ *
  * What it does not do: HTTP, other processes (bench/run.py does those). */
 #include <cblas.h>
 #include <fftw3.h>
@@ -212,8 +217,8 @@ static int cmd_stages(int argc, char **argv) {
     analysis f;
     if (features_compute(fz, &fo, data, len, &f, &err) != 0) die("features", &err);
     const size_t n_chunks = f.n_chunks, in_floats = model_input_floats(m);
-    float *probs = malloc(n_chunks * (size_t)model_genre_count(m) * sizeof *probs);
-    float *one_out = malloc((size_t)max_batch * (size_t)model_genre_count(m) * sizeof *one_out);
+    float *probs = malloc(n_chunks * model_output_floats(m) * sizeof *probs);
+    float *one_out = malloc((size_t)max_batch * model_output_floats(m) * sizeof *one_out);
     if (!probs || !one_out) die("out of memory", NULL);
 
     /* The window the trim rule keeps, as features_compute() computes it. */
@@ -463,10 +468,75 @@ static int cmd_fftw(int argc, char **argv) {
     return 0;
 }
 
+/* Per-op CPU time of model_forward() on one thread: each op's share of a
+ * chunk, from REPS batches of BATCH chunks of FILE's log-mel (the first
+ * chunks of the song, repeated if it has fewer). */
+static int cmd_layers(int argc, char **argv) {
+    if (argc != 6) {
+        fprintf(stderr, "usage: genred-bench layers MODEL FILE BATCH REPS\n");
+        return 2;
+    }
+    int batch = atoi(argv[4]), reps = atoi(argv[5]);
+    if (batch < 1 || batch > 256 || reps < 1 || reps > 10000) die("BATCH or REPS", NULL);
+    gr_err err = {0};
+    model *m = model_load(argv[2], &err);
+    if (!m) die("model", &err);
+    featurizer *fz = featurizer_create(model_features(m), &err);
+    if (!fz) die("features", &err);
+    config cfg;
+    config_defaults(&cfg);
+    size_t len;
+    unsigned char *data = read_file(argv[3], &len);
+    features_opts fo = features_opts_from_config(&cfg, 1);
+    analysis f;
+    if (features_compute(fz, &fo, data, len, &f, &err) != 0) die("features", &err);
+    const size_t item = model_input_floats(m);
+    float *in = malloc((size_t)batch * item * sizeof *in);
+    float *out = malloc((size_t)batch * model_output_floats(m) * sizeof *out);
+    int n_ops = model_op_count(m);
+    double *sec = calloc((size_t)n_ops, sizeof *sec);
+    if (!in || !out || !sec) die("out of memory", NULL);
+    for (int b = 0; b < batch; b++)
+        memcpy(in + (size_t)b * item, f.chunks + (size_t)b % f.n_chunks * item, item * sizeof *in);
+    openblas_set_num_threads(1);
+    model_workspace *ws = model_workspace_create(m, batch, &err);
+    if (!ws) die("workspace", &err);
+    if (model_forward(m, ws, in, batch, out, &err) != 0) die("forward", &err); /* warm-up */
+    model_workspace_profile(ws, sec);
+    double c0 = cpu_ms();
+    for (int r = 0; r < reps; r++)
+        if (model_forward(m, ws, in, batch, out, &err) != 0) die("forward", &err);
+    double total = (cpu_ms() - c0) / ((double)reps * batch);
+    json_t *ops = json_array();
+    for (int i = 0; i < n_ops; i++) {
+        char label[160];
+        model_op_label(m, i, label, sizeof label);
+        json_array_append_new(ops, json_pack("{s:s, s:f}", "op", label, "ms_per_chunk",
+                                             sec[i] * 1e3 / ((double)reps * batch)));
+    }
+    json_t *o = json_pack("{s:i, s:f, s:f, s:o}", "batch", batch, "ms_per_chunk", total,
+                          "mflops_per_chunk", 2.0 * model_macs(m) / 1e6, "ops", ops);
+    char *text = json_dumps(o, JSON_INDENT(1));
+    printf("%s\n", text);
+    free(text);
+    json_decref(o);
+    model_workspace_free(ws);
+    free(sec);
+    free(in);
+    free(out);
+    analysis_free(&f);
+    free(data);
+    featurizer_destroy(fz);
+    model_free(m);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc >= 2 && strcmp(argv[1], "stages") == 0) return cmd_stages(argc, argv);
     if (argc >= 2 && strcmp(argv[1], "fftw") == 0) return cmd_fftw(argc, argv);
+    if (argc >= 2 && strcmp(argv[1], "layers") == 0) return cmd_layers(argc, argv);
     fprintf(stderr, "usage: genred-bench stages MODEL FILE NATIVE_RATE REPS\n"
-                    "       genred-bench fftw MODEL SECONDS REPS\n");
+                    "       genred-bench fftw MODEL SECONDS REPS\n"
+                    "       genred-bench layers MODEL FILE BATCH REPS\n");
     return 2;
 }

@@ -25,6 +25,11 @@ and bench/out/results.json):
             (3.5-second clips of one chunk each, max_batch 1 versus 8)
   memory    peak RSS (VmHWM) with 16 concurrent 10 MB uploads
   coldstart process start to /readyz = 200, with and without FFTW wisdom
+  backbone  the pretrained backbone (scripts/get-model efficientat-mn04, from
+            ../shared's checkpoint): the 3-minute MP3 on a warm daemon
+            against the ffmpeg floor (beside the bundled CNN), the C engine
+            against PyTorch on the same chunks (bench/torch_backbone.py) on
+            one thread and on every core, and the cost of each layer
   catalogue songs per second per core over a folder of 300 generated
             3-minute MP3s (bench/make-catalogue): one song at a time,
             `genred classify`'s catalogue mode, a daemon fed by
@@ -61,6 +66,7 @@ OUT = ROOT / "bench" / "out"
 SHARED = Path(os.environ.get("GENRED_SHARED", ROOT.parent / "shared"))
 GTZAN = SHARED / "data" / "gtzan16k"
 MODEL = ROOT / "models" / "gtzan-cnn.gmodel"
+BACKBONE_CHECKPOINT = SHARED / "models" / "efficientat-mn04" / "mn04_as_mAP_432.pt"
 LISTEN = re.compile(rb"listening on http://127\.0\.0\.1:(\d+)")
 
 results = {}
@@ -135,12 +141,12 @@ def make_inputs():
 class Daemon:
     """genred serve on 127.0.0.1:0 with extra flags; stopped with SIGTERM."""
 
-    def __init__(self, genred, *flags, env=None):
+    def __init__(self, genred, *flags, env=None, model=MODEL):
         self.t0 = time.perf_counter()
         env = genred_env(env)
         self.proc = subprocess.Popen(
             [genred, "serve", "--config", ROOT / "conf" / "genred.conf", "--port", "0",
-             "--model", MODEL, "--log-level", "warn", *map(str, flags)],
+             "--model", model, "--log-level", "warn", *map(str, flags)],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
         deadline = time.monotonic() + 60
         line = b""
@@ -547,6 +553,131 @@ def bench_coldstart(args):
     results["coldstart"] = out
 
 
+def backbone_model():
+    """The backbone converted from ../shared's checkpoint, or None."""
+    if not BACKBONE_CHECKPOINT.is_file():
+        return None
+    out = OUT / "models"
+    subprocess.run([sys.executable, ROOT / "scripts" / "get-model", "efficientat-mn04",
+                    "--from", BACKBONE_CHECKPOINT, "--out", out], check=True,
+                   capture_output=True)
+    return out / "efficientat-mn04-genres.gmodel"
+
+
+def bench_backbone(args, song):
+    say("## 7. The pretrained backbone (EfficientAT mn04) in the C engine")
+    say()
+    model = backbone_model()
+    if model is None:
+        say(f"Skipped: {BACKBONE_CHECKPOINT} is missing.")
+        say()
+        return
+    reps = 5 if args.quick else 11
+    out = {}
+
+    # End to end, interleaved: the floor, the backbone, the bundled CNN.
+    body = song.read_bytes()
+    daemons = {"backbone": Daemon(args.genred, model=model), "cnn": Daemon(args.genred)}
+    rows = {"ffmpeg": [], "backbone": [], "cnn": []}
+    cpu = {"backbone": [], "cnn": []}
+    try:
+        for d in daemons.values():
+            post(d.port, body)  # warm
+        for _ in range(reps):
+            rows["ffmpeg"].append(timed_child(["ffmpeg", "-nostdin", "-v", "error", "-i", song,
+                                               "-f", "null", "-"])[0] * 1e3)
+            for name, d in daemons.items():
+                c0, t0 = d.cpu_seconds(), time.perf_counter()
+                status, _ = post(d.port, body)
+                assert status == 200, status
+                rows[name].append((time.perf_counter() - t0) * 1e3)
+                cpu[name].append((d.cpu_seconds() - c0) * 1e3)
+    finally:
+        for d in daemons.values():
+            d.stop()
+    floor = med(rows["ffmpeg"])
+    out["e2e"] = {k: {"wall_ms": med(v), "best_ms": min(v)} for k, v in rows.items()}
+    for k in cpu:
+        out["e2e"][k]["cpu_ms"] = med(cpu[k])
+    table(["one 3-minute MP3", "wall ms", "x floor", "best ms", "daemon CPU ms"], [
+        ["`ffmpeg -i song.mp3 -f null -` (floor)", f1(floor), "1.00", f1(min(rows["ffmpeg"])), "-"],
+        ["genred + backbone, warm daemon", f1(med(rows["backbone"])),
+         f"{med(rows['backbone']) / floor:.2f}", f1(min(rows["backbone"])),
+         f1(med(cpu["backbone"]))],
+        ["genred + bundled CNN, warm daemon", f1(med(rows["cnn"])),
+         f"{med(rows['cnn']) / floor:.2f}", f1(min(rows["cnn"])), f1(med(cpu["cnn"]))],
+    ])
+    say(f"Medians of {reps} interleaved runs. Target: backbone <= 1.0 x the floor.")
+    say()
+
+    # The same chunks in C and in PyTorch, on one thread and on every core.
+    feats = OUT / "backbone-chunks.npy"
+    subprocess.run([args.genred, "features", "--model", model, song, "-o", feats],
+                   check=True, capture_output=True)
+    cores = os.cpu_count()
+    torch_runs, c_runs = {}, []
+    for _ in range(2):  # alternated, so both see the same background
+        for th in sorted({1, cores}):
+            # Debian's torch multiplies matrices with OpenBLAS, whose own
+            # thread pool torch.set_num_threads() does not limit.
+            env = dict(os.environ, OPENBLAS_NUM_THREADS=str(th), OMP_NUM_THREADS=str(th))
+            r = subprocess.run(["/usr/bin/python3", ROOT / "bench" / "torch_backbone.py",
+                                BACKBONE_CHECKPOINT, song, feats, str(reps), str(th)],
+                               check=True, capture_output=True, text=True, env=env)
+            torch_runs.setdefault(th, []).append(json.loads(r.stdout))
+        r = subprocess.run([args.bench, "stages", model, song, "44100", str(reps)], cwd=ROOT,
+                           check=True, capture_output=True, text=True)
+        c_runs.append(json.loads(r.stdout))
+    t1 = med([x["inference_batched_ms"] for x in torch_runs[1]])
+    t1c = med([x["inference_batched_cpu_ms"] for x in torch_runs[1]])
+    c1c = med([x["inference_1t_ms_cpu"] for x in c_runs])
+    tn = med([x["inference_batched_ms"] for x in torch_runs[cores]])
+    tn_once = med([x["inference_at_once_ms"] for x in torch_runs[cores]])
+    c1 = med([x["inference_1t_ms"] for x in c_runs])
+    cn = med([x["inference_ms"] for x in c_runs])
+    tp = med([x["pipeline_ms"] for x in torch_runs[cores]])
+    ce = med([x["classify_ms"] for x in c_runs])
+    n = c_runs[-1]["chunks"]
+    out["vs_torch"] = {"torch_1t_ms": t1, "torch_1t_cpu_ms": t1c, "c_1t_cpu_ms": c1c,
+                       "torch_all_ms": tn, "torch_all_at_once_ms": tn_once,
+                       "c_1t_ms": c1, "c_all_ms": cn, "torch_pipeline_ms": tp,
+                       "c_classify_ms": ce, "chunks": n, "cores": cores}
+    table([f"{n} chunks of the song, wall ms", "PyTorch", "genred (C)", "genred faster by"], [
+        ["inference, 1 thread, batches of 8", f1(t1), f1(c1), f"{t1 / c1:.1f} x"],
+        ["the same, CPU ms", f1(t1c), f1(c1c), f"{t1c / c1c:.1f} x"],
+        [f"inference, {cores} threads (torch intra-op; genred's batcher), batches of 8",
+         f1(tn), f1(cn), f"{tn / cn:.1f} x"],
+        [f"inference, {cores} threads, torch on all chunks at once", f1(tn_once), f1(cn),
+         f"{tn_once / cn:.1f} x"],
+        [f"whole pipeline (decode, resample, trim, front end, network), {cores} threads",
+         f1(tp), f1(ce), f"{tp / ce:.1f} x"],
+    ])
+    say(f"torch {torch_runs[1][-1]['torch']}, our definition (train/efficientat.py) with the "
+        "checkpoint's weights, on the chunks genred computed. genred's pipeline row is "
+        "engine_classify in process. Target: >= 3 x on the same cores.")
+    say()
+
+    # Each layer's cost.
+    r = subprocess.run([args.bench, "layers", model, song, "8", str(20 if args.quick else 60)],
+                       cwd=ROOT, check=True, capture_output=True, text=True)
+    lay = json.loads(r.stdout)
+    out["layers"] = lay
+    kinds = {}
+    for o in lay["ops"]:
+        w = o["op"].split()
+        k = w[0] + (" " + w[1] if w[0] in ("conv2d", "depthwise") else "")
+        kinds.setdefault(k, [0.0, 0])
+        kinds[k][0] += o["ms_per_chunk"]
+        kinds[k][1] += 1
+    table(["op (one thread, batches of 8)", "count", "ms per chunk", "share"],
+          [[k, v[1], f"{v[0]:.3f}", f"{v[0] / lay['ms_per_chunk']:.2f}"]
+           for k, v in sorted(kinds.items(), key=lambda kv: -kv[1][0])])
+    say(f"{lay['mflops_per_chunk']:.1f} MFLOPs per chunk in {lay['ms_per_chunk']:.2f} ms: "
+        f"{lay['mflops_per_chunk'] / lay['ms_per_chunk']:.1f} GFLOP/s on one core. Costliest "
+        "ops: " + "; ".join(f"{o['op']} {o['ms_per_chunk']:.3f} ms" for o in
+                            sorted(lay["ops"], key=lambda o: -o["ms_per_chunk"])[:5]) + ".")
+    say()
+    results["backbone"] = out
 def run_child(cmd, **kw):
     """Wall s, CPU s (user + sys) and peak RSS (MiB) of one child; its
     stdout is returned too."""
@@ -712,7 +843,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--build", required=True, help="meson build directory (bench/run makes it)")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
-    ap.add_argument("--only", default="e2e,torch,stages,load,memory,coldstart")
+    ap.add_argument("--only", default="e2e,torch,stages,load,memory,coldstart,backbone")
     args = ap.parse_args()
     build = Path(args.build)
     args.genred = str(build / "genred")
@@ -736,6 +867,8 @@ def main():
         bench_memory(args, big)
     if "coldstart" in only:
         bench_coldstart(args)
+    if "backbone" in only:
+        bench_backbone(args, song)
     if "catalogue" in only:
         bench_catalogue(args)
     results["machine"] = machine()

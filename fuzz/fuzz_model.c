@@ -63,7 +63,7 @@ static void run(const model *m) {
     model_workspace *ws = model_workspace_create(m, 2, &err);
     if (!ws) fail("no workspace for a small model");
     float *in = calloc(2 * in_floats, sizeof *in);
-    float *out = malloc(2 * (size_t)genres * sizeof *out);
+    float *out = malloc(2 * model_output_floats(m) * sizeof *out);
     if (!in || !out) fail("out of memory");
     if (model_forward(m, ws, in, 2, out, &err) != 0) fail("forward refused a batch of 2");
     if (model_forward(m, ws, in, 1, out, &err) != 0) fail("forward refused a batch of 1");

@@ -171,7 +171,7 @@ batcher *batcher_create(const model *m, int workers, int max_batch,
     b->max_batch = max_batch;
     b->capacity = queue_capacity;
     b->in_floats = model_input_floats(m);
-    b->out_floats = (size_t)model_genre_count(m);
+    b->out_floats = model_output_floats(m);
     b->nworkers = workers;
     if (pthread_mutex_init(&b->mu, NULL) != 0) {
         free(b);

@@ -101,8 +101,9 @@ static int too_short(const featurizer *fz, size_t start, size_t end, gr_err *err
  *
  * Back-to-back log-mel chunks of a window whose length the container tells
  * are computed as it is decoded: audio_source_decode() cuts the window into
- * spans of SPAN_CHUNKS chunks, each with the n_fft/2 samples its edge frames
- * read beyond it (the sink's margin), decodes them on decode_threads
+ * spans of SPAN_CHUNKS chunks, each with the samples its edge frames read
+ * beyond it (the sink's margin: mel_frame_reach(), n_fft/2 or one more with
+ * pre-emphasis), decodes them on decode_threads
  * threads, and hands each to mel_of_span(), which computes its chunks at
  * once. So no thread holds more than one span of audio (1.5 MB at 16 kHz,
  * against 26 MB for the whole window of a 7-minute song), the log-mel runs
@@ -179,7 +180,7 @@ int features_compute(const featurizer *fz, const features_opts *o, const void *d
      * of the window's chunks, and beyond that everything is decoded and the
      * kept chunks chosen afterwards. */
     mel_sink ms = {.fz = fz, .win = end - start, .span_chunks = SPAN_CHUNKS};
-    audio_sink sink = {.span = SPAN_CHUNKS * L, .margin = fz->mel ? (size_t)fz->p.mel.n_fft / 2 : 0,
+    audio_sink sink = {.span = SPAN_CHUNKS * L, .margin = fz->mel ? mel_frame_reach(fz->mel) : 0,
                        .take = mel_of_span, .ctx = &ms};
     int by_span = total && fz->mel && step == L;
     size_t count = total ? end - start : SIZE_MAX;

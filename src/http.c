@@ -688,6 +688,7 @@ static enum MHD_Result handle_classify(server *s, struct MHD_Connection *c, requ
     if (query_flag(c, "trim", 1, &o.trim, &err) != 0 ||
         query_flag(c, "segments", 0, &o.segments, &err) != 0 ||
         query_flag(c, "mel", 0, &o.mel, &err) != 0 ||
+        query_flag(c, "embedding", 0, &o.embedding, &err) != 0 ||
         query_count(c, "max_chunks", s->cfg.max_chunks, MAX_CHUNKS_LIMIT, &o.max_chunks, &err) != 0)
         return respond_error(c, r, &err);
 

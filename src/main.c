@@ -1,10 +1,10 @@
 /* main.c - the genred binary: serve, classify, features.
  *
  *   genred serve [--config FILE] [--KEY VALUE ...]
- *   genred classify [--config FILE] [--trim 0|1] [--segments 0|1] [--jobs N]
- *                   [--output FILE] [--files-from LIST] [--shard K/N] FILE...
+ *   genred classify [--config FILE] [--trim 0|1] [--segments 0|1] [--embedding 0|1]
+ *                   [--jobs N] [--output FILE] [--files-from LIST] [--shard K/N] FILE...
  *   genred features [--config FILE] [--trim 0|1] [--params FILE]
- *                   [--chunk-hop SECONDS] FILE -o OUT.npy
+ *                   [--chunk-hop SECONDS] [--values NAME,...] FILE -o OUT.npy
  *   genred --check-config FILE
  *
  * Settings come in layers: defaults, the conf file (--config or
@@ -63,6 +63,8 @@ static void usage(FILE *f) {
             "                     its build folder, the checkout's conf/genred.conf)\n"
             "  --trim 0|1         classify/features: apply the trim rule (default 1)\n"
             "  --segments 0|1     classify: add the per-chunk timeline (default 0)\n"
+            "  --embedding 0|1    classify: add the song's embedding, with a model that has\n"
+            "                     one (default 0)\n"
             "  --max-chunks N     classify: analyse at most N chunks per song, spread\n"
             "                     evenly (a conf key; default 0 = all)\n"
             "  --jobs N           classify: songs in flight (default: cores + 1)\n"
@@ -74,6 +76,8 @@ static void usage(FILE *f) {
             "  --params FILE      features: feature parameters (JSON) instead of the model's\n"
             "  --chunk-hop S      features: start a chunk every S seconds (default: one\n"
             "                     chunk length, as the daemon does); for training data\n"
+            "  --values A,B       features: run the model and write these named layer\n"
+            "                     outputs per chunk instead (e.g. embedding,audioset_logits)\n"
 
             "  --KEY VALUE        any key of conf/genred.conf, e.g. --port 8080 --workers 2\n",
             GENRED_VERSION);
@@ -87,8 +91,9 @@ typedef struct cli {
     const char *out_path;      /* -o/--output */
     const char *params_path;
     const char *files_from;  /* classify: --files-from */
+    const char *values;   /* features only: named layer outputs to write */
     double chunk_hop_s;   /* features only; 0 = back-to-back chunks */
-    int trim, segments;
+    int trim, segments, embedding;
     int jobs;             /* classify: 0 = catalogue_default_jobs() */
     unsigned shard, shards; /* classify: --shard K/N; shards 0 = all */
     int nfiles;
@@ -220,6 +225,7 @@ static int load_settings(int argc, char **argv, config *cfg, cli *o) {
         char *slash;
         if (strcmp(key, "params") == 0) o->params_path = value;
         else if (strcmp(key, "output") == 0) o->out_path = value;
+        else if (strcmp(key, "values") == 0) o->values = value;
         else if (strcmp(key, "files-from") == 0) o->files_from = value;
         else if (strcmp(key, "jobs") == 0) {
             if (parse_uint_in(value, 1, 1024, &n) != 0) {
@@ -256,6 +262,8 @@ static int load_settings(int argc, char **argv, config *cfg, cli *o) {
             if (parse_flag01("--trim", value, &o->trim) != 0) return -1;
         } else if (strcmp(key, "segments") == 0) {
             if (parse_flag01("--segments", value, &o->segments) != 0) return -1;
+        } else if (strcmp(key, "embedding") == 0) {
+            if (parse_flag01("--embedding", value, &o->embedding) != 0) return -1;
         } else if (config_set(cfg, key, value, &err) != 0) {
             goto bad;
         }
@@ -324,7 +332,8 @@ static int cmd_classify(engine *e, const config *cfg, const cli *o) {
     memcpy(files, o->files, (size_t)o->nfiles * sizeof *files);
     if (n_listed) memcpy(files + o->nfiles, listed, n_listed * sizeof *files);
     catalogue_opts co = {
-        .classify = {.trim = o->trim, .segments = o->segments, .max_chunks = cfg->max_chunks},
+        .classify = {.trim = o->trim, .segments = o->segments, .embedding = o->embedding,
+                     .max_chunks = cfg->max_chunks},
         .max_upload_bytes = cfg->max_upload_bytes,
         .jobs = o->jobs,
         .output = o->out_path,
@@ -438,10 +447,68 @@ static featurizer *features_featurizer(const config *cfg, const cli *o, gr_err *
     return featurizer_create(&p, err);
 }
 
+/* `features --values`: runs the model over the chunks and writes the named
+ * values side by side, [chunks, width], into *out (malloc'd, the caller's). */
+static int model_values(const config *cfg, const char *names, const analysis *f, float **out,
+                        size_t *width, gr_err *err) {
+    model *m = model_load(cfg->model, err);
+    if (!m) return -1;
+    size_t off[16], w[16], n = 0, total = 0;
+    char list[1024];
+    int rc = -1;
+    model_workspace *ws = NULL;
+    float *rows = NULL;
+    *out = NULL;
+    if (snprintf(list, sizeof list, "%s", names) >= (int)sizeof list) {
+        gr_fail(err, GR_ECONFIG, "--values: list too long");
+        goto done;
+    }
+    for (char *save = NULL, *tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        if (n == 16 || model_export(m, tok, &off[n], &w[n], err) != 0) {
+            if (n == 16) gr_fail(err, GR_ECONFIG, "--values: at most 16 names");
+            goto done;
+        }
+        total += w[n++];
+    }
+    if (n == 0) {
+        gr_fail(err, GR_ECONFIG, "--values: no name given");
+        goto done;
+    }
+    int batch = cfg->max_batch;
+    size_t row = model_output_floats(m), item = model_input_floats(m);
+    ws = model_workspace_create(m, batch, err);
+    rows = malloc((size_t)batch * row * sizeof *rows);
+    *out = malloc((f->n_chunks ? f->n_chunks : 1) * total * sizeof **out);
+    if (!ws || !rows || !*out) {
+        if (ws) gr_fail(err, GR_EINTERNAL, "out of memory");
+        goto done;
+    }
+    for (size_t c = 0; c < f->n_chunks; c += (size_t)batch) {
+        int b = f->n_chunks - c < (size_t)batch ? (int)(f->n_chunks - c) : batch;
+        if (model_forward(m, ws, f->chunks + c * item, b, rows, err) != 0) goto done;
+        for (int i = 0; i < b; i++) {
+            float *dst = *out + (c + (size_t)i) * total;
+            for (size_t k = 0; k < n; k++, dst += w[k - 1])
+                memcpy(dst, rows + (size_t)i * row + off[k], w[k] * sizeof *dst);
+        }
+    }
+    *width = total;
+    rc = 0;
+done:
+    if (rc != 0) {
+        free(*out);
+        *out = NULL;
+    }
+    free(rows);
+    model_workspace_free(ws);
+    model_free(m);
+    return rc;
+}
+
 static int cmd_features(const config *cfg, const cli *o) {
     if (o->nfiles != 1 || !o->out_path) {
         fprintf(stderr, "genred: usage: genred features [--trim 0|1] [--params FILE.json] "
-                        "[--chunk-hop SECONDS] FILE -o OUT.npy\n");
+                        "[--chunk-hop SECONDS] [--values NAME,...] FILE -o OUT.npy\n");
         return 2;
     }
     gr_err err = {0};
@@ -456,6 +523,23 @@ static int cmd_features(const config *cfg, const cli *o) {
     features_opts fo = features_opts_from_config(cfg, o->trim);
     fo.chunk_hop_s = o->chunk_hop_s;
     if (features_compute(fz, &fo, data, len, &f, &err) != 0) goto bad;
+    if (o->values) {
+        float *v;
+        size_t width, vshape[2] = {f.n_chunks, 0};
+        if (o->params_path) {
+            gr_fail(&err, GR_ECONFIG, "--values runs the model: it takes no --params");
+            goto bad;
+        }
+        if (model_values(cfg, o->values, &f, &v, &width, &err) != 0) goto bad;
+        vshape[1] = width;
+        int rc = npy_write(o->out_path, v, vshape, 2, &err);
+        free(v);
+        if (rc != 0) goto bad;
+        analysis_free(&f);
+        free(data);
+        featurizer_destroy(fz);
+        return 0;
+    }
     /* [chunks, n_mels, frames] for log-mel, [chunks, values] for waveform. */
     const feature_params *fp = featurizer_params(fz);
     size_t shape[3] = {f.n_chunks, 0, 0};

@@ -3,11 +3,11 @@
  * mel_create() does everything expensive once: validates the parameters,
  * plans the real-to-complex FFT (measured if FFTW's wisdom has it, else
  * estimated; the wisdom functions load, learn and save it), builds the
- * zero-padded
- * periodic Hann window and a sparse mel filterbank that reproduces
- * torchaudio.functional.melscale_fbanks(). mel_compute() only frames, windows,
- * transforms and applies the filterbank; it runs the shared plan on its own
- * buffers with fftwf_execute_dft_r2c(), which FFTW guarantees is thread-safe.
+ * zero-padded Hann window and a sparse mel filterbank that reproduces
+ * torchaudio's (melscale_fbanks(), or the Kaldi get_mel_banks()).
+ * mel_compute() only filters, frames, windows, transforms and applies the
+ * filterbank; it runs the shared plan on its own buffers with
+ * fftwf_execute_dft_r2c(), which FFTW guarantees is thread-safe.
  *
  * What it does not do: decoding, resampling, trimming, batching. */
 #include "genred/mel.h"
@@ -37,8 +37,9 @@ struct mel {
     float *weights;             /* owned */
 };
 
-/* torchaudio's _hz_to_mel / _mel_to_hz. */
+/* torchaudio's _hz_to_mel / _mel_to_hz, and Kaldi's mel_scale(). */
 static double hz_to_mel(double hz, mel_scale scale) {
+    if (scale == MEL_SCALE_KALDI) return 1127.0 * log(1.0 + hz / 700.0);
     if (scale == MEL_SCALE_HTK) return 2595.0 * log10(1.0 + hz / 700.0);
     const double f_sp = 200.0 / 3, min_log_hz = 1000.0;
     const double min_log_mel = min_log_hz / f_sp, logstep = log(6.4) / 27.0;
@@ -58,31 +59,39 @@ static int validate(const mel_params *p, gr_err *err) {
 #define REQUIRE(cond, what) \
     if (!(cond)) return gr_fail(err, GR_EINTERNAL, "mel: invalid parameters: %s", what)
     REQUIRE(p->sample_rate > 0, "sample_rate must be > 0");
+    REQUIRE(isfinite(p->preemphasis) && p->preemphasis >= 0 && p->preemphasis < 1,
+            "preemphasis must be in [0, 1)");
     REQUIRE(p->n_fft > 0, "n_fft must be > 0");
     REQUIRE(p->win_length > 0 && p->win_length <= p->n_fft,
             "win_length must be in 1..n_fft");
+    REQUIRE(p->window == MEL_WINDOW_HANN || p->window == MEL_WINDOW_HANN_SYMMETRIC,
+            "window must be hann or hann_symmetric");
     REQUIRE(p->hop_length > 0, "hop_length must be > 0");
     REQUIRE(p->n_mels > 0, "n_mels must be > 0");
     REQUIRE(p->chunk_frames > 0, "chunk_frames must be > 0");
-    REQUIRE(p->scale == MEL_SCALE_SLANEY || p->scale == MEL_SCALE_HTK,
-            "mel_scale must be slaney or htk");
-    REQUIRE(p->slaney_norm == 0 || p->slaney_norm == 1, "slaney_norm must be 0 or 1");
+    REQUIRE(p->scale == MEL_SCALE_SLANEY || p->scale == MEL_SCALE_HTK ||
+            p->scale == MEL_SCALE_KALDI, "mel_scale must be slaney, htk or kaldi");
+    REQUIRE(p->slaney_norm == 0 || (p->slaney_norm == 1 && p->scale != MEL_SCALE_KALDI),
+            "slaney_norm must be 0, or 1 with the slaney or htk scale");
     REQUIRE(isfinite(p->fmin) && p->fmin >= 0, "fmin must be >= 0");
     REQUIRE(isfinite(p->fmax) && p->fmax <= p->sample_rate / 2.0,
             "fmax must be <= sample_rate / 2");
     REQUIRE(p->fmin < p->fmax, "fmin must be < fmax");
     REQUIRE(isfinite(p->power) && p->power > 0, "power must be > 0");
-    REQUIRE(isfinite(p->amin) && p->amin > 0, "amin must be > 0");
+    REQUIRE(p->log == MEL_LOG_DB || p->log == MEL_LOG_LN, "log must be db or ln");
+    REQUIRE(p->log != MEL_LOG_DB || (isfinite(p->amin) && p->amin > 0), "amin must be > 0");
+    REQUIRE(p->log != MEL_LOG_LN || (isfinite(p->log_offset) && p->log_offset > 0),
+            "log_offset must be > 0");
     REQUIRE(isfinite(p->norm_mean), "norm_mean must be finite");
     REQUIRE(isfinite(p->norm_std) && p->norm_std > 0, "norm_std must be > 0");
     REQUIRE((long long)p->chunk_frames * p->hop_length <= INT_MAX,
             "chunk_frames * hop_length too large");
     REQUIRE((long long)p->chunk_frames * p->n_mels <= INT_MAX,
             "chunk_frames * n_mels too large");
-    /* A chunk must be longer than the reflect padding, so that any signal
-     * with at least one chunk can be reflected at both ends (as torch.stft
-     * requires pad < length). */
-    REQUIRE((long long)p->chunk_frames * p->hop_length > p->n_fft / 2,
+    /* A chunk (less the sample pre-emphasis takes) must be longer than the
+     * reflect padding, so that any signal with at least one chunk can be
+     * reflected at both ends (as torch.stft requires pad < length). */
+    REQUIRE((long long)p->chunk_frames * p->hop_length - (p->preemphasis > 0) > p->n_fft / 2,
             "chunk_frames * hop_length must exceed n_fft / 2");
 #undef REQUIRE
     return 0;
@@ -109,16 +118,26 @@ static int build_filterbank(mel *m, gr_err *err) {
         free(f_pts);
         return gr_fail(err, GR_EINTERNAL, "mel: out of memory");
     }
+    /* Slaney and HTK: triangles between points in Hz, over bins at
+     * linspace(0, sample_rate // 2, n_bins). Kaldi: triangles between points
+     * in mel, over the n_fft/2 bins below Nyquist at k * sample_rate / n_fft
+     * (the Nyquist bin stays out, weighted 0). */
+    const int kaldi = p->scale == MEL_SCALE_KALDI;
+    const int fb_bins = kaldi ? n_bins - 1 : n_bins;
     double m_min = hz_to_mel(p->fmin, p->scale), m_max = hz_to_mel(p->fmax, p->scale);
-    for (int i = 0; i < n_mels + 2; i++)
-        f_pts[i] = mel_to_hz(m_min + (m_max - m_min) * i / (n_mels + 1), p->scale);
-    const double bin_hz = n_bins > 1 ? (double)(p->sample_rate / 2) / (n_bins - 1) : 0.0;
+    for (int i = 0; i < n_mels + 2; i++) {
+        double mel_pt = m_min + (m_max - m_min) * i / (n_mels + 1);
+        f_pts[i] = kaldi ? mel_pt : mel_to_hz(mel_pt, p->scale);
+    }
+    const double bin_hz = kaldi ? (double)p->sample_rate / p->n_fft
+                          : n_bins > 1 ? (double)(p->sample_rate / 2) / (n_bins - 1) : 0.0;
+#define BIN_POINT(k) (kaldi ? hz_to_mel(bin_hz * (k), MEL_SCALE_KALDI) : bin_hz * (k))
 
     size_t total = 0;
     for (int b = 0; b < n_mels; b++) {
         int first = -1, last = -1;
-        for (int k = 0; k < n_bins; k++) {
-            if (triangle(bin_hz * k, f_pts[b], f_pts[b + 1], f_pts[b + 2]) > 0) {
+        for (int k = 0; k < fb_bins; k++) {
+            if (triangle(BIN_POINT(k), f_pts[b], f_pts[b + 1], f_pts[b + 2]) > 0) {
                 if (first < 0) first = k;
                 last = k;
             }
@@ -139,10 +158,11 @@ static int build_filterbank(mel *m, gr_err *err) {
         double lo = f_pts[b], mid = f_pts[b + 1], hi = f_pts[b + 2];
         double scale = p->slaney_norm ? 2.0 / (hi - lo) : 1.0;
         for (int k = 0; k < m->band_len[b]; k++) {
-            double f = bin_hz * (m->band_first[b] + k);
+            double f = BIN_POINT(m->band_first[b] + k);
             m->weights[m->band_off[b] + (size_t)k] = (float)(triangle(f, lo, mid, hi) * scale);
         }
     }
+#undef BIN_POINT
     free(f_pts);
     return 0;
 }
@@ -172,8 +192,12 @@ mel *mel_create(const mel_params *p, gr_err *err) {
     }
     int left = (p->n_fft - p->win_length) / 2;
     const double two_pi = 6.283185307179586476925287;
+    /* torch.hann_window: the periodic one divides by N, the symmetric one by
+     * N - 1 (and is [1] for N = 1). */
+    int period = p->window == MEL_WINDOW_HANN ? p->win_length : p->win_length - 1;
     for (int i = 0; i < p->win_length; i++)
-        m->window[left + i] = (float)(0.5 - 0.5 * cos(two_pi * i / p->win_length));
+        m->window[left + i] =
+            period > 0 ? (float)(0.5 - 0.5 * cos(two_pi * i / period)) : 1.0f;
 
     /* The arrays only fix the plan's size and alignment (fftwf_malloc's,
      * which is what mel_compute's own buffers will have too). A measured
@@ -322,6 +346,10 @@ size_t mel_chunk_samples(const mel *m) {
     return (size_t)m->p.chunk_frames * (size_t)m->p.hop_length;
 }
 
+size_t mel_frame_reach(const mel *m) {
+    return (size_t)m->p.n_fft - (size_t)m->p.n_fft / 2 + (m->p.preemphasis > 0);
+}
+
 size_t mel_chunk_floats(const mel *m) {
     return (size_t)m->p.n_mels * (size_t)m->p.chunk_frames;
 }
@@ -365,10 +393,15 @@ int mel_compute_part(const mel *m, const float *buf, size_t buf_first, size_t bu
                        "signal", first_chunk, n_chunks, n);
     if (!buf || !out) return gr_fail(err, GR_EINTERNAL, "mel: no signal or output");
 
-    /* n >= one chunk > n_fft / 2 (checked in mel_create), so every index a
-     * frame touches is in [-(n-1), 2(n-1)] and one reflection lands inside;
-     * it must then lie in the part at hand, [buf_first, buf_end). */
+    /* Frames read y, the signal after pre-emphasis: ny = n - 1 samples,
+     * y[i] = x[i+1] - c x[i] (or y = x without it). ny >= one chunk less
+     * that sample > n_fft / 2 (checked in mel_create), so every index a frame
+     * touches is in [-(ny-1), 2(ny-1)] and one reflection lands inside; the
+     * x samples it needs must then lie in the part at hand, [buf_first,
+     * buf_end). */
     const size_t n_fft = (size_t)p->n_fft, pad = n_fft / 2;
+    const float c = p->preemphasis;
+    const size_t extra = c > 0, ny = n - extra;
     const size_t hop = (size_t)p->hop_length, frames = (size_t)p->chunk_frames;
     const size_t buf_end = buf_first + buf_len;
     if (buf_first > n || buf_len > n - buf_first)
@@ -390,35 +423,43 @@ int mel_compute_part(const mel *m, const float *buf, size_t buf_first, size_t bu
      * which would keep the compiler from hoisting them out of the loops. */
     const float *w = m->window;
     const int n_bins = m->n_bins, n_mels = p->n_mels;
-    const float power = p->power, half_power = power / 2, amin = p->amin;
-    /* (10 log10(x) - mean) / std as one multiply-add on ln(x): logf is
+    const float power = p->power, half_power = power / 2;
+    /* The dB log floors at amin, the ln log adds log_offset: one of the two
+     * is 0. (10 log10(x) - mean) / std is one multiply-add on ln(x): logf is
      * cheaper than log10f, and the two agree to a few ulp. */
-    const float ln_scale = (float)(10.0 / 2.302585092994045684) / p->norm_std;
+    const int db = p->log == MEL_LOG_DB;
+    const float amin = db ? p->amin : 0.0f, offset = db ? 0.0f : p->log_offset;
+    const float ln_scale = (db ? (float)(10.0 / 2.302585092994045684) : 1.0f) / p->norm_std;
     const float shift = -p->norm_mean / p->norm_std;
     const size_t chunk_floats = mel_chunk_floats(m);
     int rc = 0;
-    for (size_t c = first_chunk; c < first_chunk + n_chunks && rc == 0; c++) {
-        float *chunk_out = out + (c - first_chunk) * chunk_floats;
+    for (size_t ch = first_chunk; ch < first_chunk + n_chunks && rc == 0; ch++) {
+        float *chunk_out = out + (ch - first_chunk) * chunk_floats;
         for (size_t t0 = 0; t0 < frames && rc == 0; t0 += FRAME_BLOCK) {
             size_t nb = frames - t0 < FRAME_BLOCK ? frames - t0 : FRAME_BLOCK;
             for (size_t f = 0; f < nb; f++) {
-                size_t centre = c * step + (t0 + f) * hop;
-                if (centre >= pad && centre - pad >= buf_first && centre - pad + n_fft <= buf_end) {
+                size_t centre = ch * step + (t0 + f) * hop;
+                if (centre >= pad && centre - pad >= buf_first &&
+                    centre - pad + n_fft + extra <= buf_end) {
                     const float *x = buf + (centre - pad - buf_first);
-                    for (size_t j = 0; j < n_fft; j++) in[j] = w[j] * x[j];
+                    if (extra)
+                        for (size_t j = 0; j < n_fft; j++) in[j] = w[j] * (x[j + 1] - c * x[j]);
+                    else
+                        for (size_t j = 0; j < n_fft; j++) in[j] = w[j] * x[j];
                 } else {
                     for (size_t j = 0; j < n_fft; j++) {
-                        /* Signed index into the signal; reflect (no edge repeat). */
+                        /* Signed index into y; reflect (no edge repeat). */
                         long long i = (long long)(centre + j) - (long long)pad;
                         if (i < 0) i = -i;
-                        else if (i >= (long long)n) i = 2 * ((long long)n - 1) - i;
-                        if (i < (long long)buf_first || i >= (long long)buf_end) {
+                        else if (i >= (long long)ny) i = 2 * ((long long)ny - 1) - i;
+                        if (i < (long long)buf_first || i + (long long)extra >= (long long)buf_end) {
                             rc = gr_fail(err, GR_EINTERNAL, "mel: chunk %zu needs sample "
-                                         "%lld, outside the part [%zu, %zu)", c, i,
+                                         "%lld, outside the part [%zu, %zu)", ch, i,
                                          buf_first, buf_end);
                             break;
                         }
-                        in[j] = w[j] * buf[i - (long long)buf_first];
+                        const float *x = buf + (i - (long long)buf_first);
+                        in[j] = w[j] * (extra ? x[1] - c * x[0] : x[0]);
                     }
                     if (rc != 0) break;
                 }
@@ -436,7 +477,7 @@ int mel_compute_part(const mel *m, const float *buf, size_t buf_first, size_t bu
                     const float *bp = pow_spec + m->band_first[b];
                     float acc = 0;
                     for (int k = 0; k < m->band_len[b]; k++) acc += bw[k] * bp[k];
-                    e[b] = logf(acc > amin ? acc : amin) * ln_scale + shift;
+                    e[b] = logf((acc > amin ? acc : amin) + offset) * ln_scale + shift;
                 }
             }
             if (rc != 0) break;

@@ -147,21 +147,33 @@ def chunk_pick(k, m, n):
 def assert_classify_invariants(ans):
     """What every classify answer must satisfy beyond its schema: ordering,
     percent arithmetic, top/top3, the analysed span and, when present, the
-    segments agreeing with the summary."""
+    segments agreeing with the summary. With a music verdict the shares are
+    of the music chunks (of all, when none is music), and audio that is not
+    music has no top genre."""
     genres = ans["genres"]
     names = [g["genre"] for g in genres]
     chunks = ans["chunks"]
+    music = ans.get("music")
+    voters = music["chunks"] if music and music["chunks"] > 0 else chunks
     assert len(set(names)) == len(names), f"duplicate genres: {names}"
     keys = [(g["percent"], g["probability"]) for g in genres]
     assert keys == sorted(keys, reverse=True), f"genres not sorted by percent, probability: {keys}"
     total = sum(g["percent"] for g in genres)
     assert abs(total - 100.0) <= 0.01 + 1e-9, f"percents sum to {total}"
     for g in genres:
-        votes = g["percent"] * chunks / 100.0
-        assert abs(votes - round(votes)) * 100.0 / chunks <= 0.01 + 1e-9, \
-            f"{g['genre']}: {g['percent']}% is not a share of {chunks} chunks"
-    assert ans["top"] == names[0]
-    assert ans["top3"] == genres[:3]
+        votes = g["percent"] * voters / 100.0
+        assert abs(votes - round(votes)) * 100.0 / voters <= 0.01 + 1e-9, \
+            f"{g['genre']}: {g['percent']}% is not a share of {voters} chunks"
+    if music:
+        assert math.isclose(music["share"], music["chunks"] / chunks, abs_tol=1e-6)
+        want = ("music" if music["share"] >= 0.75 else
+                "not_music" if music["share"] <= 0.25 else "mixed")
+        assert music["verdict"] == want, f"verdict {music} for share {music['share']}"
+    if music and music["verdict"] == "not_music":
+        assert ans["top"] is None and ans["top3"] == []
+    else:
+        assert ans["top"] == names[0]
+        assert ans["top3"] == genres[:3]
 
     # The window the chunks come from: all of them, or max_chunks of them.
     span = ans["analyzed"]
@@ -189,11 +201,15 @@ def assert_classify_invariants(ans):
         assert set(s["probabilities"]) == set(names), f"segment {k} genres differ from answer's"
         best = max(s["probabilities"].values())
         assert s["probabilities"][s["top"]] == best, f"segment {k}: top {s['top']} is not the argmax"
+    if music:
+        assert sum(s["music"] for s in segs) == music["chunks"]
+        if music["chunks"] > 0:
+            segs = [s for s in segs if s["music"]]
     for g in genres:
         votes = sum(1 for s in segs if s["top"] == g["genre"])
-        assert abs(g["percent"] - 100.0 * votes / chunks) <= 0.01 + 1e-9, \
-            f"{g['genre']}: percent {g['percent']} but {votes}/{chunks} segment votes"
-        mean = sum(s["probabilities"][g["genre"]] for s in segs) / chunks
+        assert abs(g["percent"] - 100.0 * votes / voters) <= 0.01 + 1e-9, \
+            f"{g['genre']}: percent {g['percent']} but {votes}/{voters} segment votes"
+        mean = sum(s["probabilities"][g["genre"]] for s in segs) / voters
         assert abs(g["probability"] - mean) <= 1e-3, \
             f"{g['genre']}: probability {g['probability']} but segment mean {mean}"
 

@@ -294,3 +294,125 @@ def test_invalid_input_refused(tool, tmp_path):
     assert proc.returncode != 0 and proc.stderr.strip()
     proc = subprocess.run([tool], capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "usage" in proc.stderr
+
+
+# ---- the pretrained backbone's front end (Kaldi banks, ln) --------------------
+#
+# The front end of EfficientAT mn04 (train/mn04.py FEATURES): 32 kHz,
+# pre-emphasis 0.97, a symmetric 800-sample Hann window centred in a 1024-point
+# FFT, hop 320, 128 Kaldi mel banks over 0-15 kHz (the Nyquist bin weighted 0),
+# ln(x + 1e-5), (x + 4.5) / 5. The reference is torch.stft and
+# torchaudio.compliance.kaldi.get_mel_banks in float64, over the whole
+# pre-emphasised signal (chunk k is frames [k*300, (k+1)*300), as for the
+# other front ends). Tolerance: the dB rule above in ln units (x ln(10)/10),
+# with r measured against the frame's whole power rather than its loudest
+# band; the offset only lifts quiet values, which makes errors smaller.
+KALDI = dict(sample_rate=32000, preemphasis=0.97, n_fft=1024, win_length=800,
+             window="hann_symmetric", hop_length=320, n_mels=128, chunk_frames=300,
+             fmin=0.0, fmax=15000.0, mel_scale="kaldi", mel_norm="none", power=2.0,
+             log="ln", log_offset=1e-5, amin="-", norm_mean=0.0, norm_std=1.0)
+KALDI_L = 300 * 320
+LN_PER_DB = np.log(10.0) / 10.0
+
+
+def kaldi_reference(signal, p=KALDI):
+    """Float64 ln-mel chunks [n_chunks, n_mels, frames] (before norm_mean/std)
+    and the per-value tolerance."""
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        x = torch.from_numpy(signal.astype(np.float64))
+        y = x[1:] - p["preemphasis"] * x[:-1]
+        window = torch.hann_window(p["win_length"], periodic=False)
+        spec = torch.stft(y, p["n_fft"], hop_length=p["hop_length"], win_length=p["win_length"],
+                          window=window, center=True, pad_mode="reflect", normalized=False,
+                          return_complex=True)
+        power = spec.real ** 2 + spec.imag ** 2
+        banks, _ = torchaudio.compliance.kaldi.get_mel_banks(
+            p["n_mels"], p["n_fft"], float(p["sample_rate"]), p["fmin"], p["fmax"],
+            100.0, -500.0, 1.0)
+        assert banks.dtype == torch.float64
+        mel = torch.nn.functional.pad(banks, (0, 1)) @ power
+        ln = torch.log(mel + p["log_offset"]).numpy()
+        # A float32 FFT's error scales with the frame's whole energy, which
+        # may lie outside every band (above fmax): measure below that.
+        frame_db = 10 * np.log10(power.numpy().sum(axis=0, keepdims=True) + 1e-30)
+        below = frame_db - 10 * np.log10(mel.numpy() + 1e-30)
+    finally:
+        torch.set_default_dtype(prev)
+    tol = (TOL_FLOOR_DB + TOL_PER_RATIO_DB * 10.0 ** (below / 20.0)) * LN_PER_DB
+    frames = p["chunk_frames"]
+    n_chunks = len(signal) // KALDI_L
+    cut = lambda a: np.stack([a[:, k * frames:(k + 1) * frames] for k in range(n_chunks)])
+    return cut(ln), cut(tol)
+
+
+def assert_matches_kaldi(got, signal):
+    ref, tol = kaldi_reference(signal)
+    assert got.shape == ref.shape
+    diff = np.abs(got.astype(np.float64) - ref)
+    worst = np.unravel_index(np.argmax(diff - tol), diff.shape)
+    assert (diff <= tol).all(), (
+        f"{int((diff > tol).sum())} values off; worst at chunk/band/frame {worst}: "
+        f"got {got[worst]:.6f}, want {ref[worst]:.6f}, tol {tol[worst]:.2e}")
+    return diff.max()
+
+
+def gtzan_at_32k():
+    x = gtzan_excerpt()   # 16 kHz; a plain 2x resample, as the daemon's decoder does
+    return np.repeat(x, 2).astype(np.float32)
+
+
+def test_kaldi_front_end_sweep(tool, tmp_path):
+    t = np.arange(2 * KALDI_L + 777) / 32000.0
+    x = (0.5 * np.sin(2 * np.pi * 60.0 * 20 / np.log(250) * (np.exp(t / 20 * np.log(250)) - 1))
+         + 1e-3 * np.random.default_rng(9).standard_normal(len(t))).astype(np.float32)
+    got = mel_chunks(tool, tmp_path, x, **KALDI)
+    assert got.shape == (2, 128, 300)
+    assert_matches_kaldi(got, x)
+
+
+def test_kaldi_front_end_gtzan(tool, tmp_path):
+    x = gtzan_at_32k()
+    got = mel_chunks(tool, tmp_path, x, **KALDI)
+    assert got.shape == (len(x) // KALDI_L, 128, 300)
+    assert_matches_kaldi(got, x)
+
+
+def test_kaldi_one_chunk_is_efficientat_framing(tool, tmp_path):
+    # Exactly one chunk: 96,000 samples, pre-emphasis leaves 95,999, and the
+    # 300 centred frames reflect at both ends, as EfficientAT frames a clip.
+    x = gtzan_at_32k()[:KALDI_L]
+    got = mel_chunks(tool, tmp_path, x, **KALDI)
+    assert got.shape == (1, 128, 300)
+    assert_matches_kaldi(got, x)
+
+
+def test_kaldi_banks_end_at_fmax(tool, tmp_path):
+    # A tone between fmax (15 kHz) and Nyquist reaches no band but through
+    # the window's leakage: its loudest band is > 20 dB (4.6 in ln) below
+    # that of the same tone at 14 kHz.
+    t = np.arange(KALDI_L) / 32000.0
+    above = (0.5 * np.sin(2 * np.pi * 15800.0 * t)).astype(np.float32)
+    inside = (0.5 * np.sin(2 * np.pi * 14000.0 * t)).astype(np.float32)
+    got_above = mel_chunks(tool, tmp_path, above, **KALDI)
+    assert_matches_kaldi(got_above, above)
+    got_inside = mel_chunks(tool, tmp_path, inside, **KALDI)
+    assert_matches_kaldi(got_inside, inside)
+    assert got_inside.max() - got_above.max() > 4.6
+
+
+@pytest.mark.parametrize("opts", [
+    dict(KALDI, log_offset=0.0),
+    dict(KALDI, log_offset="-"),
+    dict(KALDI, amin=1e-10),                 # amin belongs to log=db
+    dict(KALDI, mel_norm="slaney"),          # Kaldi banks are not area-normalised
+    dict(KALDI, preemphasis=1.0),
+    dict(KALDI, preemphasis=-0.1),
+    dict(KALDI, window="hamming"),
+    dict(KALDI, log="log2"),
+    dict(KALDI, mel_scale="kaldy"),
+])
+def test_kaldi_invalid_params_refused(tool, tmp_path, opts):
+    rc, out, err = run_tool(tool, tmp_path, np.zeros(2 * KALDI_L, np.float32), **opts)
+    assert rc != 0 and out is None and err.strip()

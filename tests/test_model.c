@@ -160,6 +160,59 @@ static const char *pooled_header =
     " \"data\": {\"floats\": 119}, \"training\": {}}";
 #define POOLED_FLOATS 119
 
+/* A graph (format version 2): conv + BN + hardswish as the stem, named; an
+ * inverted-residual block with its input named: 1x1 expand + BN + ReLU,
+ * depthwise 3x3 + BN + hardswish, squeeze-excitation, 1x1 project + BN, then
+ * add with the block's input; a depthwise stride-2 5x5 with an unfolded BN
+ * (its output is named, so nothing may fold into it); global average pool
+ * named "embedding"; a side head from it (dense + sigmoid, named "tags"); a
+ * genre head over concat(embedding, tags) read through "input"; outputs for
+ * the embedding, two tags and a music verdict. 437 floats. */
+static const char *graph_header =
+    "{\"name\": \"graph\", \"version\": \"4\", \"license\": \"test weights\","
+    " \"genres\": [\"a\", \"b\", \"c\"], " FEATURES ","
+    " \"input\": [1, 8, 6], \"layers\": ["
+    " {\"type\": \"conv2d\", \"out_channels\": 4, \"kernel\": [3, 3], \"stride\": [1, 1],"
+    "  \"padding\": [1, 1], \"weight\": " T(0, 4, 1, 3, 3) "},"
+    " {\"type\": \"batchnorm\", \"eps\": 0.001, \"weight\": " T(36, 4) ", \"bias\": " T(40, 4)
+    ", \"mean\": " T(44, 4) ", \"var\": " T(48, 4) "},"
+    " {\"type\": \"hardswish\", \"name\": \"stem\"},"
+    " {\"type\": \"conv2d\", \"out_channels\": 8, \"kernel\": [1, 1], \"stride\": [1, 1],"
+    "  \"padding\": [0, 0], \"weight\": " T(52, 8, 4, 1, 1) "},"
+    " {\"type\": \"batchnorm\", \"eps\": 0.001, \"weight\": " T(84, 8) ", \"bias\": " T(92, 8)
+    ", \"mean\": " T(100, 8) ", \"var\": " T(108, 8) "},"
+    " {\"type\": \"relu\"},"
+    " {\"type\": \"conv2d\", \"out_channels\": 8, \"kernel\": [3, 3], \"stride\": [1, 1],"
+    "  \"padding\": [1, 1], \"groups\": 8, \"weight\": " T(116, 8, 1, 3, 3) "},"
+    " {\"type\": \"batchnorm\", \"eps\": 0.001, \"weight\": " T(188, 8) ", \"bias\": " T(196, 8)
+    ", \"mean\": " T(204, 8) ", \"var\": " T(212, 8) "},"
+    " {\"type\": \"hardswish\"},"
+    " {\"type\": \"squeeze_excite\", \"squeeze\": 2, \"fc1_weight\": " T(220, 2, 8)
+    ", \"fc1_bias\": " T(236, 2) ", \"fc2_weight\": " T(238, 8, 2) ", \"fc2_bias\": " T(254, 8) "},"
+    " {\"type\": \"conv2d\", \"out_channels\": 4, \"kernel\": [1, 1], \"stride\": [1, 1],"
+    "  \"padding\": [0, 0], \"weight\": " T(262, 4, 8, 1, 1) "},"
+    " {\"type\": \"batchnorm\", \"eps\": 0.001, \"weight\": " T(294, 4) ", \"bias\": " T(298, 4)
+    ", \"mean\": " T(302, 4) ", \"var\": " T(306, 4) ", \"name\": \"proj\"},"
+    " {\"type\": \"add\", \"inputs\": [\"stem\", \"proj\"]},"
+    " {\"type\": \"conv2d\", \"out_channels\": 4, \"kernel\": [5, 5], \"stride\": [2, 2],"
+    "  \"padding\": [2, 2], \"groups\": 4, \"weight\": " T(310, 4, 1, 5, 5) ", \"bias\": " T(410, 4)
+    ", \"name\": \"down\"},"
+    " {\"type\": \"batchnorm\", \"eps\": 0.001, \"weight\": " T(414, 4) ", \"bias\": " T(418, 4)
+    ", \"mean\": " T(422, 4) ", \"var\": " T(426, 4) "},"
+    " {\"type\": \"global_avgpool\", \"name\": \"embedding\"},"
+    " {\"type\": \"dense\", \"out_features\": 2, \"weight\": " T(0, 2, 4) ", \"bias\": " T(8, 2) "},"
+    " {\"type\": \"sigmoid\", \"name\": \"tags\"},"
+    " {\"type\": \"dropout\", \"p\": 0.1, \"input\": \"embedding\", \"name\": \"emb2\"},"
+    " {\"type\": \"concat\", \"inputs\": [\"emb2\", \"tags\"]},"
+    " {\"type\": \"dense\", \"out_features\": 3, \"weight\": " T(10, 3, 6) ", \"bias\": " T(430, 3) "},"
+    " {\"type\": \"softmax\"}],"
+    " \"outputs\": {\"embedding\": \"embedding\","
+    "  \"tags\": {\"value\": \"tags\", \"min_probability\": 0.25, \"classes\": [{\"index\": 1, \"label\": \"Guitar\","
+    "   \"group\": \"instrument\"}, {\"index\": 0, \"label\": \"Happy music\", \"group\": \"mood\"}]},"
+    "  \"music\": {\"value\": \"tags\", \"music\": [0], \"not_music\": [1]}},"
+    " \"data\": {\"floats\": 437}, \"training\": {}}";
+#define GRAPH_FLOATS 437
+
 static uint64_t rng_state;
 static float frand(float lo, float hi) {
     rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
@@ -216,7 +269,41 @@ static void pair(json_t *L, const char *key, int out[2]) {
     out[1] = (int)json_integer_value(json_array_get(a, 1));
 }
 
-static void ref_forward(json_t *hdr, const float *data, const float *x, double *out) {
+static act act_copy(act a) {
+    size_t n = (size_t)a.c * a.h * a.w;
+    act c = a;
+    c.v = malloc(sizeof(double) * (n ? n : 1));
+    assert_non_null(c.v);
+    memcpy(c.v, a.v, sizeof(double) * n);
+    return c;
+}
+
+/* Named values of one reference run. */
+typedef struct ref_names {
+    const char *name[32];
+    act val[32];
+    int n;
+} ref_names;
+
+static void ref_names_free(ref_names *r) {
+    for (int i = 0; i < r->n; i++) free(r->val[i].v);
+    r->n = 0;
+}
+
+static act *ref_find(ref_names *r, const char *name) {
+    for (int i = 0; i < r->n; i++)
+        if (!strcmp(r->name[i], name)) return &r->val[i];
+    fail_msg("no value named %s", name);
+    return NULL;
+}
+
+/* Runs the header's layers on x; out gets the last layer's output, and
+ * names (if not NULL) every named value, which the caller frees. */
+static void ref_forward_named(json_t *hdr, const float *data, const float *x, double *out,
+                              ref_names *names) {
+    ref_names local = {.n = 0};
+    ref_names *r = names ? names : &local;
+    r->n = 0;
     act a = {NULL, 1, 0, 0, 0};
     json_t *in = json_object_get(hdr, "input");
     a.h = (int)json_integer_value(json_array_get(in, 1));
@@ -228,9 +315,16 @@ static void ref_forward(json_t *hdr, const float *data, const float *x, double *
     json_t *L;
     json_array_foreach(json_object_get(hdr, "layers"), li, L) {
         const char *t = json_string_value(json_object_get(L, "type"));
+        json_t *input = json_object_get(L, "input"), *name = json_object_get(L, "name");
+        if (input) {
+            free(a.v);
+            a = act_copy(*ref_find(r, json_string_value(input)));
+        }
         int n = a.c * a.h * a.w, k[2], s[2], p[2];
         if (!strcmp(t, "conv2d") || !strcmp(t, "maxpool2d") || !strcmp(t, "avgpool2d")) {
             int conv = !strcmp(t, "conv2d");
+            json_t *gr = json_object_get(L, "groups");
+            int dw = gr && json_integer_value(gr) > 1;
             pair(L, "kernel", k);
             pair(L, "stride", s);
             if (conv) pair(L, "padding", p);
@@ -244,7 +338,7 @@ static void ref_forward(json_t *hdr, const float *data, const float *x, double *
                 for (int y = 0; y < oh; y++)
                     for (int xx = 0; xx < ow; xx++) {
                         double acc = conv ? (b ? b[q] : 0) : (t[0] == 'm' ? -INFINITY : 0);
-                        for (int ch = conv ? 0 : q; ch < (conv ? a.c : q + 1); ch++)
+                        for (int ch = conv && !dw ? 0 : q; ch < (conv && !dw ? a.c : q + 1); ch++)
                             for (int i = 0; i < k[0]; i++)
                                 for (int j = 0; j < k[1]; j++) {
                                     int iy = y * s[0] - p[0] + i, ix = xx * s[1] - p[1] + j;
@@ -252,6 +346,7 @@ static void ref_forward(json_t *hdr, const float *data, const float *x, double *
                                     double v = a.v[(ch * a.h + iy) * a.w + ix];
                                     if (!conv && t[0] == 'm') acc = fmax(acc, v);
                                     else if (!conv) acc += v / (k[0] * k[1]);
+                                    else if (dw) acc += v * w[(q * k[0] + i) * k[1] + j];
                                     else acc += v * w[((q * a.c + ch) * k[0] + i) * k[1] + j];
                                 }
                         o[(q * oh + y) * ow + xx] = acc;
@@ -275,6 +370,51 @@ static void ref_forward(json_t *hdr, const float *data, const float *x, double *
             for (int i = 0; i < n; i++) a.v[i] = tanh(a.v[i]);
         } else if (!strcmp(t, "sigmoid")) {
             for (int i = 0; i < n; i++) a.v[i] = 1 / (1 + exp(-a.v[i]));
+        } else if (!strcmp(t, "hardswish")) {
+            for (int i = 0; i < n; i++) a.v[i] = a.v[i] * fmin(fmax(a.v[i] + 3, 0), 6) / 6;
+        } else if (!strcmp(t, "squeeze_excite")) {
+            int sq = (int)json_integer_value(json_object_get(L, "squeeze")), plane = a.h * a.w;
+            const float *w1 = tensor_at(L, "fc1_weight", data), *b1 = tensor_at(L, "fc1_bias", data);
+            const float *w2 = tensor_at(L, "fc2_weight", data), *b2 = tensor_at(L, "fc2_bias", data);
+            double mean[64], hid[64];
+            assert_true(a.c <= 64 && sq <= 64);
+            for (int c = 0; c < a.c; c++) {
+                mean[c] = 0;
+                for (int i = 0; i < plane; i++) mean[c] += a.v[c * plane + i] / plane;
+            }
+            for (int q = 0; q < sq; q++) {
+                hid[q] = b1[q];
+                for (int c = 0; c < a.c; c++) hid[q] += w1[q * a.c + c] * mean[c];
+                hid[q] = fmax(hid[q], 0);
+            }
+            for (int c = 0; c < a.c; c++) {
+                double g = b2[c];
+                for (int q = 0; q < sq; q++) g += w2[c * sq + q] * hid[q];
+                g = 1 / (1 + exp(-g));
+                for (int i = 0; i < plane; i++) a.v[c * plane + i] *= g;
+            }
+        } else if (!strcmp(t, "add") || !strcmp(t, "concat")) {
+            json_t *ins = json_object_get(L, "inputs");
+            int add = t[0] == 'a', total = 0;
+            for (size_t i = 0; i < json_array_size(ins); i++)
+                total += ref_find(r, json_string_value(json_array_get(ins, i)))->c;
+            act first = *ref_find(r, json_string_value(json_array_get(ins, 0)));
+            free(a.v);
+            a = act_copy(first);
+            if (!add) {
+                free(a.v);
+                a = (act){malloc(sizeof(double) * total), total, 1, 1, 1};
+                assert_non_null(a.v);
+            }
+            int at = 0;
+            for (size_t i = add; i < json_array_size(ins); i++) {
+                act *v = ref_find(r, json_string_value(json_array_get(ins, i)));
+                for (int j = 0; j < v->c * v->h * v->w; j++) {
+                    if (add) a.v[j] += v->v[j];
+                    else a.v[at + j] = v->v[j];
+                }
+                at += v->c;
+            }
         } else if (!strcmp(t, "global_avgpool") || !strcmp(t, "global_maxpool")) {
             for (int c = 0; c < a.c; c++) {
                 double acc = t[7] == 'm' ? -INFINITY : 0;
@@ -307,13 +447,22 @@ static void ref_forward(json_t *hdr, const float *data, const float *x, double *
         } else {
             assert_string_equal(t, "dropout");
         }
+        if (name) {
+            assert_true(r->n < 32);
+            r->name[r->n] = json_string_value(name);
+            r->val[r->n++] = act_copy(a);
+        }
     }
     memcpy(out, a.v, sizeof(double) * a.c);
     free(a.v);
+    if (!names) ref_names_free(&local);
 }
 
+
 /* Loads header+data, runs batches of every size up to max_batch over random
- * inputs, and compares with the reference to 1e-5 absolute. */
+ * inputs, and compares each output row with the reference to 1e-5 absolute:
+ * the genres, and the exported embedding, tags and music classes at the
+ * places the accessors name. */
 static void check_against_reference(const char *header_text, size_t n_floats,
                                     uint64_t seed) {
     json_t *hdr = parse(header_text);
@@ -325,11 +474,12 @@ static void check_against_reference(const char *header_text, size_t n_floats,
     assert_non_null(m);
 
     int max_batch = 5, g = model_genre_count(m);
-    size_t item = model_input_floats(m);
+    size_t item = model_input_floats(m), row = model_output_floats(m);
+    json_t *outputs = json_object_get(hdr, "outputs");
     model_workspace *ws = model_workspace_create(m, max_batch, &err);
     assert_non_null(ws);
     float *in = malloc(sizeof(float) * item * max_batch);
-    float *out = malloc(sizeof(float) * g * max_batch);
+    float *out = malloc(sizeof(float) * row * max_batch);
     double *ref = malloc(sizeof(double) * g);
     assert_non_null(in);
     assert_non_null(out);
@@ -338,13 +488,45 @@ static void check_against_reference(const char *header_text, size_t n_floats,
         for (size_t i = 0; i < item * batch; i++) in[i] = frand(-3, 3);
         assert_int_equal(model_forward(m, ws, in, batch, out, &err), 0);
         for (int bi = 0; bi < batch; bi++) {
-            ref_forward(hdr, data, in + item * bi, ref);
+            ref_names names;
+            ref_forward_named(hdr, data, in + item * bi, ref, &names);
+            const float *o = out + row * bi;
             for (int j = 0; j < g; j++)
-                if (!(fabs(out[bi * g + j] - ref[j]) <= 1e-5)) {
+                if (!(fabs(o[j] - ref[j]) <= 1e-5)) {
                     print_error("%s item %d/%d genre %d: got %.8f want %.8f\n",
-                                model_name(m), bi, batch, j, out[bi * g + j], ref[j]);
+                                model_name(m), bi, batch, j, o[j], ref[j]);
                     fail();
                 }
+            size_t off, dim = model_embedding(m, &off);
+            if (dim) {
+                act *e = ref_find(&names, json_string_value(json_object_get(outputs, "embedding")));
+                assert_int_equal(dim, e->c);
+                for (size_t j = 0; j < dim; j++) assert_true(fabs(o[off + j] - e->v[j]) <= 1e-5);
+            }
+            const model_tag *tags;
+            int n_tags = model_tags(m, &tags);
+            json_t *tj = json_object_get(outputs, "tags");
+            for (int k = 0; k < n_tags; k++) {
+                act *v = ref_find(&names, json_string_value(json_object_get(tj, "value")));
+                json_t *c = json_array_get(json_object_get(tj, "classes"), (size_t)k);
+                assert_string_equal(tags[k].label, json_string_value(json_object_get(c, "label")));
+                assert_string_equal(tags[k].group, json_string_value(json_object_get(c, "group")));
+                double want = v->v[json_integer_value(json_object_get(c, "index"))];
+                assert_true(fabs(o[tags[k].offset] - want) <= 1e-5);
+            }
+            const model_music *mu = model_music_classes(m);
+            if (mu) {
+                json_t *mj = json_object_get(outputs, "music");
+                act *v = ref_find(&names, json_string_value(json_object_get(mj, "value")));
+                for (int k = 0; k < mu->n_music + mu->n_other; k++) {
+                    int other = k >= mu->n_music;
+                    json_t *idx = json_array_get(json_object_get(mj, other ? "not_music" : "music"),
+                                                 (size_t)(other ? k - mu->n_music : k));
+                    size_t at = other ? mu->other[k - mu->n_music] : mu->music[k];
+                    assert_true(fabs(o[at] - v->v[json_integer_value(idx)]) <= 1e-5);
+                }
+            }
+            ref_names_free(&names);
         }
     }
     free(in);
@@ -435,6 +617,170 @@ static void test_load_tiny(void **state) {
     free(b.p);
     json_decref(hdr);
     model_free(m);
+}
+
+static void patch(json_t *root, const char *path, const char *value);
+
+/* Format version 2: names, inputs, add, concat, depthwise convolution,
+ * squeeze-excitation, hardswish, and the exported outputs. */
+static void test_graph(void **state) {
+    (void)state;
+    for (uint64_t seed = 1; seed <= 4; seed++)
+        check_against_reference(graph_header, GRAPH_FLOATS, seed);
+    json_t *hdr = parse(graph_header);
+    float *data = make_data(hdr, GRAPH_FLOATS, 11);
+    blob b = container_json(hdr, data, GRAPH_FLOATS);
+    put32(b.p + 8, 2);
+    reseal(&b);
+    gr_err err = {GR_OK, ""};
+    model *m = model_load_buffer(b.p, b.len, &err);
+    assert_non_null(m);
+    /* Row: 3 genres, the 4-wide embedding, the 2 tag probabilities (the
+     * music verdict reads the same value: exported once). */
+    assert_int_equal(model_output_floats(m), 3 + 4 + 2);
+    size_t off;
+    assert_int_equal(model_embedding(m, &off), 4);
+    assert_int_equal(off, 3);
+    const model_tag *tags;
+    assert_int_equal(model_tags(m, &tags), 2);
+    assert_string_equal(tags[0].label, "Guitar");
+    assert_string_equal(tags[1].group, "mood");
+    assert_int_equal(tags[0].offset, 3 + 4 + 1);
+    assert_int_equal(tags[1].offset, 3 + 4 + 0);
+    assert_true(model_tags_floor(m) == 0.25);
+    const model_music *mu = model_music_classes(m);
+    assert_non_null(mu);
+    assert_int_equal(mu->n_music, 1);
+    assert_int_equal(mu->n_other, 1);
+    assert_int_equal(mu->music[0], 7);
+    assert_int_equal(mu->other[0], 8);
+    json_t *d = model_describe(m);
+    assert_string_equal(json_string_value(json_object_get(d, "license")), "test weights");
+    assert_non_null(json_object_get(json_object_get(d, "outputs"), "tags"));
+    json_t *layers = json_object_get(d, "layers");
+    assert_string_equal(json_string_value(json_object_get(json_array_get(layers, 2), "name")), "stem");
+    assert_int_equal(json_integer_value(json_object_get(json_array_get(layers, 6), "groups")), 8);
+    /* The BN after the named depthwise layer cannot fold into it. */
+    assert_true(json_is_false(json_object_get(json_array_get(layers, 14), "folded")));
+    assert_true(json_is_true(json_object_get(json_array_get(layers, 7), "folded")));
+    json_decref(d);
+
+    /* model_export(): a named inner value joins the row, after the others,
+     * and is what the reference computes for it. */
+    size_t eo, ew;
+    gr_err xerr = {GR_OK, ""};
+    assert_int_equal(model_export(m, "down", &eo, &ew, &xerr), 0);
+    assert_int_equal(eo, 9);
+    assert_int_equal(ew, 4 * 4 * 3);
+    assert_int_equal(model_output_floats(m), 9 + 48);
+    assert_int_equal(model_export(m, "embedding", &eo, &ew, &xerr), 0);
+    assert_int_equal(eo, 3);   /* already there: not twice */
+    assert_int_equal(model_output_floats(m), 9 + 48);
+    assert_int_equal(model_export(m, "nope", &eo, &ew, &xerr), -1);
+    assert_non_null(strstr(xerr.msg, "named 'nope'"));
+    {
+        model_workspace *ws = model_workspace_create(m, 2, &xerr);
+        assert_non_null(ws);
+        float x[2 * 48], row[2 * 57];
+        for (int i = 0; i < 96; i++) x[i] = frand(-2, 2);
+        assert_int_equal(model_forward(m, ws, x, 2, row, &xerr), 0);
+        for (int bi = 0; bi < 2; bi++) {
+            ref_names names;
+            double ref[3];
+            ref_forward_named(hdr, data, x + 48 * bi, ref, &names);
+            act *down = ref_find(&names, "down");
+            for (int k = 0; k < 48; k++)
+                assert_true(fabs(row[57 * bi + 9 + k] - down->v[k]) <= 1e-5);
+            for (int k = 0; k < 3; k++) assert_true(fabs(row[57 * bi + k] - ref[k]) <= 1e-5);
+            ref_names_free(&names);
+        }
+        model_workspace_free(ws);
+    }
+    model_free(m);
+
+    /* Models without outputs have none. */
+    json_t *tiny = parse(tiny_header);
+    float *td = make_data(tiny, TINY_FLOATS, 1);
+    blob tb = container_json(tiny, td, TINY_FLOATS);
+    m = model_load_buffer(tb.p, tb.len, &err);
+    assert_non_null(m);
+    assert_int_equal(model_output_floats(m), 4);
+    assert_int_equal(model_embedding(m, &off), 0);
+    assert_int_equal(model_tags(m, &tags), 0);
+    assert_null(model_music_classes(m));
+    model_free(m);
+    free(tb.p);
+    free(td);
+    json_decref(tiny);
+    free(b.p);
+    free(data);
+    json_decref(hdr);
+}
+
+/* Every refusal specific to graphs, each patched into graph_header. */
+static void test_bad_graphs(void **state) {
+    (void)state;
+    static const struct {
+        const char *path, *value, *expect;
+    } cases[] = {
+        {"layers/12/inputs", "[\"stem\", \"nope\"]", "no earlier layer is named 'nope'"},
+        {"layers/12/inputs", "[\"stem\"]", "2 to 8 value names"},
+        {"layers/19/type", "\"add\"", "differ in shape"},
+        {"layers/12/inputs", "[\"stem\", \"proj\", \"proj\", \"proj\", \"proj\", \"proj\","
+                             " \"proj\", \"proj\", \"proj\"]", "2 to 8 value names"},
+        {"layers/19/inputs", "[\"emb2\", \"stem\"]", "'stem' is not flat"},
+        {"layers/19/inputs", "[\"emb2\", 3]", "a value name must be a string"},
+        {"layers/18/input", "\"tags2\"", "no earlier layer is named 'tags2'"},
+        {"layers/18/input", "[1]", "a value name must be a string"},
+        {"layers/2/name", "\"proj\"", "the name is used twice"},
+        {"layers/3/name", "\"stem\"", "the name is used twice"},
+        {"layers/2/name", "\"a b\"", "may hold only letters"},
+        {"layers/2/name", "\"\"", "1 to 64 characters"},
+        {"layers/2/name", "7", "'name' must be a string"},
+        {"layers/6/groups", "4", "only 1 or depthwise"},
+        {"layers/6/groups", "3", "only 1 or depthwise"},
+        {"layers/6/groups", "0", "'groups' = 0 is out of range"},
+        {"layers/6/stride", "[1, 2]", "equal strides of 1 or 2"},
+        {"layers/6/weight/shape", "[8, 8, 3, 3]", "expected [8,1,3,3]"},
+        {"layers/9/squeeze", "3", "expected [3,8]"},
+        {"layers/9/fc2_bias", NULL, "missing 'fc2_bias'"},
+        {"layers/9/gate", "\"hard\"", "unknown field 'gate'"},
+        {"layers/16/type", "\"squeeze_excite\"", "input must be [C,H,W]"},
+        {"layers/12/input", "\"stem\"", "both 'input' and 'inputs'"},
+        {"outputs/embedding", "\"stem\"", "'stem' is not flat"},
+        {"outputs/embedding", "\"none\"", "no earlier layer is named 'none'"},
+        {"outputs/tags/classes/0/index", "2", "'index' = 2 is out of range"},
+        {"outputs/tags/classes/0/group", NULL, "missing 'group'"},
+        {"outputs/tags/classes", "[]", "1 to 1024 tags"},
+        {"outputs/tags/colour", "1", "unknown field 'colour'"},
+        {"outputs/tags/min_probability", "1.5", "'min_probability' must be a number in [0, 1]"},
+        {"outputs/tags/min_probability", "\"high\"", "'min_probability' must be a"},
+        {"outputs/music/music", "[2]", "class indices must be integers in [0, 2)"},
+        {"outputs/music/not_music", "[]", "'not_music' must be an array"},
+        {"outputs/extra", "1", "outputs: unknown field 'extra'"},
+        {"outputs", "[]", "'outputs' must be an object"},
+        {"license", "7", "'license' must be a string"},
+    };
+    json_t *base = parse(graph_header);
+    float *data = make_data(base, GRAPH_FLOATS, 3);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        json_t *hdr = json_deep_copy(base);
+        assert_non_null(hdr);
+        patch(hdr, cases[i].path, cases[i].value);
+        blob b = container_json(hdr, data, GRAPH_FLOATS);
+        gr_err err = {GR_OK, ""};
+        model *m = model_load_buffer(b.p, b.len, &err);
+        if (m || !strstr(err.msg, cases[i].expect)) {
+            print_error("case %zu (%s = %s): loaded=%d, message '%s', want '%s'\n", i,
+                        cases[i].path, cases[i].value ? cases[i].value : "(deleted)", m != NULL,
+                        err.msg, cases[i].expect);
+            fail();
+        }
+        free(b.p);
+        json_decref(hdr);
+    }
+    free(data);
+    json_decref(base);
 }
 
 static void test_batchnorm_folding(void **state) {
@@ -573,7 +919,7 @@ static const bad_header bad_headers[] = {
     P1("genres", "[\"a\",\"b\",3,\"d\"]", "genres[2] must be a non-empty string"),
     P1("genres", "[\"a\"]", "'genres' must be an array of 2"),
     P1("genres", NULL, "'genres' must be an array"),
-    P1("layers/2/type", "\"conv3d\"", "layer 2: unknown type 'conv3d'"),
+    P1("layers/2/type", "\"conv3d\"", "layer 2 (conv3d): unknown type"),
     P1("layers/2/type", "7", "layer 2: missing 'type'"),
     P1("layers/2", "[]", "layer 2 must be an object"),
     P1("layers/0/type", NULL, "layer 0: missing 'type'"),
@@ -698,8 +1044,13 @@ static void test_bad_containers(void **state) {
     b.p[0] = 'X';
     expect_refused(b.p, b.len, "bad magic");
     FRESH();
-    put32(b.p + 8, 2);
-    expect_refused(b.p, b.len, "unsupported format version 2");
+    put32(b.p + 8, 3);
+    reseal(&b);
+    expect_refused(b.p, b.len, "unsupported format version 3");
+    FRESH();
+    put32(b.p + 8, 0);
+    reseal(&b);
+    expect_refused(b.p, b.len, "unsupported format version 0");
     FRESH();
     put32(b.p + 12, 0xFFFFFFF0u);
     expect_refused(b.p, b.len, "header length");
@@ -866,6 +1217,8 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_load_tiny),
         cmocka_unit_test(test_batchnorm_folding),
+        cmocka_unit_test(test_graph),
+        cmocka_unit_test(test_bad_graphs),
         cmocka_unit_test(test_global_avgpool_variant),
         cmocka_unit_test(test_forward_arguments),
         cmocka_unit_test(test_bad_headers),

@@ -39,6 +39,7 @@ static double ref_act(double v, nn_activation act, double alpha) {
     case NN_ACT_ELU: return v > 0 ? v : alpha * (exp(v) - 1);
     case NN_ACT_TANH: return tanh(v);
     case NN_ACT_SIGMOID: return 1 / (1 + exp(-v));
+    case NN_ACT_HARDSWISH: return v * fmin(fmax(v + 3, 0), 6) / 6;
     }
     return NAN;
 }
@@ -142,6 +143,141 @@ static void test_conv_many_bands(void **state) {
         {3, 1, 128, 128, 8, 5, 5, 1, 1, 2, 2, NN_ACT_RELU, 1},
     };
     for (size_t i = 0; i < sizeof big / sizeof big[0]; i++) check_conv(&big[i]);
+}
+
+/* Depthwise: the same reference, one input channel per output channel. */
+static void check_depthwise(const conv_case *t) {
+    int oh = nn_window_out(t->in_h, t->kh, t->sh, t->ph);
+    int ow = nn_window_out(t->in_w, t->kw, t->sw, t->pw);
+    assert_true(oh > 0 && ow > 0 && t->out_c % t->in_c == 0);
+    const int mult = t->out_c / t->in_c;
+    size_t n_in = (size_t)t->batch * t->in_c * t->in_h * t->in_w;
+    size_t n_out = (size_t)t->batch * t->out_c * oh * ow;
+    float *in = rand_array(n_in, -1, 1), *w = rand_array((size_t)t->out_c * t->kh * t->kw, -1, 1);
+    float *bias = t->with_bias ? rand_array((size_t)t->out_c, -1, 1) : NULL;
+    nn_conv2d c = {t->in_c, t->in_h, t->in_w, t->out_c, oh, ow, t->kh, t->kw,
+                   t->sh, t->sw, t->ph, t->pw, w, bias, t->act, 0.7f};
+    assert_true(nn_depthwise_supported(&c));
+    size_t n_scratch = nn_depthwise_scratch_floats(&c);
+    float *out = malloc((n_out + 16) * sizeof *out);
+    float *scratch = malloc((n_scratch + 16) * sizeof *scratch);
+    assert_non_null(out);
+    assert_non_null(scratch);
+    for (int i = 0; i < 16; i++) out[n_out + i] = scratch[n_scratch + i] = 12345.0f;
+    nn_depthwise_forward(&c, t->batch, in, out, scratch);
+    for (int i = 0; i < 16; i++) {
+        assert_true(out[n_out + i] == 12345.0f);
+        assert_true(scratch[n_scratch + i] == 12345.0f);
+    }
+    for (int b = 0; b < t->batch; b++)
+        for (int o = 0; o < t->out_c; o++)
+            for (int y = 0; y < oh; y++)
+                for (int x = 0; x < ow; x++) {
+                    double s = bias ? bias[o] : 0, mag = fabs(s);
+                    for (int i = 0; i < t->kh; i++)
+                        for (int j = 0; j < t->kw; j++) {
+                            int iy = y * t->sh - t->ph + i, ix = x * t->sw - t->pw + j;
+                            if (iy < 0 || iy >= t->in_h || ix < 0 || ix >= t->in_w) continue;
+                            double term = (double)w[(o * t->kh + i) * t->kw + j] *
+                                          in[(((size_t)b * t->in_c + o / mult) * t->in_h + iy) *
+                                                 t->in_w + ix];
+                            s += term;
+                            mag += fabs(term);
+                        }
+                    size_t at = (((size_t)b * t->out_c + o) * oh + y) * ow + x;
+                    assert_close(out[at], ref_act(s, t->act, 0.7), mag, "depthwise", at);
+                }
+    free(in);
+    free(w);
+    free(bias);
+    free(out);
+    free(scratch);
+}
+
+static void test_depthwise(void **state) {
+    (void)state;
+    static const conv_case cases[] = {
+        /* b  ic  h   w  oc kh kw sh sw ph pw act                bias */
+        {2, 3, 7, 9, 3, 3, 3, 1, 1, 1, 1, NN_ACT_RELU, 1},
+        {3, 4, 10, 13, 4, 5, 5, 2, 2, 2, 2, NN_ACT_HARDSWISH, 1},   /* 5x5 stride 2 */
+        {1, 2, 6, 5, 2, 3, 3, 2, 2, 1, 1, NN_ACT_NONE, 0},          /* odd sizes /2 */
+        {2, 5, 4, 4, 5, 5, 5, 1, 1, 2, 2, NN_ACT_ELU, 1},            /* window > plane */
+        {1, 2, 3, 1, 2, 3, 3, 1, 1, 1, 1, NN_ACT_NONE, 1},          /* width 1 */
+        {1, 3, 9, 11, 3, 2, 3, 2, 2, 0, 4, NN_ACT_SIGMOID, 1},      /* pad > kernel */
+        {2, 8, 64, 150, 8, 3, 3, 2, 2, 1, 1, NN_ACT_RELU, 1},       /* a backbone plane */
+        {1, 4, 19, 37, 4, 5, 5, 2, 2, 2, 2, NN_ACT_NONE, 1},        /* odd plane, /2 */
+        {1, 2, 33, 40, 2, 7, 7, 1, 1, 3, 3, NN_ACT_TANH, 1},        /* 7x7, 16-wide blocks */
+        {1, 2, 8, 34, 2, 4, 2, 2, 2, 0, 1, NN_ACT_NONE, 1},         /* even kernel, /2 */
+        {2, 1, 30, 41, 8, 3, 3, 2, 2, 1, 1, NN_ACT_HARDSWISH, 0},   /* one input, 8 out */
+        {1, 3, 9, 10, 6, 3, 3, 1, 1, 1, 1, NN_ACT_RELU, 1},         /* multiplier 2 */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) check_depthwise(&cases[i]);
+    /* Outside what the direct kernel does: the loader refuses these. */
+    nn_conv2d wide = {1, 9, 9, 1, 1, 1, 9, 9, 1, 1, 0, 0, NULL, NULL, NN_ACT_NONE, 0};
+    nn_conv2d s3 = {1, 9, 9, 1, 3, 3, 3, 3, 3, 3, 0, 0, NULL, NULL, NN_ACT_NONE, 0};
+    nn_conv2d mixed = {1, 9, 9, 1, 9, 5, 3, 3, 1, 2, 1, 1, NULL, NULL, NN_ACT_NONE, 0};
+    assert_false(nn_depthwise_supported(&wide));
+    assert_false(nn_depthwise_supported(&s3));
+    assert_false(nn_depthwise_supported(&mixed));
+}
+
+static void test_squeeze_excite(void **state) {
+    (void)state;
+    int batch = 3, c = 6, sq = 4;
+    size_t plane = 15, n = (size_t)batch * c * plane;
+    float *x = rand_array(n, -2, 2), *y = malloc(n * sizeof *y);
+    float *w1 = rand_array((size_t)sq * c, -1, 1), *b1 = rand_array((size_t)sq, -1, 1);
+    float *w2 = rand_array((size_t)c * sq, -1, 1), *b2 = rand_array((size_t)c, -1, 1);
+    assert_non_null(y);
+    nn_squeeze_excite se = {c, sq, plane, w1, b1, w2, b2};
+    size_t ns = nn_squeeze_excite_scratch_floats(&se, batch);
+    float *scratch = malloc((ns + 16) * sizeof *scratch);
+    assert_non_null(scratch);
+    for (int i = 0; i < 16; i++) scratch[ns + i] = 12345.0f;
+    nn_squeeze_excite_forward(&se, batch, x, y, scratch);
+    for (int i = 0; i < 16; i++) assert_true(scratch[ns + i] == 12345.0f);
+    for (int b = 0; b < batch; b++) {
+        double mean[6], hid[4];
+        for (int ch = 0; ch < c; ch++) {
+            mean[ch] = 0;
+            for (size_t i = 0; i < plane; i++) mean[ch] += x[((size_t)b * c + ch) * plane + i];
+            mean[ch] /= (double)plane;
+        }
+        for (int k = 0; k < sq; k++) {
+            hid[k] = b1[k];
+            for (int ch = 0; ch < c; ch++) hid[k] += (double)w1[k * c + ch] * mean[ch];
+            hid[k] = fmax(hid[k], 0);
+        }
+        for (int ch = 0; ch < c; ch++) {
+            double g = b2[ch];
+            for (int k = 0; k < sq; k++) g += (double)w2[ch * sq + k] * hid[k];
+            g = 1 / (1 + exp(-g));
+            for (size_t i = 0; i < plane; i++) {
+                size_t at = ((size_t)b * c + ch) * plane + i;
+                assert_close(y[at], x[at] * g, fabs(x[at]), "squeeze_excite", at);
+            }
+        }
+    }
+    /* In place gives the same. */
+    nn_squeeze_excite_forward(&se, batch, x, x, scratch);
+    for (size_t i = 0; i < n; i++) assert_true(x[i] == y[i]);
+    free(x);
+    free(y);
+    free(w1);
+    free(b1);
+    free(w2);
+    free(b2);
+    free(scratch);
+}
+
+static void test_add(void **state) {
+    (void)state;
+    float a[5] = {1, -2, 3, 0.5f, -0.25f}, b[5] = {4, 2, -1, 0.25f, 0};
+    float out[5];
+    nn_add(a, b, 5, out);
+    for (int i = 0; i < 5; i++) assert_true(out[i] == a[i] + b[i]);
+    nn_add(a, b, 5, a);   /* in place */
+    for (int i = 0; i < 5; i++) assert_true(a[i] == out[i]);
 }
 
 static void test_window_out(void **state) {
@@ -261,7 +397,7 @@ static void test_global_pools(void **state) {
 static void test_activations(void **state) {
     (void)state;
     static const nn_activation acts[] = {NN_ACT_NONE, NN_ACT_RELU, NN_ACT_ELU,
-                                         NN_ACT_TANH, NN_ACT_SIGMOID};
+                                         NN_ACT_TANH, NN_ACT_SIGMOID, NN_ACT_HARDSWISH};
     size_t n = 1001;
     float *x = malloc(n * sizeof *x), *y = malloc(n * sizeof *y);
     assert_non_null(x);
@@ -353,6 +489,9 @@ int main(void) {
         cmocka_unit_test(test_window_out),
         cmocka_unit_test(test_conv_small_cases),
         cmocka_unit_test(test_conv_many_bands),
+        cmocka_unit_test(test_depthwise),
+        cmocka_unit_test(test_squeeze_excite),
+        cmocka_unit_test(test_add),
         cmocka_unit_test(test_dense),
         cmocka_unit_test(test_pools),
         cmocka_unit_test(test_global_pools),

@@ -346,10 +346,15 @@ def test_save_refuses_bad_metadata(tmp_path):
 
 def test_bundled_models(infer_tool, tmp_path):
     """Every model shipped in $GENRED_SOURCE/models loads in PyTorch (with
-    gmodel.load) and in C, and both give the same probabilities."""
+    gmodel.load) and in C, and both give the same probabilities. Shipped:
+    tracked by git (scripts/get-model writes converted networks there too,
+    which tests/test_backbone.py checks against their own definition)."""
     source = pathlib.Path(required_env("GENRED_SOURCE"))
     assert source.is_dir(), f"GENRED_SOURCE={source} is not a directory"
-    paths = sorted((source / "models").glob("*.gmodel"))
+    listed = subprocess.run(["git", "-C", str(source), "ls-files", "models/*.gmodel"],
+                            capture_output=True, text=True)
+    paths = (sorted(source / p for p in listed.stdout.split()) if listed.returncode == 0
+             else sorted((source / "models").glob("*.gmodel")))
     assert paths, f"no models in {source / 'models'}"
     for path in paths:
         model, header = gmodel.load(path)

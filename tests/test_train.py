@@ -336,11 +336,12 @@ def test_training_learns(arch, genred, tmp_path):
 
 def test_pipeline_smoke(genred, data, tmp_path):
     """train/pipeline.py end to end on the generated genres with a tiny
-    budget: both models written and loadable, the card and its PNG made
+    budget, without a teacher (the backbone knows none of these genres;
+    tests/test_distill.py runs it with one): both models written and loadable, the card and its PNG made
     from the results, every section filled."""
     out = tmp_path / "out"
     cmd = [sys.executable, str(TRAIN_DIR / "pipeline.py"), "--data", str(data),
-           "--genred", genred, "--cache", str(tmp_path / "cache"),
+           "--genred", genred, "--cache", str(tmp_path / "cache"), "--teacher", "none",
            "--model", str(out / "m.gmodel"), "--dsae-model", str(out / "d.gmodel"),
            "--card", str(out / "card.md"), "--png", str(out / "card.png"),
            "--results", str(out / "results.json"), "--designs", str(out / "none.json"),

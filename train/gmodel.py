@@ -18,26 +18,20 @@ import json
 import math
 import numbers
 import os
-import struct
-import zlib
+import sys
 
 import numpy as np
 import torch
 from torch import nn
 
-MAGIC = b"GENREDM\0"
-FORMAT_VERSION = 1
-DATA_ALIGN = 64
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gmodel_file  # noqa: E402
+from gmodel_file import GModelError  # noqa: E402,F401  (re-exported)
 
 FEATURE_KEYS = ("kind", "sample_rate", "n_fft", "win_length", "hop_length",
                 "n_mels", "chunk_frames", "fmin", "fmax", "mel_scale",
                 "mel_norm", "power", "amin", "norm_mean", "norm_std")
 WAVEFORM_KEYS = ("kind", "sample_rate", "chunk_samples", "values", "norm_mean", "norm_std")
-
-
-class GModelError(ValueError):
-    """A module or file that the .gmodel format cannot represent or that is
-    malformed."""
 
 
 def _leaves(module):
@@ -305,51 +299,22 @@ def save(path, module, genres, features, name, version, description="",
         raise GModelError(f"PyTorch says the model outputs {list(got)}, expected "
                           f"[1, {len(genres)}]")
 
-    header = {"name": name, "version": version, "description": description,
-              "genres": genres, "features": dict(features), "input": in_shape,
-              "layers": layers, "data": {"floats": data.count},
-              "training": training_meta}
     try:
-        text = json.dumps(header, ensure_ascii=False, allow_nan=False, indent=1,
-                          default=_json_scalar)
+        # NumPy and torch scalars in the metadata become plain JSON values.
+        training_meta = json.loads(json.dumps(training_meta, default=_json_scalar))
     except (TypeError, ValueError) as e:
         raise GModelError(f"header is not representable as JSON: {e}") from e
-    hb = text.encode("utf-8")
-    body = bytearray(MAGIC + struct.pack("<II", FORMAT_VERSION, len(hb)) + hb)
-    body += b"\0" * (-len(body) % DATA_ALIGN)
-    body += data.tobytes()
-    body += struct.pack("<I", zlib.crc32(body) & 0xFFFFFFFF)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(body)
-    os.replace(tmp, path)
-    return json.loads(text)
+    header = {"name": name, "version": version, "description": description,
+              "genres": genres, "features": dict(features), "input": in_shape,
+              "layers": layers, "training": training_meta}
+    return gmodel_file.write(path, header, data.tobytes())
 
 
 def read_header(path):
     """Checks the container of path (magic, version, lengths, padding, CRC)
     and returns (header dict, float32 data array)."""
-    with open(path, "rb") as f:
-        blob = f.read()
-    if len(blob) < 20 or blob[:8] != MAGIC:
-        raise GModelError(f"{path}: not a genred model file")
-    version, hlen = struct.unpack_from("<II", blob, 8)
-    if version != FORMAT_VERSION:
-        raise GModelError(f"{path}: unsupported format version {version}")
-    if 16 + hlen + 4 > len(blob):
-        raise GModelError(f"{path}: header length {hlen} does not fit")
-    header = json.loads(blob[16:16 + hlen].decode("utf-8"))
-    off = -(-(16 + hlen) // DATA_ALIGN) * DATA_ALIGN
-    n = header.get("data", {}).get("floats")
-    if not isinstance(n, int) or off + 4 * n + 4 != len(blob):
-        raise GModelError(f"{path}: data.floats {n!r} does not match the file length")
-    if any(blob[16 + hlen:off]):
-        raise GModelError(f"{path}: padding is not zero")
-    (crc,) = struct.unpack_from("<I", blob, len(blob) - 4)
-    if zlib.crc32(blob[:-4]) & 0xFFFFFFFF != crc:
-        raise GModelError(f"{path}: CRC mismatch (file corrupted?)")
-    data = np.frombuffer(blob, dtype="<f4", count=n, offset=off).astype(np.float32)
-    return header, data
+    header, raw = gmodel_file.read(path)
+    return header, np.frombuffer(raw, dtype="<f4").astype(np.float32)
 
 
 def load(path):

@@ -25,6 +25,8 @@ Every builder takes (n_genres, input_shape) with input_shape the model's
 
 What it does not do: training (train.py), export (gmodel.py).
 """
+import functools
+
 from torch import nn
 
 
@@ -59,14 +61,16 @@ def arch_c(n_genres, input_shape=(1, 128, 128)):
                          nn.Linear(128, n_genres))
 
 
-def arch_e(n_genres, input_shape=(1, 128, 128)):
+def arch_e(n_genres, input_shape=(1, 128, 128), width=1.0):
+    """Design (e); width scales every layer's channels (16-32-64-128-128 at 1)."""
+    ch = [int(round(k * width)) for k in (16, 32, 64, 128, 128)]
     layers, c = [nn.AvgPool2d(2)], 1
-    for o, pool in ((16, 2), (32, 2), (64, 2), (128, 2)):
-        layers += [nn.Conv2d(c, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(), nn.MaxPool2d(pool)]
+    for o in ch[:4]:
+        layers += [nn.Conv2d(c, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(), nn.MaxPool2d(2)]
         c = o
-    layers += [nn.Conv2d(c, 128, 3, padding=1), nn.BatchNorm2d(128), nn.ReLU()]
+    layers += [nn.Conv2d(c, ch[4], 3, padding=1), nn.BatchNorm2d(ch[4]), nn.ReLU()]
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.5),
-                         nn.Linear(128, n_genres))
+                         nn.Linear(ch[4], n_genres))
 
 
 class SoftmaxAutoencoder(nn.Module):
@@ -92,9 +96,14 @@ def arch_d(n_genres, input_shape=(1, 1, 500)):
     return SoftmaxAutoencoder(n_genres, input_shape)
 
 
-ARCHS = {"a": arch_a, "b": arch_b, "c": arch_c, "d": arch_d, "e": arch_e}
+# Sizes of design (e) for the student (train/distill.py): e_s half as wide,
+# e_l 1.5 x, e_xl 2 x (about 0.3, 2.2 and 3.9 x the multiply-adds).
+E_WIDTHS = {"e_s": 0.5, "e_l": 1.5, "e_xl": 2.0}
+ARCHS = {"a": arch_a, "b": arch_b, "c": arch_c, "d": arch_d, "e": arch_e,
+         **{k: functools.partial(arch_e, width=w) for k, w in E_WIDTHS.items()}}
 # Learning rates of the designs' own papers (a, c: 1e-3; b: 0.0015 with Adam).
-LR = {"a": 1e-3, "b": 1.5e-3, "c": 1e-3, "d": 1e-3, "e": 2e-3}
+LR = {"a": 1e-3, "b": 1.5e-3, "c": 1e-3, "d": 1e-3, "e": 2e-3, **{k: 2e-3 for k in E_WIDTHS}}
 # Which input each design reads: genred feature kind.
-INPUT = {"a": "logmel", "b": "logmel", "c": "logmel", "d": "waveform", "e": "logmel"}
+INPUT = {"a": "logmel", "b": "logmel", "c": "logmel", "d": "waveform", "e": "logmel",
+         **{k: "logmel" for k in E_WIDTHS}}
 RECONSTRUCTION_WEIGHT = 0.9   # design (d): loss = CE + 0.9 * MSE(reconstruction)

@@ -2,16 +2,23 @@
 """The whole training pipeline behind the bundled model; train/reproduce runs
 it with the defaults that made models/gtzan-cnn.gmodel.
 
-  1. features: `genred features` for every track (dataset.py, cached);
-  2. the winning recipe trained on train.txt, scored on valid.txt (held out);
-  3. 5-fold cross-validation of the same recipe over train + valid;
-  4. the shipped model: the same recipe trained on train + valid, exported
-     to models/ (the numbers to quote for it are 2 and 3: nothing is left to
-     hold out once it has seen every track);
+  1. features: `genred features` for every track (dataset.py, cached), and
+     with a teacher (--teacher, the default) every source the student
+     learns from, rendered, with the teacher's outputs (distill.World);
+  2. the student distilled (distill.py; --teacher none: train.py's
+     true-label recipe) on train.txt, with a teacher head fitted on
+     train.txt alone, scored on valid.txt beside the teacher, with
+     --valid-seeds seeds; 2b. other sizes of the student the same way
+     (--sizes);
+  3. 5-fold cross-validation of the same recipe over train + valid, each
+     fold's teacher head fitted on its training folds;
+  4. the shipped model: the same recipe on train + valid (the committed
+     genre head of the backbone when there is one), exported to models/
+     (the numbers to quote for it are 2 and 3);
   5. design (d), the raw-waveform softmax autoencoder, the same way (valid.txt
      score, then trained on everything), exported as an alternative model;
   6. the daemon's own view: `genred serve` reports parameters and MFLOPs of
-     both files; `genred classify` answers the valid.txt tracks as WAV and
+     the files; `genred classify` answers the valid.txt tracks as WAV and
      as 128 kbit/s MP3 with the valid.txt model (agreement, and a check that
      the daemon's answers equal PyTorch's);
   7. docs/model-card.md and its PNG (card.py), from train/results/model-card.json.
@@ -36,8 +43,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train  # noqa: E402  (sets OMP_WAIT_POLICY before torch loads)
 import card  # noqa: E402
 import dataset  # noqa: E402
+import distill  # noqa: E402
 import evaluate  # noqa: E402
 import models  # noqa: E402
+import teacher as teachers  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -50,6 +59,7 @@ TITLES = {
     "d": "deep softmax autoencoder on the raw waveform (500 -> 64 -> 500, softmax on the code)",
     "e": "small all-convolutional CNN: 2x2 average pool, 5 x conv 3x3 (16-128), global "
          "average pool, dropout 0.5",
+    **{k: f"design (e) at {w:g} x its width" for k, w in models.E_WIDTHS.items()},
 }
 
 
@@ -154,7 +164,47 @@ def cv_mp3_agreement(ctx, recipe, genres, tracks, cv_models):
     return {"tracks": n, "top_agreement": same / max(n, 1)}
 
 
+class Learner:
+    """The student's recipe behind one interface: distill.py's (the teacher's
+    soft targets, world holds what it learns from) or, with world None,
+    train.py's (the true labels alone). Teacher scores and heads of every
+    run are kept for the card."""
+
+    def __init__(self, ctx, world, recipe, genres, log):
+        self.ctx, self.world, self.recipe, self.genres, self.log = ctx, world, recipe, genres, log
+        self.teacher_evals, self.heads, self.pools = [], [], []
+
+    def run(self, recipe, fit_tracks, test_tracks):
+        """(model, mean, std, evaluation or None, training seconds)."""
+        if self.world is None:
+            return train.train_and_evaluate(self.ctx, recipe, self.genres, fit_tracks,
+                                            test_tracks, self.log)
+        model, mean, std, ev, tev, head, secs, pool = distill.run(self.world, recipe, fit_tracks,
+                                                                  test_tracks, self.log)
+        self.teacher_evals.append(tev)
+        self.heads.append(head)
+        self.pools.append(pool)
+        return model, mean, std, ev, secs
+
+    def cross_validate(self, tracks, k, keep):
+        if self.world is None:
+            return train.cross_validate(self.ctx, self.recipe, self.genres, tracks, k, self.log,
+                                        keep=keep)
+        res = distill.cross_validate(self.world, self.recipe, tracks, k, self.log, keep=keep)
+        self.teacher_cv = {key: v for key, v in res["teacher"].items()
+                           if not key.startswith("out_of_fold")}
+        self.teacher_cv["out_of_fold_votes"] = res["teacher"]["out_of_fold_votes"]
+        out = {key: res[key] for key in ("k", "tracks", "stratified_by", "artist_aware")}
+        out["folds"] = [{"fold": f["fold"], "tracks": f["tracks"],
+                         "train_seconds": f["train_seconds"], **f["student"]}
+                        for f in res["folds"]]
+        out.update(res["student"])
+        return out
+
+
 def recipe_words(r):
+    if isinstance(r, distill.Recipe):
+        return distill.recipe_words(r)
     v = ", ".join(x for x in r.variants if x != "orig")
     return (f"design ({r.arch}), {r.epochs} epochs of {r.epoch_chunks} chunks drawn "
             f"class-balanced (genre weight n_tracks^{1 - r.balance:g}), batch {r.batch}, AdamW "
@@ -188,17 +238,30 @@ def main():
                          "the first one's details are shown, all of their spread")
     ap.add_argument("--name", help="the shipped model's name (default: --model's file name "
                     "without .gmodel)")
-    ap.add_argument("--version", default="2.0.0")
+    ap.add_argument("--version", default="3.0.0")
     ap.add_argument("--dsae-epochs", type=int, default=0,
                     help="design (d)'s epochs; 0: train.dsae_recipe's")
     ap.add_argument("--command", default="train/reproduce",
                     help="how this run was started, for the card")
-    train.add_recipe_args(ap)
+    ap.add_argument("--teacher", default=teachers.CHECKPOINT,
+                    help="the backbone checkpoint the student learns from (distill.py); "
+                    "'none': design (e) on the true labels alone (train.py), for data whose "
+                    "genres the backbone does not know")
+    ap.add_argument("--sizes", default="e_s,e,e_l",
+                    help="student sizes (train/models.py) scored on valid.txt for the card; "
+                    "'': none")
+    ap.add_argument("--music", default="",
+                    help="a folder of unlabelled music for the student (music.py fetch)")
+    known, _ = ap.parse_known_args()
+    distilling = known.teacher != "none"
+    (distill if distilling else train).add_recipe_args(ap)
     args = ap.parse_args()
     args.name = args.name or os.path.splitext(os.path.basename(args.model))[0]
     t_start = time.time()
-    recipe = train.recipe_from_args(args)
-    dsae = train.dsae_recipe(recipe)
+    recipe = (distill if distilling else train).recipe_from_args(args)
+    dsae = train.dsae_recipe(recipe if not distilling else train.Recipe(
+        seed=recipe.seed, threads=recipe.threads, epoch_chunks=recipe.epoch_chunks,
+        batch=recipe.batch))
     if args.dsae_epochs:
         dsae.epochs = args.dsae_epochs
     ctx = train.Context(data=args.data, genred=args.genred, cache=args.cache, jobs=recipe.threads)
@@ -219,7 +282,7 @@ def main():
     # MP3 for the WAV/MP3 agreement. Each re-recording is made once.
     t = time.time()
     plan = {}
-    for rec in (recipe, dsae):
+    for rec in ((dsae,) if distilling else (recipe, dsae)):
         for v in rec.variants:
             plan.setdefault(v, set()).add((train.PARAMS[rec.kind()], rec.chunk_hop))
         plan.setdefault("orig", set()).add((train.PARAMS[rec.kind()], None))
@@ -227,40 +290,72 @@ def main():
     for v, targets in plan.items():
         dataset.extract_many(ctx.genred, sorted(targets, key=str), everything, ctx.cache,
                              ctx.jobs, v)
+    world = None
+    if distilling:
+        music = ()
+        if args.music:
+            import music as music_mod
+            music = tuple(music_mod.files(args.music))
+        dctx = distill.Context(data=args.data, genred=args.genred, checkpoint=args.teacher,
+                               cache=args.cache, jobs=recipe.threads, music=music)
+        world = distill.World(dctx, recipe, genres, everything, log)
     timing["features_s"] = time.time() - t
     log(f"features ready ({timing['features_s']:.0f} s)")
+    learner = Learner(ctx, world, recipe, genres, log)
 
     with tempfile.TemporaryDirectory(prefix="genred-pipeline-") as tmp:
         # 2. valid.txt, with more seeds to show how much of it is luck
         t = time.time()
-        model, mean, std, valid_ev, secs = train.train_and_evaluate(ctx, recipe, genres, train_t,
-                                                                    valid_t, log)
+        model, mean, std, valid_ev, secs = learner.run(recipe, train_t, valid_t)
         seed_runs = [valid_ev]
         for k in range(1, args.valid_seeds):
             other = dataclasses.replace(recipe, seed=recipe.seed + k)
-            seed_runs.append(train.train_and_evaluate(ctx, other, genres, train_t, valid_t, log)[3])
+            seed_runs.append(learner.run(other, train_t, valid_t)[3])
         valid_model = os.path.join(tmp, "valid.gmodel")
         train.export(valid_model, model, genres, recipe, mean, std, {"trained_on": "train.txt"},
                      args.name + "-valid", args.version)
         timing["valid_s"] = time.time() - t
 
+        # 2b. the student's size against accuracy, on valid.txt (same recipe)
+        t = time.time()
+        sizes = []
+        for arch in [a for a in args.sizes.split(",") if a] if distilling else []:
+            if arch == recipe.arch:
+                m, mn, sd, ev, sec = model, mean, std, valid_ev, secs
+            else:
+                m, mn, sd, ev, sec = learner.run(dataclasses.replace(recipe, arch=arch),
+                                                 train_t, valid_t)
+            path = os.path.join(tmp, f"size-{arch}.gmodel")
+            train.export(path, m, genres, dataclasses.replace(recipe, arch=arch), mn, sd,
+                         {"trained_on": "train.txt"}, f"{args.name}-{arch}", args.version)
+            d = describe(args.genred, path)
+            sizes.append({"arch": arch, "title": TITLES[arch], "shipped": arch == recipe.arch,
+                          "parameters": d["parameters"], "mflops_per_chunk": d["mflops_per_chunk"],
+                          "train_seconds": round(sec, 1), **distill.brief(ev)})
+        timing["sizes_s"] = time.time() - t
+
         # 3. cross-validation (models kept for the MP3 agreement)
         t = time.time()
         cv_models = []
-        cv = train.cross_validate(ctx, recipe, genres, everything, args.cv, log,
-                                  keep=cv_models)
+        cv = learner.cross_validate(everything, args.cv, cv_models)
         mp3_cv = cv_mp3_agreement(ctx, recipe, genres, everything, cv_models)
         del cv_models
         timing["cv_s"] = time.time() - t
 
         # 4. the shipped model
         t = time.time()
-        model_all, mean_all, std_all, _, secs_all = train.train_and_evaluate(
-            ctx, recipe, genres, everything, [], log)
+        shipped_recipe = recipe
+        if distilling and teachers.committed_head() is not None:
+            # Only the shipped model may learn from the head that saw valid.txt.
+            shipped_recipe = dataclasses.replace(recipe, head="committed")
+        model_all, mean_all, std_all, _, secs_all = learner.run(shipped_recipe, everything, [])
         meta = {
             "dataset": os.path.basename(os.path.normpath(args.data)),
             "trained_on": f"train.txt + valid.txt ({len(everything)} tracks)",
-            "recipe": dataclasses.asdict(recipe), "train_seconds": round(secs_all, 1),
+            "recipe": dataclasses.asdict(shipped_recipe), "train_seconds": round(secs_all, 1),
+            **({"teacher": {**world.teacher.describe(),
+                            "genre_head": learner.heads[-1].get("training", {})}}
+               if distilling else {}),
             "valid_txt_same_recipe_trained_on_train_txt": {
                 "track_accuracy_votes": valid_ev["votes"]["accuracy"],
                 "track_accuracy_mean_prob": valid_ev["mean_prob"]["accuracy"],
@@ -300,6 +395,7 @@ def main():
         # 6. the daemon's view
         t = time.time()
         info, dinfo = describe(args.genred, args.model), describe(args.genred, args.dsae_model)
+        tinfo = describe(args.genred, world.teacher.model) if distilling else None
         agree = daemon_agreement(args.genred, valid_model, valid_t, genres, valid_ev)
         log(f"daemon: WAV/MP3 agreement {agree['top_agreement']:.3f}, matches PyTorch "
             f"{agree['matches_pytorch']:.3f}")
@@ -385,6 +481,32 @@ def main():
             "is the check on that choice.",
         ],
     }
+    if distilling:
+        tv = learner.teacher_evals[0]
+        results["teacher"] = {
+            **world.teacher.describe(),
+            "valid_head": distill.HEAD_WORDS[recipe.head],
+            "shipped_head": distill.HEAD_WORDS[shipped_recipe.head],
+            "valid": {k: tv[k] for k in ("votes", "mean_prob", "chunk")},
+            "cv": learner.teacher_cv,
+            "valid_pool": learner.pools[0],
+            "music": [os.path.basename(f) for f in world.ctx.music],
+            "sizes": sizes,
+            "sources": len(world.sources) + len(world.music_sources),
+            "sources_rendered": world.rendered,
+            **{k: tinfo[k] for k in ("parameters", "mflops_per_chunk")},
+        }
+        if args.music:
+            import music as music_mod
+            results["teacher"]["music_packages"] = music_mod.packages(args.music)
+        baseline = os.path.join(train.HERE, "results", "gtzan-cnn-2.0.0.json")
+        if os.path.exists(baseline):
+            with open(baseline) as f:
+                results["baseline"] = json.load(f)
+        results["limitations"][-1] = (
+            "The recipe was chosen on valid.txt (train/results/distill.md); the CV estimate "
+            "is the check on that choice. Both teachers' heads are fitted on the run's own "
+            "training tracks, so neither estimate saw its test tracks through the teacher.")
     timing["eval_s"] = time.time() - t
     timing["total_s"] = time.time() - t_start
     timing["load_avg"] = os.getloadavg()[0]

@@ -1,10 +1,18 @@
 /* app.js - the genred web page: upload a file, show the answer.
  *
- * One request per file: POST /v1/classify?segments=1&mel=1 with FormData
- * over XMLHttpRequest (fetch reports no upload progress). The answer's
- * `genres` become bars, its `segments` a timeline of coloured cells, its
- * `mel` picture a canvas. A refusal is shown from the API's own error JSON
+ * One request per file: POST /v1/classify?segments=1&mel=1&embedding=1 with
+ * FormData over XMLHttpRequest (fetch reports no upload progress). The
+ * answer's `genres` become bars, its `segments` a timeline of coloured cells,
+ * its `mel` picture a canvas. A refusal is shown from the API's own error JSON
  * ({"error": {"code", "message"}}) under a heading chosen by status.
+ *
+ * A model with a pretrained backbone answers more, and the page shows it:
+ * `music` (the verdict under the title; for not_music `top` is null and the
+ * title says so instead of naming a genre; segments that are not music are
+ * hatched cells), `tags` (grouped by instrument, voice and mood) and
+ * `embedding` (a strip of its values and a button that copies it as JSON).
+ * Each of these stays hidden when the answer lacks the field, as the bundled
+ * CNN's does.
  *
  * Text reaches the page only through textContent, never innerHTML, so file
  * names and server messages cannot inject markup; the page's
@@ -20,7 +28,7 @@
 'use strict';
 
 (function () {
-  const CLASSIFY_URL = '/v1/classify?segments=1&mel=1';
+  const CLASSIFY_URL = '/v1/classify?segments=1&mel=1&embedding=1';
   const UPLOAD_TIMEOUT_MS = 10 * 60 * 1000;
 
   /* Tableau 10 with its grey swapped for slate (a genre should not look
@@ -32,6 +40,17 @@
   /* Viridis at 0, 0.1, ..., 1: perceptually uniform, readable in grey. */
   const VIRIDIS = ['#440154', '#482475', '#414487', '#355f8d', '#2a788e', '#21918c',
                    '#22a884', '#44bf70', '#7ad151', '#bddf26', '#fde725'];
+
+  /* ColorBrewer RdBu ends and its middle: for the embedding's signed values,
+   * blue below zero, red above, near white at zero. */
+  const DIVERGING = [[33, 102, 172], [247, 247, 247], [178, 24, 43]];
+
+  /* The verdict's badge; style.css colours it by the verdict (data-verdict). */
+  const VERDICTS = {
+    music: 'Music',
+    mixed: 'Partly music',
+    not_music: 'Not music',
+  };
 
   /* Headings for the statuses the API documents (openapi.yaml); the text
    * under a heading is the server's own message. */
@@ -53,16 +72,24 @@
     errorMessage: $('error-message'), errorHint: $('error-hint'), errorFile: $('error-file'),
     retry: $('retry'), result: $('result'), resultFile: $('result-file'),
     resultTitle: $('result-title'), topGenre: $('top-genre'), resultMeta: $('result-meta'),
-    bars: $('bars'), timeline: $('timeline'), legend: $('legend'),
+    titleGenre: $('title-genre'), titleNotMusic: $('title-not-music'),
+    verdict: $('verdict'), verdictBadge: $('verdict-badge'), verdictText: $('verdict-text'),
+    bars: $('bars'), genresNote: $('genres-note'), timeline: $('timeline'),
+    timelineNote: $('timeline-note'), legend: $('legend'),
     timelineStart: $('timeline-start'), timelineEnd: $('timeline-end'),
     mel: $('mel'), melStart: $('mel-start'), melEnd: $('mel-end'), melCaption: $('mel-caption'),
     again: $('again'), modelInfo: $('model-info'), genreList: $('genre-list'), origin: $('origin'),
     keyForm: $('key-form'), key: $('api-key'), authFlag: $('auth-flag'),
+    tagsPanel: $('tags-panel'), embeddingPanel: $('embedding-panel'), embedding: $('embedding'),
+    embeddingEnd: $('embedding-end'), embeddingCaption: $('embedding-caption'),
+    copyEmbedding: $('copy-embedding'), copyStatus: $('copy-status'),
+    embeddingJson: $('embedding-json'), embeddingJsonLabel: $('embedding-json-label'),
   };
   const KEY_STORAGE = 'genred.apiKey';
 
   let pending = null;  /* the XMLHttpRequest in flight, if any */
   let lastFile = null; /* for "Try again" after a 503 */
+  let embedding = null; /* the shown answer's embedding, for the copy button */
 
   /* ---- small helpers ---------------------------------------------------- */
 
@@ -75,6 +102,10 @@
 
   function formatPercent(p) {
     return p.toFixed(1) + '%';
+  }
+
+  function plural(n, one, many) {
+    return n + ' ' + (n === 1 ? one : many);
   }
 
   function node(tag, className, text) {
@@ -309,28 +340,81 @@
   function showResult(ans, fileName) {
     const names = ans.genres.map((g) => g.genre).slice().sort();
     const span = ans.analyzed;
+    /* The verdict, when the model gives one; a null top is the API's way of
+     * saying "no genre" even if a verdict were somehow missing. */
+    const music = ans.music && typeof ans.music.verdict === 'string' ? ans.music : null;
+    const claimsGenre = typeof ans.top === 'string' && (!music || music.verdict !== 'not_music');
 
     el.resultFile.textContent = fileName;
-    el.topGenre.textContent = ans.top;
+    el.titleGenre.hidden = !claimsGenre;
+    el.titleNotMusic.hidden = claimsGenre;
+    el.topGenre.textContent = claimsGenre ? ans.top : '';
     const parts = [
       formatTime(span.start_s) + '–' + formatTime(span.end_s) + ' of ' +
         formatTime(ans.duration_s) + ' analysed' + (span.trimmed ? ' (intro and outro skipped)' : ''),
-      ans.chunks + (ans.chunks === 1 ? ' piece' : ' pieces'),
+      plural(ans.chunks, 'piece', 'pieces'),
       Math.round(ans.timing_ms.total) + ' ms',
       'model ' + ans.model.name + ' ' + ans.model.version,
     ];
     el.resultMeta.textContent = parts.join(' · ');
 
-    drawBars(ans.genres, names);
+    showVerdict(music, ans.chunks);
+    drawBars(ans.genres, names, music, ans.chunks, claimsGenre);
     drawTimeline(ans.segments || [], ans.genres, names, span);
+    drawTags(ans.tags);
     drawMel(ans.mel, span);
+    drawEmbedding(ans.embedding);
 
     el.result.hidden = false;
-    setStatus('Done: ' + fileName + ' sounds most like ' + ans.top + '.', true);
+    setStatus(claimsGenre
+      ? 'Done: ' + fileName + ' sounds most like ' + ans.top + '.'
+      : 'Done: ' + fileName + ' does not sound like music (speech, silence or noise), ' +
+        'so no genre is claimed.', true);
     el.resultTitle.focus();
   }
 
-  function drawBars(genres, names) {
+  /* The music verdict under the title: a badge and how many pieces are
+   * music. Hidden for a model without one. */
+  function showVerdict(music, chunks) {
+    el.verdict.hidden = !music;
+    if (!music) return;
+    const share = Math.round(100 * music.share) + '%';
+    el.verdictBadge.textContent = VERDICTS[music.verdict] || music.verdict;
+    el.verdict.dataset.verdict = music.verdict;
+    let text = music.chunks + ' of ' + plural(chunks, 'piece', 'pieces') + ' (' + share + ') ' +
+      (music.chunks === 1 ? 'sounds' : 'sound') + ' like music';
+    if (music.chunks === 0) {
+      text = (chunks === 1 ? 'The one piece does' : 'None of the ' + chunks + ' pieces') +
+        (chunks === 1 ? ' not sound' : ' sounds') + ' like music: it is speech, silence or ' +
+        'noise, so no genre is claimed.';
+    } else if (music.verdict === 'music') {
+      text += '.';
+    } else if (music.verdict === 'mixed') {
+      text += '; the rest is speech, silence or noise. The genres count the music pieces only.';
+    } else {
+      text += ': the rest is speech, silence or noise, so no genre is claimed.';
+    }
+    el.verdictText.textContent = text;
+  }
+
+  /* What the bars count: every piece, or (with a verdict) the music pieces
+   * only, all pieces when none is music. Without a claimed genre they are
+   * the network's guesses, shown faded and said to be so. */
+  function drawBars(genres, names, music, chunks, claimsGenre) {
+    const some = music && music.chunks > 0 && music.chunks < chunks;
+    let note = some
+      ? 'Share of the ' + music.chunks + ' music pieces whose most likely genre it is; ' +
+        'pieces that are not music do not count.'
+      : 'Share of 3-second pieces whose most likely genre it is.';
+    if (!claimsGenre) {
+      note = 'No genre is claimed. For reference only: the share of ' +
+        (music && music.chunks > 0 ? 'the ' + plural(music.chunks, 'music piece', 'music pieces')
+                                   : 'all pieces') +
+        ' whose most likely genre it is; the network can only answer with a genre, ' +
+        'even for sound that is not music.';
+    }
+    el.genresNote.textContent = note + ' Hover a bar for the mean probability.';
+    el.bars.classList.toggle('guess', !claimsGenre);
     el.bars.replaceChildren();
     for (const g of genres) {
       const li = node('li', 'bar');
@@ -348,21 +432,30 @@
     }
   }
 
+  /* A piece the verdict judged not music is a hatched cell, not a genre's
+   * colour: its genre is only the network's guess. */
   function drawTimeline(segments, genres, names, span) {
     el.timeline.replaceChildren();
     el.legend.replaceChildren();
+    const isMusic = (s) => s.music !== false;
     for (const s of segments) {
-      const label = formatTime(s.start_s) + '–' + formatTime(s.end_s) + ' ' + s.top;
-      const li = node('li', 'cell');
+      const time = formatTime(s.start_s) + '–' + formatTime(s.end_s);
+      const label = time + (isMusic(s) ? ' ' + s.top : ' not music');
+      const li = node('li', isMusic(s) ? 'cell' : 'cell not-music');
       li.title = label;
-      li.dataset.genre = s.top;
-      li.style.backgroundColor = genreColor(s.top, names);
+      if (isMusic(s)) {
+        li.dataset.genre = s.top;
+        li.style.backgroundColor = genreColor(s.top, names);
+      }
       li.appendChild(hiddenText(label));
       el.timeline.appendChild(li);
     }
     el.timelineStart.textContent = formatTime(span.start_s);
     el.timelineEnd.textContent = formatTime(span.end_s);
-    const seen = new Set(segments.map((s) => s.top));
+    const anyNotMusic = segments.some((s) => !isMusic(s));
+    el.timelineNote.textContent = 'The most likely genre of each 3-second piece, in order.' +
+      (anyNotMusic ? ' Hatched pieces are not music (speech, silence or noise).' : '');
+    const seen = new Set(segments.filter(isMusic).map((s) => s.top));
     for (const g of genres) {
       if (!seen.has(g.genre)) continue;
       const li = node('li', 'legend-item');
@@ -371,6 +464,37 @@
       sw.setAttribute('aria-hidden', 'true');
       li.append(sw, node('span', null, g.genre));
       el.legend.appendChild(li);
+    }
+    if (anyNotMusic) {
+      const li = node('li', 'legend-item');
+      const sw = node('span', 'swatch not-music');
+      sw.setAttribute('aria-hidden', 'true');
+      li.append(sw, node('span', null, 'not music'));
+      el.legend.appendChild(li);
+    }
+  }
+
+  /* Tags in their three groups, each strongest first as the API sends
+   * them; a group with none says so. Hidden for a model without tags. */
+  function drawTags(tags) {
+    el.tagsPanel.hidden = !Array.isArray(tags);
+    if (!Array.isArray(tags)) return;
+    for (const list of el.tagsPanel.querySelectorAll('ul.tags')) {
+      list.replaceChildren();
+      const mine = tags.filter((t) => t.group === list.dataset.group);
+      if (mine.length === 0) list.appendChild(node('li', 'tag-none', 'none clearly heard'));
+      for (const t of mine) {
+        const li = node('li', 'tag');
+        li.title = t.tag + ': mean probability ' + t.probability.toFixed(3);
+        const track = node('span', 'tag-track');
+        const fill = node('span', 'tag-fill');
+        fill.style.width = Math.max(0, Math.min(100, 100 * t.probability)) + '%';
+        track.appendChild(fill);
+        track.setAttribute('aria-hidden', 'true');
+        li.append(node('span', 'tag-name', t.tag), track,
+                  node('span', 'tag-value', t.probability.toFixed(2)));
+        list.appendChild(li);
+      }
     }
   }
 
@@ -428,6 +552,87 @@
     el.melCaption.textContent = h + ' mel bands × ' + w + ' columns; dark is ' +
       Math.round(mel.min_db) + ' dB, bright is ' + Math.round(mel.max_db) + ' dB.';
   }
+
+  /* The embedding as a strip, one column per value, on a diverging scale
+   * around zero; the copy button gives the very numbers of the answer.
+   * Hidden without one. */
+  function drawEmbedding(values) {
+    const ok = Array.isArray(values) && values.length > 0 &&
+      values.every((v) => typeof v === 'number' && Number.isFinite(v));
+    el.embeddingPanel.hidden = !ok;
+    el.copyStatus.textContent = '';
+    el.embeddingJson.hidden = true;
+    el.embeddingJsonLabel.hidden = true;
+    embedding = ok ? values : null;
+    el.embeddingJson.value = ok ? JSON.stringify(values) : '';
+    if (!ok) return;
+    const n = values.length;
+    /* Full colour at 2.5 times the values' RMS: a few strong values would
+     * otherwise wash out all the others. */
+    const norm = Math.sqrt(values.reduce((a, v) => a + v * v, 0));
+    const peak = Math.max(...values.map(Math.abs));
+    const scale = Math.min(peak, 2.5 * norm / Math.sqrt(n)) || 1;
+    el.embedding.width = n;
+    el.embedding.height = 1;
+    const ctx = el.embedding.getContext('2d');
+    const img = ctx.createImageData(n, 1);
+    for (let i = 0; i < n; i++) {
+      const x = Math.max(-1, Math.min(1, values[i] / scale));
+      const from = DIVERGING[1], to = DIVERGING[x < 0 ? 0 : 2], t = Math.abs(x);
+      for (let k = 0; k < 3; k++) img.data[i * 4 + k] = from[k] + t * (to[k] - from[k]);
+      img.data[i * 4 + 3] = 255;
+    }
+    ctx.putImageData(img, 0, 0);
+    el.embedding.setAttribute('aria-label', 'The embedding: ' + n + ' values from ' +
+      Math.min(...values).toFixed(2) + ' to ' + Math.max(...values).toFixed(2));
+    el.embeddingEnd.textContent = String(n);
+    el.embeddingCaption.textContent = n + ' values in order: blue below zero, red above, ' +
+      'white near zero, full colour from ±' + scale.toFixed(2) + ' (the largest is ' +
+      peak.toFixed(2) + '). Length (L2 norm) ' + norm.toFixed(2) + '.';
+  }
+
+  /* The Clipboard API needs a secure context (https, or this machine);
+   * elsewhere the older copy command, and if the browser refuses both, the
+   * numbers are shown selected for the user to copy. */
+  async function copyEmbedding() {
+    if (!embedding) return;
+    const json = JSON.stringify(embedding);
+    let copied = false;
+    if (navigator.clipboard && window.isSecureContext) {
+      try {
+        await navigator.clipboard.writeText(json);
+        copied = true;
+      } catch (e) {
+        copied = false;
+      }
+    }
+    if (!copied) {
+      const scratch = node('textarea', 'visually-hidden');
+      scratch.value = json;
+      scratch.setAttribute('readonly', '');
+      document.body.appendChild(scratch);
+      scratch.select();
+      try {
+        copied = document.execCommand('copy');
+      } catch (e) {
+        copied = false;
+      }
+      scratch.remove();
+      el.copyEmbedding.focus();
+    }
+    if (copied) {
+      el.copyStatus.textContent = 'Copied ' + embedding.length + ' numbers as a JSON array.';
+    } else {
+      el.embeddingJsonLabel.hidden = false;
+      el.embeddingJson.hidden = false;
+      el.embeddingJson.focus();
+      el.embeddingJson.select();
+      el.copyStatus.textContent = 'This browser does not let the page copy: the numbers ' +
+        'are selected below, copy them with Ctrl+C (⌘C on a Mac).';
+    }
+  }
+
+  el.copyEmbedding.addEventListener('click', copyEmbedding);
 
   /* ---- what the server knows -------------------------------------------- */
 

@@ -40,7 +40,7 @@ batcher *batcher_create(const model *m, int workers, int max_batch,
                         size_t queue_capacity, metrics *met, gr_err *err);
 
 /* Runs n chunks (in: n * model_input_floats() floats, borrowed until return)
- * and writes n * model_genre_count() probabilities to out. Blocks until done.
+ * and writes n rows of model_output_floats() to out. Blocks until done.
  * Fails with GR_EBUSY when the queue is full or the batcher is stopping.
  *
  * deadline: CLOCK_MONOTONIC time in seconds (0 = none). When it passes, or

@@ -32,6 +32,8 @@ typedef struct classify_opts {
                     * (at most 64 bands x 600 columns, uint8, base64), for
                     * drawing; see openapi.yaml MelPicture. Absent when the
                     * model's input is not log-mel (a waveform model). */
+    int embedding; /* 1: add "embedding", the mean of the chunks' embeddings,
+                    * when the model exports one */
     int max_chunks; /* 0: analyse every chunk of the window; else at most
                      * this many, spread evenly (features.h) */
 } classify_opts;
@@ -68,7 +70,10 @@ json_t *engine_describe_model(engine *e);
 char *engine_render_metrics(engine *e, const metrics_load *load);
 
 /* Classifies data[0..len) (borrowed). Returns the API's answer as a new JSON
- * object owned by the caller, or NULL with err set. Fails with GR_EDEADLINE
+ * object owned by the caller, or NULL with err set. A model that gives a
+ * music verdict (model_music_classes()) also gets "music" in the answer;
+ * its genre shares then count only the chunks that are music, and "top" is
+ * null for audio that is not music. A model with tags gets "tags". Fails with GR_EDEADLINE
  * when cfg->request_timeout_s (counted from the call) passes first, and
  * GR_EBUSY when the engine is cancelled, or when more than max_active_requests
  * classifications are in it at once (the batcher's queue is full: the

@@ -25,11 +25,21 @@
  * torch.stft(center=True, pad_mode="reflect"), so a chunk's edge frames see
  * the neighbouring chunk's audio.
  *
- * Per frame: periodic Hann window of win_length (zero-padded to n_fft if
- * shorter, centred), |rfft|^power, mel filterbank (Slaney or HTK scale,
- * optional Slaney area normalisation), then 10*log10(max(x, amin)) and finally
- * (x - norm_mean) / norm_std. These are the parameters torchaudio's
- * MelSpectrogram + AmplitudeToDB use, which is what the tests compare with.
+ * Pre-emphasis (preemphasis = c > 0) first filters the signal,
+ * y[i] = x[i+1] - c * x[i], a 2-tap convolution that leaves one sample fewer;
+ * frames are then centred on y's samples as above, and a chunk still covers
+ * [k*L, (k+1)*L) of x. With c = 0 there is no filter and y = x.
+ *
+ * Per frame: a Hann window of win_length (periodic or symmetric; zero-padded
+ * to n_fft if shorter, centred), |rfft|^power, a mel filterbank, a log, and
+ * finally (x - norm_mean) / norm_std. Filterbanks: Slaney or HTK scale
+ * (triangles in Hz, as torchaudio's melscale_fbanks(), with optional Slaney
+ * area normalisation), or Kaldi (mel = 1127 ln(1 + f/700), triangles in the
+ * mel domain over the n_fft/2 bins below Nyquist, the Nyquist bin weighted 0,
+ * as torchaudio.compliance.kaldi.get_mel_banks()). Logs: 10*log10(max(x,
+ * amin)) (torchaudio's AmplitudeToDB), or ln(x + log_offset). The tests
+ * compare both front ends with torchaudio: the CNN's (Slaney, dB) and the
+ * pretrained backbone's (pre-emphasis, symmetric window, Kaldi, ln).
  *
  * What it does not do: decoding, resampling, trimming (see audio.h). */
 #ifndef GENRED_MEL_H
@@ -39,20 +49,30 @@
 
 #include "genred/err.h"
 
-typedef enum mel_scale { MEL_SCALE_SLANEY = 0, MEL_SCALE_HTK = 1 } mel_scale;
+typedef enum mel_scale { MEL_SCALE_SLANEY = 0, MEL_SCALE_HTK, MEL_SCALE_KALDI } mel_scale;
+typedef enum mel_window {
+    MEL_WINDOW_HANN = 0,        /* periodic, torch.hann_window's default */
+    MEL_WINDOW_HANN_SYMMETRIC,  /* periodic=False */
+} mel_window;
+typedef enum mel_log { MEL_LOG_DB = 0, MEL_LOG_LN } mel_log;
 
 typedef struct mel_params {
     int sample_rate;    /* Hz, e.g. 16000 */
+    float preemphasis;  /* c in [0, 1): y[i] = x[i+1] - c x[i]; 0 = no filter */
     int n_fft;          /* FFT size, e.g. 1024 */
     int win_length;     /* <= n_fft */
+    mel_window window;
     int hop_length;     /* samples between frames, e.g. 375 */
     int n_mels;         /* mel bands, e.g. 128 */
     int chunk_frames;   /* frames per chunk, e.g. 128 */
     float fmin, fmax;   /* filterbank range in Hz; fmax <= sample_rate / 2 */
     mel_scale scale;
-    int slaney_norm;    /* 1: divide each triangle by its bandwidth (norm="slaney") */
+    int slaney_norm;    /* 1: divide each triangle by its bandwidth (norm="slaney");
+                         * Slaney and HTK scales only */
     float power;        /* 1 = magnitude, 2 = power */
-    float amin;         /* floor before log10, e.g. 1e-10 */
+    mel_log log;
+    float amin;         /* MEL_LOG_DB: floor before log10, e.g. 1e-10 */
+    float log_offset;   /* MEL_LOG_LN: added before ln, e.g. 1e-5 */
     float norm_mean;    /* subtracted after the dB conversion */
     float norm_std;     /* divided by after subtracting the mean; > 0 */
 } mel_params;
@@ -97,6 +117,9 @@ const mel_params *mel_get_params(const mel *m);
 
 /* Samples in one chunk: chunk_frames * hop_length. */
 size_t mel_chunk_samples(const mel *m);
+/* Samples of the signal a frame reads after its centre (n_fft - n_fft/2,
+ * one more with pre-emphasis); before it, it reads n_fft/2. */
+size_t mel_frame_reach(const mel *m);
 /* Floats in one chunk: n_mels * chunk_frames. */
 size_t mel_chunk_floats(const mel *m);
 /* Whole chunks in a signal of n samples. */
@@ -126,8 +149,9 @@ int mel_compute_step(const mel *m, const float *signal, size_t n, size_t step,
  * [buf_first, buf_first + buf_len) are at hand, in buf: for computing a
  * long signal piece by piece, in parallel, without holding all of it. The
  * part must hold every sample those chunks' frames read, i.e. from
- * first_chunk*step - n_fft/2 to the last frame's centre + n_fft/2 (clipped
- * to the signal, and reflected at its two ends); GR_EINTERNAL otherwise.
+ * first_chunk*step - n_fft/2 to the last frame's centre + mel_frame_reach()
+ * (clipped to the signal, and reflected at its two ends); GR_EINTERNAL
+ * otherwise.
  * The result is bit-identical to mel_compute_step() on the whole signal. */
 int mel_compute_part(const mel *m, const float *buf, size_t buf_first, size_t buf_len,
                      size_t n, size_t step, size_t first_chunk, size_t n_chunks,

@@ -1,4 +1,4 @@
-/* model.h - the CNN: load a .gmodel file, run batches of chunks through it.
+/* model.h - the network: load a .gmodel file, run batches of chunks through it.
  *
  * A model file is self-describing (docs/model-format.md): genre labels,
  * feature parameters, layer list, float32 weights, training metadata, with a
@@ -7,6 +7,12 @@
  * per genre) and refuses a bad file with a message naming the problem.
  * Batch-norm layers that follow a conv2d or dense layer are folded into its
  * weights at load time; dropout is dropped.
+ *
+ * The layers form a graph in file order: a layer reads the previous layer's
+ * output or a named earlier one, and add/concat join several. Besides the
+ * genre probabilities, a model may export an embedding (the song's "sounds
+ * like" vector), curated tag probabilities and the classes of a music
+ * verdict; model_forward() writes them all in one row per item.
  *
  * A loaded model is immutable and may be shared by any number of threads.
  * Everything that changes during inference lives in a model_workspace, one per
@@ -45,6 +51,45 @@ const feature_params *model_features(const model *m);
 /* Floats per input item (C*H*W, e.g. 1*128*128 for log-mel, 1*1*500 for a
  * waveform envelope). */
 size_t model_input_floats(const model *m);
+
+/* Floats per item that model_forward() writes: the model_genre_count()
+ * genre probabilities first, then the exported values, which the accessors
+ * below locate in the row. */
+size_t model_output_floats(const model *m);
+
+/* The embedding's width, with *offset its place in the row; 0 when the
+ * model exports none. */
+size_t model_embedding(const model *m, size_t *offset);
+
+typedef struct model_tag {
+    const char *label;   /* e.g. "Electric guitar" */
+    const char *group;   /* e.g. "instrument", "vocal", "mood" */
+    size_t offset;       /* of its probability in the row */
+} model_tag;
+
+/* The curated tags (*tags points into m, which owns them); 0 when none. */
+int model_tags(const model *m, const model_tag **tags);
+/* The probability below which a song's tag means nothing, for this model's
+ * calibration (the file's tags.min_probability; 0 when not given). */
+double model_tags_floor(const model *m);
+
+/* A chunk is music when the largest probability among `music` is at least
+ * the largest among `other` (e.g. Speech, Silence). Offsets in the row. */
+typedef struct model_music {
+    const size_t *music, *other;
+    int n_music, n_other;
+} model_music;
+
+/* NULL when the model gives no music verdict; else a view into m. */
+const model_music *model_music_classes(const model *m);
+
+/* Adds the layer output named `name` in the file to what model_forward()
+ * writes, after what is there already (once, however often it is asked
+ * for); *offset and *width say where it lies in the row. For tools that
+ * read a network's inner values (`genred features --values`: what training
+ * a head on the backbone reads). Call before any workspace is created for
+ * m. Fails (GR_EFILE... see err) when no layer has that name. */
+int model_export(model *m, const char *name, size_t *offset, size_t *width, gr_err *err);
 /* Multiply-accumulates per input item, and the parameter count. */
 double model_macs(const model *m);
 size_t model_param_count(const model *m);
@@ -61,10 +106,19 @@ model_workspace *model_workspace_create(const model *m, int max_batch,
 void model_workspace_free(model_workspace *ws);
 
 /* Runs batch (<= ws's max_batch) items: in holds batch * model_input_floats()
- * floats, out receives batch * model_genre_count() probabilities (the model's
- * final activation, softmax or sigmoid). Never allocates. Returns 0, or -1
- * (GR_EINTERNAL) if batch is out of range or ws was made for another model. */
+ * floats, out receives batch rows of model_output_floats(): the genre
+ * probabilities (the last layer's output, softmax or sigmoid) and the
+ * exported values. Never allocates. Returns 0, or -1 (GR_EINTERNAL) if batch
+ * is out of range or ws was made for another model. */
 int model_forward(const model *m, model_workspace *ws, const float *in,
                   int batch, float *out, gr_err *err);
+
+/* Profiling, for bench/: the ops model_forward() runs (layers after
+ * folding), a label for each ("depthwise 5x5/2 384ch 10x38 -> 5x19"), and a
+ * way to have every model_forward() on ws add each op's thread CPU seconds
+ * to seconds[op] (model_op_count() entries, the caller's; NULL stops). */
+int model_op_count(const model *m);
+void model_op_label(const model *m, int op, char *buf, size_t size);
+void model_workspace_profile(model_workspace *ws, double *seconds);
 
 #endif

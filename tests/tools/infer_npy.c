@@ -4,7 +4,8 @@
  *   infer_npy MODEL.gmodel IN.npy OUT.npy [max_batch]
  *
  * IN is float32 [N, C, H, W], or [N, H, W] when the model takes one channel;
- * OUT receives float32 [N, genres], whatever the model's last layer outputs.
+ * OUT receives float32 [N, model_output_floats()]: the genre probabilities
+ * (whatever the last layer outputs), then the exported values (model.h).
  * Items go through model_forward() in batches of max_batch (default 16), the
  * last one partial, exactly as the daemon's workers call it. */
 #include <errno.h>
@@ -63,7 +64,7 @@ int main(int argc, char **argv) {
                 c, h, w, h, w);
         goto done;
     }
-    size_t n = shape[0], g = (size_t)model_genre_count(m);
+    size_t n = shape[0], g = model_output_floats(m);
     size_t item = model_input_floats(m);
     out = malloc((n ? n : 1) * g * sizeof *out);
     if (!out) {

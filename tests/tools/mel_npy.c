@@ -3,10 +3,9 @@
  *   mel_npy IN.npy OUT.npy [key=value ...]
  *
  * IN is a 1-D float32 signal; OUT is [n_chunks, n_mels, chunk_frames].
- * Keys are those of the model format's "features" section (sample_rate,
- * n_fft, win_length, hop_length, n_mels, chunk_frames, fmin, fmax,
- * mel_scale=slaney|htk, mel_norm=slaney|none, power, amin, norm_mean,
- * norm_std), defaulting to genred's features with norm_mean 0, norm_std 1.
+ * Keys are those of the model format's "features" object, parsed by the
+ * model loader's own model_parse_features() (key=- removes one), over
+ * genred's CNN features with norm_mean 0 and norm_std 1.
  * threads=N (default 1) also computes the chunks on N threads at once from
  * one shared mel and fails unless every copy is bit-identical to the first,
  * to check that mel_compute() really is thread-safe.
@@ -19,61 +18,41 @@
 #include <string.h>
 
 #include "genred/mel.h"
+#include "genred/model.h"
 #include "genred/npy.h"
 
-static int parse_int(const char *s, int *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < -2147483647L - 1 || v > 2147483647L)
-        return -1;
-    *out = (int)v;
-    return 0;
-}
+/* genred's own features (models/gtzan-cnn.gmodel) with norm_mean 0 and
+ * norm_std 1, as a model file's "features" object. */
+static const char *defaults =
+    "{\"kind\": \"logmel\", \"sample_rate\": 16000, \"n_fft\": 1024, \"win_length\": 1024,"
+    " \"hop_length\": 375, \"n_mels\": 128, \"chunk_frames\": 128, \"fmin\": 0.0,"
+    " \"fmax\": 8000.0, \"mel_scale\": \"slaney\", \"mel_norm\": \"slaney\", \"power\": 2.0,"
+    " \"amin\": 1e-10, \"norm_mean\": 0.0, \"norm_std\": 1.0}";
 
-static int parse_float(const char *s, float *out) {
-    char *end;
-    errno = 0;
-    float v = strtof(s, &end);
-    if (errno || end == s || *end) return -1;
-    *out = v;
-    return 0;
-}
-
-/* Applies one key=value to p (or *threads); -1 on an unknown key or value. */
-static int apply_option(const char *arg, mel_params *p, int *threads) {
+/* Applies key=value to the features object f: a value that reads as JSON
+ * (a number) is one, anything else a string; "-" deletes the key. Then the
+ * model file's own parser judges the result. */
+static int apply_option(json_t *f, const char *arg, int *threads) {
     const char *eq = strchr(arg, '=');
-    if (!eq) return -1;
-    size_t klen = (size_t)(eq - arg);
+    char key[64];
+    if (!eq || (size_t)(eq - arg) >= sizeof key) return -1;
+    memcpy(key, arg, (size_t)(eq - arg));
+    key[eq - arg] = '\0';
     const char *v = eq + 1;
-#define KEY(name) (klen == strlen(name) && strncmp(arg, name, klen) == 0)
-    if (KEY("sample_rate")) return parse_int(v, &p->sample_rate);
-    if (KEY("n_fft")) return parse_int(v, &p->n_fft);
-    if (KEY("win_length")) return parse_int(v, &p->win_length);
-    if (KEY("hop_length")) return parse_int(v, &p->hop_length);
-    if (KEY("n_mels")) return parse_int(v, &p->n_mels);
-    if (KEY("chunk_frames")) return parse_int(v, &p->chunk_frames);
-    if (KEY("fmin")) return parse_float(v, &p->fmin);
-    if (KEY("fmax")) return parse_float(v, &p->fmax);
-    if (KEY("power")) return parse_float(v, &p->power);
-    if (KEY("amin")) return parse_float(v, &p->amin);
-    if (KEY("norm_mean")) return parse_float(v, &p->norm_mean);
-    if (KEY("norm_std")) return parse_float(v, &p->norm_std);
-    if (KEY("threads")) return parse_int(v, threads) || *threads < 1 ? -1 : 0;
-    if (KEY("mel_scale")) {
-        if (strcmp(v, "slaney") == 0) p->scale = MEL_SCALE_SLANEY;
-        else if (strcmp(v, "htk") == 0) p->scale = MEL_SCALE_HTK;
-        else return -1;
+    if (strcmp(key, "threads") == 0) {
+        char *end;
+        long n = strtol(v, &end, 10);
+        if (*v == '\0' || *end || n < 1 || n > 64) return -1;
+        *threads = (int)n;
         return 0;
     }
-    if (KEY("mel_norm")) {
-        if (strcmp(v, "slaney") == 0) p->slaney_norm = 1;
-        else if (strcmp(v, "none") == 0) p->slaney_norm = 0;
-        else return -1;
-        return 0;
+    if (strcmp(v, "-") == 0) return json_object_del(f, key) == 0 ? 0 : -1;
+    json_t *val = json_loads(v, JSON_DECODE_ANY, NULL);
+    if (!val || !(json_is_number(val))) {
+        json_decref(val);
+        val = json_string(v);
     }
-#undef KEY
-    return -1;
+    return val && json_object_set_new(f, key, val) == 0 ? 0 : -1;
 }
 
 typedef struct job {
@@ -96,22 +75,26 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: %s IN.npy OUT.npy [key=value ...]\n", argv[0]);
         return 1;
     }
-    mel_params p = {
-        .sample_rate = 16000, .n_fft = 1024, .win_length = 1024,
-        .hop_length = 375, .n_mels = 128, .chunk_frames = 128,
-        .fmin = 0.0f, .fmax = 8000.0f, .scale = MEL_SCALE_SLANEY,
-        .slaney_norm = 1, .power = 2.0f, .amin = 1e-10f,
-        .norm_mean = 0.0f, .norm_std = 1.0f,
-    };
     int threads = 1;
+    json_t *f = json_loads(defaults, 0, NULL);
+    if (!f) return 1;
     for (int i = 3; i < argc; i++) {
-        if (apply_option(argv[i], &p, &threads) != 0) {
+        if (apply_option(f, argv[i], &threads) != 0) {
             fprintf(stderr, "mel_npy: bad option '%s'\n", argv[i]);
+            json_decref(f);
             return 1;
         }
     }
-
     gr_err err = {0};
+    feature_params fp;
+    int parsed = model_parse_features(f, &fp, &err);
+    json_decref(f);
+    if (parsed != 0) {
+        fprintf(stderr, "mel_npy: %s\n", err.msg);
+        return 1;
+    }
+    const mel_params p = fp.mel;
+
     float *signal = NULL;
     size_t shape[4];
     int ndim;

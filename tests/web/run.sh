@@ -5,13 +5,14 @@
 # package-lock.json (else `npm ci` from the npm registry, install scripts off,
 # one install at a time: build/ and build-asan/ may run this together), then
 # runs the test under node's own runner, whose TAP output meson counts.
-# Needs node (>= 18), npm, ffmpeg and /usr/bin/chromium; .ci/install-deps test
-# installs them. Anything missing fails the test with a message: nothing is
-# skipped.
+# Needs node (>= 18), npm, ffmpeg, espeak-ng, python3 and /usr/bin/chromium;
+# .ci/install-deps test installs them. Anything missing fails the test with a
+# message; only the backbone's tests skip (with the reason) when ../shared
+# lacks its checkpoint.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 
-for tool in node npm ffmpeg ffprobe /usr/bin/chromium flock; do
+for tool in node npm ffmpeg ffprobe espeak-ng python3 /usr/bin/chromium flock; do
   if ! command -v "$tool" >/dev/null 2>&1; then
     echo "Bail out! $tool is missing (run .ci/install-deps test)"
     exit 1
