@@ -712,6 +712,14 @@ int main(int argc, char **argv) {
         usage(stderr);
         return 2;
     }
+    /* `genred classify --help` is what a user types first; it must not be
+     * read as the option "help" missing its value. */
+    for (int i = 2; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            usage(stdout);
+            return 0;
+        }
+    }
     if (load_settings(argc - 2, argv + 2, &cfg, &o) != 0) {
         free(o.files);
         return 2;

@@ -177,6 +177,17 @@ def classified(r):
     return ans
 
 
+@pytest.mark.parametrize("command", ["serve", "classify", "features"])
+def test_help_after_a_command_prints_the_usage(genred_bin, command):
+    for flag in ("--help", "-h"):
+        r = subprocess.run([genred_bin, command, "--model", "/nonexistent", flag],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.startswith("genred ") and "usage:" in r.stdout
+        assert f"genred {command}" in r.stdout
+        assert r.stderr == ""
+
+
 def test_checkout_binary_just_works(genred_bin, build_root, audio, tmp_path):
     """`build/genred classify song` with no flags, from the build folder, the
     checkout and anywhere else."""
