@@ -45,7 +45,6 @@ What it does not do: pass or fail anything (targets are printed beside the
 numbers), or run in the test suite.
 """
 import argparse
-import concurrent.futures
 import http.client
 import json
 import os

@@ -70,6 +70,15 @@ def genred_bin():
 
 
 @pytest.fixture(scope="session")
+def infer_tool():
+    """tests/infer_npy: runs a model file on chunks from a .npy in C."""
+    path = _env_path("GENRED_TOOL_INFER", "the infer_npy test tool")
+    if not os.access(path, os.X_OK):
+        pytest.fail(f"GENRED_TOOL_INFER={path} is not executable", pytrace=False)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
 def model_path(source_dir):
     path = source_dir / "models" / "gtzan-cnn.gmodel"
     if not path.is_file():

@@ -156,8 +156,8 @@ def build_mix(inp, port):
         Kind("slowloris", 1, "cut",
              trickle(b"GET / HTTP/1.1\r\nHost: x\r\n", b"X-a: b\r\n", 0.5, 30)),
         Kind("slow-upload", 1, 408,
-             trickle(f"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: audio/mpeg\r\n"
-                     f"Content-Length: 100000\r\n\r\n".encode(), b"x", 1.0, 30)),
+             trickle(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: audio/mpeg\r\n"
+                     b"Content-Length: 100000\r\n\r\n", b"x", 1.0, 30)),
     ]
     return mix
 

@@ -20,7 +20,6 @@ conversion, C against PyTorch, and what the daemon answers with it.
 
 Skips, with the reason, only when ../shared lacks the checkpoint.
 """
-import hashlib
 import http.server
 import json
 import os
@@ -186,10 +185,9 @@ def torch_head(head, emb, logits):
     return x
 
 
-def test_c_equals_pytorch_on_real_chunks(genred_bin, backbone_model, checkpoint, head,
-                                         gtzan_dir, tmp_path):
-    tool = os.environ.get("GENRED_TOOL_INFER")
-    assert tool, "GENRED_TOOL_INFER is not set (`meson test` sets it)"
+def test_c_equals_pytorch_on_real_chunks(genred_bin, infer_tool, backbone_model, checkpoint,
+                                         head, gtzan_dir, tmp_path):
+    tool = infer_tool
     files = [sorted((gtzan_dir / g).glob("*.flac"))[1] for g in ("classical", "hiphop", "metal")]
     feats = []
     for i, f in enumerate(files):
@@ -305,14 +303,14 @@ def test_music_gets_genres_tags_and_verdict(backbone_daemon, audio, api, check_c
     assert len(ans["embedding"]) == mn04.LAST_CHANNELS
 
 
-def test_embedding_is_the_mean_of_the_chunks(backbone_daemon, genred_bin, backbone_model,
-                                             audio, tmp_path):
+def test_embedding_is_the_mean_of_the_chunks(backbone_daemon, genred_bin, infer_tool,
+                                             backbone_model, audio, tmp_path):
     ans = classify(backbone_daemon, audio.excerpt_flac, "?embedding=1")
     r = subprocess.run([str(genred_bin), "features", "--model", str(backbone_model),
                         str(audio.excerpt_flac), "-o", str(tmp_path / "f.npy")],
                        capture_output=True, text=True, timeout=120, env=GENRED_ENV)
     assert r.returncode == 0, r.stderr
-    r = subprocess.run([os.environ["GENRED_TOOL_INFER"], str(backbone_model),
+    r = subprocess.run([infer_tool, str(backbone_model),
                         str(tmp_path / "f.npy"), str(tmp_path / "o.npy")],
                        capture_output=True, text=True, timeout=120, env=GENRED_ENV)
     assert r.returncode == 0, r.stderr

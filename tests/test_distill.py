@@ -34,13 +34,6 @@ import mn04  # noqa: E402
 import teacher as teachers  # noqa: E402
 
 
-def required(name):
-    v = os.environ.get(name)
-    if not v or not os.path.exists(v):
-        pytest.fail(f"{name} is not set or does not exist; run through `meson test`")
-    return v
-
-
 @pytest.fixture(scope="module")
 def shared():
     s = pathlib.Path(os.environ.get("GENRED_SHARED", ROOT.parent / "shared"))
@@ -71,9 +64,9 @@ def small(shared, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def teacher(shared, tmp_path_factory):
+def teacher(shared, genred_bin, tmp_path_factory):
     ckpt, _ = shared
-    return teachers.Teacher(required("GENRED_BIN"), str(ckpt),
+    return teachers.Teacher(str(genred_bin), str(ckpt),
                             str(tmp_path_factory.mktemp("cache")))
 
 
@@ -146,14 +139,14 @@ def test_plan_is_seeded_and_mixes_two_genres(small):
     assert sum(s["kind"] == "track" for s in p1) == 3 * len(tracks)
 
 
-def test_pipeline_distills(shared, small, tmp_path):
+def test_pipeline_distills(shared, genred_bin, small, tmp_path):
     """train/pipeline.py with the teacher, a tiny budget: the student file is
     written and agrees with PyTorch in C, the valid.txt teacher is the
     calibrated head fitted on train.txt alone, the card compares."""
     ckpt, _ = shared
     out = tmp_path / "out"
     cmd = [sys.executable, str(ROOT / "train" / "pipeline.py"), "--data", str(small),
-           "--genred", required("GENRED_BIN"), "--cache", str(tmp_path / "cache"),
+           "--genred", str(genred_bin), "--cache", str(tmp_path / "cache"),
            "--teacher", str(ckpt),
            "--model", str(out / "m.gmodel"), "--dsae-model", str(out / "d.gmodel"),
            "--card", str(out / "card.md"), "--png", str(out / "card.png"),

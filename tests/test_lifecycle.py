@@ -32,7 +32,6 @@ passes, about a second of inference here.
 import concurrent.futures
 import json
 import os
-import pathlib
 import re
 import shutil
 import signal

@@ -580,8 +580,8 @@ def test_nginx_keeps_slow_clients_off_the_replicas(nginx_pair, audio):
     and /healthz through nginx, from another address, are answered at
     once."""
     n, a, b = nginx_pair
-    head = (f"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: audio/mpeg\r\n"
-            f"Content-Length: 100000\r\n\r\n").encode()
+    head = (b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: audio/mpeg\r\n"
+            b"Content-Length: 100000\r\n\r\n")
     flood = th.slowloris(n.port)
     slow = th.Flood(n.port, 100, head, b"x", 1.0, reopen=False)
     try:

@@ -19,7 +19,6 @@ Needs GENRED_TOOL_INFER (the infer_npy binary) and GENRED_SOURCE (the source
 tree); `meson test` sets both.
 """
 import copy
-import os
 import pathlib
 import subprocess
 import sys
@@ -42,22 +41,6 @@ GENRES = ["blues", "classical", "country", "disco", "hiphop", "jazz", "metal",
           "pop", "reggae", "rock"]
 TOLERANCE = 1e-4         # probabilities, absolute
 LOGIT_TOLERANCE = 2e-5   # logits, relative to the largest |logit| (at least 1)
-
-
-def required_env(name):
-    value = os.environ.get(name)
-    if not value:
-        pytest.fail(f"environment variable {name} is not set; run this through "
-                    f"`meson test` or set it by hand (see the module docstring)")
-    return value
-
-
-@pytest.fixture(scope="session")
-def infer_tool():
-    tool = required_env("GENRED_TOOL_INFER")
-    if not os.access(tool, os.X_OK):
-        pytest.fail(f"GENRED_TOOL_INFER={tool} is not an executable")
-    return tool
 
 
 # ---- models ---------------------------------------------------------------
@@ -344,12 +327,12 @@ def test_save_refuses_bad_metadata(tmp_path):
     assert not p.exists()
 
 
-def test_bundled_models(infer_tool, tmp_path):
+def test_bundled_models(infer_tool, source_dir, tmp_path):
     """Every model shipped in $GENRED_SOURCE/models loads in PyTorch (with
     gmodel.load) and in C, and both give the same probabilities. Shipped:
     tracked by git (scripts/get-model writes converted networks there too,
     which tests/test_backbone.py checks against their own definition)."""
-    source = pathlib.Path(required_env("GENRED_SOURCE"))
+    source = source_dir
     assert source.is_dir(), f"GENRED_SOURCE={source} is not a directory"
     listed = subprocess.run(["git", "-C", str(source), "ls-files", "models/*.gmodel"],
                             capture_output=True, text=True)

@@ -25,7 +25,6 @@ import socket
 import threading
 import time
 
-import requests
 
 CLASSIFY = "/v1/classify"
 

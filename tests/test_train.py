@@ -33,7 +33,6 @@ import wave
 
 import numpy as np
 import pytest
-import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "train"))
 import dataset  # noqa: E402
@@ -46,16 +45,9 @@ TRACK_S = 7.0                                   # 2 back-to-back 3 s chunks, 5 a
 TRAIN_DIR = pathlib.Path(__file__).resolve().parent.parent / "train"
 
 
-def required(name):
-    v = os.environ.get(name)
-    if not v or not os.path.exists(v):
-        pytest.fail(f"{name} is not set or does not exist; run through `meson test`")
-    return v
-
-
 @pytest.fixture(scope="module")
-def genred():
-    return required("GENRED_BIN")
+def genred(genred_bin):
+    return str(genred_bin)
 
 
 def sound(genre_index, track_index, seconds=TRACK_S):
@@ -186,7 +178,7 @@ def test_extract_chunks_cache_and_owners(genred, data, tmp_path):
     assert again == paths and all(os.path.getmtime(p) == stamp[p] for p in paths.values())
 
     # Chunks are stacked by track: owners tell tracks apart, labels follow.
-    train_t, valid_t = tracks[::2], tracks[1::2]
+    train_t = tracks[::2]
     X, y, owner = dataset.load_chunks(train_t, paths)
     assert X.shape == (2 * len(train_t), 1, 128, 128)
     assert list(owner) == [i for i in range(len(train_t)) for _ in range(2)]
@@ -257,8 +249,7 @@ def test_mp3_variant(genred, data, tmp_path):
 
 # ---- train, export, run in C ----------------------------------------------
 
-def run_infer(x, model_path, tmp_path):
-    tool = required("GENRED_TOOL_INFER")
+def run_infer(tool, x, model_path, tmp_path):
     np.save(tmp_path / "in.npy", x.astype("<f4"))
     r = subprocess.run([tool, str(model_path), str(tmp_path / "in.npy"),
                         str(tmp_path / "out.npy"), "3"], capture_output=True, text=True)
@@ -267,7 +258,7 @@ def run_infer(x, model_path, tmp_path):
 
 
 @pytest.mark.parametrize("arch", ["e", "d"])
-def test_train_export_parity(arch, genred, data, tmp_path):
+def test_train_export_parity(arch, genred, infer_tool, data, tmp_path):
     ctx = train.Context(data=str(data), genred=genred, cache=str(tmp_path / "cache"), jobs=2)
     genres, tracks = dataset.discover(str(data))
     tr, va = dataset.split(str(data), tracks, valid_share=0.25)
@@ -286,7 +277,7 @@ def test_train_export_parity(arch, genred, data, tmp_path):
     want = train.predict(model, X, mean, std)
     # The C engine normalises in its feature code: feed it raw features
     # normalised the way the file says, as the daemon would have computed.
-    got = run_infer((X - mean) / std, path, tmp_path)
+    got = run_infer(infer_tool, (X - mean) / std, path, tmp_path)
     assert got.shape == want.shape
     assert float(np.abs(got - want).max()) <= 1e-4
 

@@ -16,12 +16,9 @@ short and one worker runs the model.
 What it does not do: replace the ASan+UBSan run of the whole suite (.ci/run)
 or fuzzing (fuzz/run), which see far more inputs.
 """
-import os
-import pathlib
 import re
 import shutil
 import stat
-import struct
 
 import pytest
 

@@ -36,7 +36,6 @@ What it does not do: render audio (augment.py), run the backbone
 """
 import argparse
 import dataclasses
-import functools
 import json
 import os
 import sys
@@ -46,7 +45,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from torch import nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

@@ -34,8 +34,8 @@ import torchaudio
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mn04 import (BLOCKS, BN_EPS, FEATURES, GENRE_CLASSES, HIDDEN,  # noqa: E402,F401
-                  LAST_CHANNELS, MUSIC, N_CLASSES, SILENCE, SPEECH, STEM_CHANNELS)
+from mn04 import (BLOCKS, BN_EPS, FEATURES, HIDDEN,  # noqa: E402
+                  LAST_CHANNELS, N_CLASSES, STEM_CHANNELS)
 
 
 def _act(name):

@@ -27,7 +27,6 @@ What it does not do: download (scripts/get-model), train the genre head
 import array
 import io
 import pickle
-import struct
 import sys
 import zipfile
 
