@@ -61,18 +61,26 @@ typedef struct conv_case {
     int with_bias;
 } conv_case;
 
-static void check_conv(const conv_case *t) {
+/* One reference for both kernels: a dense convolution reads every input
+ * channel; a depthwise one (out_c a multiple m of in_c) reads input o / m
+ * alone for output o. */
+static void check_kernel(const conv_case *t, int depthwise) {
     int oh = nn_window_out(t->in_h, t->kh, t->sh, t->ph);
     int ow = nn_window_out(t->in_w, t->kw, t->sw, t->pw);
     assert_true(oh > 0 && ow > 0);
+    assert_true(!depthwise || t->out_c % t->in_c == 0);
+    const int reads = depthwise ? 1 : t->in_c;   /* input channels per output */
+    const int mult = depthwise ? t->out_c / t->in_c : 1;
     size_t n_in = (size_t)t->batch * t->in_c * t->in_h * t->in_w;
-    size_t n_w = (size_t)t->out_c * t->in_c * t->kh * t->kw;
+    size_t n_w = (size_t)t->out_c * reads * t->kh * t->kw;
     size_t n_out = (size_t)t->batch * t->out_c * oh * ow;
     float *in = rand_array(n_in, -1, 1), *w = rand_array(n_w, -1, 1);
     float *bias = t->with_bias ? rand_array((size_t)t->out_c, -1, 1) : NULL;
     nn_conv2d c = {t->in_c, t->in_h, t->in_w, t->out_c, oh, ow, t->kh, t->kw,
                    t->sh, t->sw, t->ph, t->pw, w, bias, t->act, 0.7f};
-    size_t n_scratch = nn_conv2d_scratch_floats(&c, t->batch);
+    if (depthwise) assert_true(nn_depthwise_supported(&c));
+    size_t n_scratch = depthwise ? nn_depthwise_scratch_floats(&c)
+                                 : nn_conv2d_scratch_floats(&c, t->batch);
     /* Guard floats after both buffers catch writes past the sizes nn.h
      * promises. */
     float *out = malloc((n_out + 16) * sizeof *out);
@@ -81,7 +89,10 @@ static void check_conv(const conv_case *t) {
     assert_non_null(scratch);
     for (int i = 0; i < 16; i++) out[n_out + i] = scratch[n_scratch + i] = 12345.0f;
 
-    nn_conv2d_forward(&c, t->batch, in, out, scratch);
+    if (depthwise)
+        nn_depthwise_forward(&c, t->batch, in, out, scratch);
+    else
+        nn_conv2d_forward(&c, t->batch, in, out, scratch);
 
     for (int i = 0; i < 16; i++) {
         assert_true(out[n_out + i] == 12345.0f);
@@ -92,20 +103,23 @@ static void check_conv(const conv_case *t) {
             for (int y = 0; y < oh; y++)
                 for (int x = 0; x < ow; x++) {
                     double s = bias ? bias[o] : 0, mag = fabs(s);
-                    for (int ch = 0; ch < t->in_c; ch++)
+                    for (int k = 0; k < reads; k++) {
+                        int ch = depthwise ? o / mult : k;
                         for (int i = 0; i < t->kh; i++)
                             for (int j = 0; j < t->kw; j++) {
                                 int iy = y * t->sh - t->ph + i, ix = x * t->sw - t->pw + j;
                                 if (iy < 0 || iy >= t->in_h || ix < 0 || ix >= t->in_w)
                                     continue;
                                 double term =
-                                    (double)w[((o * t->in_c + ch) * t->kh + i) * t->kw + j] *
+                                    (double)w[((o * reads + k) * t->kh + i) * t->kw + j] *
                                     in[(((size_t)b * t->in_c + ch) * t->in_h + iy) * t->in_w + ix];
                                 s += term;
                                 mag += fabs(term);
                             }
+                    }
                     size_t at = (((size_t)b * t->out_c + o) * oh + y) * ow + x;
-                    assert_close(out[at], ref_act(s, t->act, 0.7), mag, "conv", at);
+                    assert_close(out[at], ref_act(s, t->act, 0.7), mag,
+                                 depthwise ? "depthwise" : "conv", at);
                 }
     free(in);
     free(w);
@@ -130,7 +144,7 @@ static void test_conv_small_cases(void **state) {
         {2, 3, 9, 10, 4, 1, 1, 1, 1, 0, 0, NN_ACT_NONE, 0},     /* pointwise, no im2col */
         {2, 3, 5, 1, 2, 3, 1, 1, 1, 1, 0, NN_ACT_NONE, 1},      /* width 1 */
     };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) check_conv(&cases[i]);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) check_kernel(&cases[i], 0);
 }
 
 static void test_conv_many_bands(void **state) {
@@ -142,56 +156,7 @@ static void test_conv_many_bands(void **state) {
         {2, 3, 64, 129, 8, 5, 4, 2, 3, 2, 1, NN_ACT_ELU, 1},
         {3, 1, 128, 128, 8, 5, 5, 1, 1, 2, 2, NN_ACT_RELU, 1},
     };
-    for (size_t i = 0; i < sizeof big / sizeof big[0]; i++) check_conv(&big[i]);
-}
-
-/* Depthwise: the same reference, one input channel per output channel. */
-static void check_depthwise(const conv_case *t) {
-    int oh = nn_window_out(t->in_h, t->kh, t->sh, t->ph);
-    int ow = nn_window_out(t->in_w, t->kw, t->sw, t->pw);
-    assert_true(oh > 0 && ow > 0 && t->out_c % t->in_c == 0);
-    const int mult = t->out_c / t->in_c;
-    size_t n_in = (size_t)t->batch * t->in_c * t->in_h * t->in_w;
-    size_t n_out = (size_t)t->batch * t->out_c * oh * ow;
-    float *in = rand_array(n_in, -1, 1), *w = rand_array((size_t)t->out_c * t->kh * t->kw, -1, 1);
-    float *bias = t->with_bias ? rand_array((size_t)t->out_c, -1, 1) : NULL;
-    nn_conv2d c = {t->in_c, t->in_h, t->in_w, t->out_c, oh, ow, t->kh, t->kw,
-                   t->sh, t->sw, t->ph, t->pw, w, bias, t->act, 0.7f};
-    assert_true(nn_depthwise_supported(&c));
-    size_t n_scratch = nn_depthwise_scratch_floats(&c);
-    float *out = malloc((n_out + 16) * sizeof *out);
-    float *scratch = malloc((n_scratch + 16) * sizeof *scratch);
-    assert_non_null(out);
-    assert_non_null(scratch);
-    for (int i = 0; i < 16; i++) out[n_out + i] = scratch[n_scratch + i] = 12345.0f;
-    nn_depthwise_forward(&c, t->batch, in, out, scratch);
-    for (int i = 0; i < 16; i++) {
-        assert_true(out[n_out + i] == 12345.0f);
-        assert_true(scratch[n_scratch + i] == 12345.0f);
-    }
-    for (int b = 0; b < t->batch; b++)
-        for (int o = 0; o < t->out_c; o++)
-            for (int y = 0; y < oh; y++)
-                for (int x = 0; x < ow; x++) {
-                    double s = bias ? bias[o] : 0, mag = fabs(s);
-                    for (int i = 0; i < t->kh; i++)
-                        for (int j = 0; j < t->kw; j++) {
-                            int iy = y * t->sh - t->ph + i, ix = x * t->sw - t->pw + j;
-                            if (iy < 0 || iy >= t->in_h || ix < 0 || ix >= t->in_w) continue;
-                            double term = (double)w[(o * t->kh + i) * t->kw + j] *
-                                          in[(((size_t)b * t->in_c + o / mult) * t->in_h + iy) *
-                                                 t->in_w + ix];
-                            s += term;
-                            mag += fabs(term);
-                        }
-                    size_t at = (((size_t)b * t->out_c + o) * oh + y) * ow + x;
-                    assert_close(out[at], ref_act(s, t->act, 0.7), mag, "depthwise", at);
-                }
-    free(in);
-    free(w);
-    free(bias);
-    free(out);
-    free(scratch);
+    for (size_t i = 0; i < sizeof big / sizeof big[0]; i++) check_kernel(&big[i], 0);
 }
 
 static void test_depthwise(void **state) {
@@ -211,7 +176,7 @@ static void test_depthwise(void **state) {
         {2, 1, 30, 41, 8, 3, 3, 2, 2, 1, 1, NN_ACT_HARDSWISH, 0},   /* one input, 8 out */
         {1, 3, 9, 10, 6, 3, 3, 1, 1, 1, 1, NN_ACT_RELU, 1},         /* multiplier 2 */
     };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) check_depthwise(&cases[i]);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) check_kernel(&cases[i], 1);
     /* Outside what the direct kernel does: the loader refuses these. */
     nn_conv2d wide = {1, 9, 9, 1, 1, 1, 9, 9, 1, 1, 0, 0, NULL, NULL, NN_ACT_NONE, 0};
     nn_conv2d s3 = {1, 9, 9, 1, 3, 3, 3, 3, 3, 3, 0, 0, NULL, NULL, NN_ACT_NONE, 0};
