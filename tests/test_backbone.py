@@ -187,7 +187,6 @@ def torch_head(head, emb, logits):
 
 def test_c_equals_pytorch_on_real_chunks(genred_bin, infer_tool, backbone_model, checkpoint,
                                          head, gtzan_dir, tmp_path):
-    tool = infer_tool
     files = [sorted((gtzan_dir / g).glob("*.flac"))[1] for g in ("classical", "hiphop", "metal")]
     feats = []
     for i, f in enumerate(files):
@@ -199,7 +198,7 @@ def test_c_equals_pytorch_on_real_chunks(genred_bin, infer_tool, backbone_model,
     x = np.concatenate(feats)
     assert x.shape[1:] == (128, 300) and len(x) >= 20
     np.save(tmp_path / "in.npy", x)
-    r = subprocess.run([tool, str(backbone_model), str(tmp_path / "in.npy"),
+    r = subprocess.run([infer_tool, str(backbone_model), str(tmp_path / "in.npy"),
                         str(tmp_path / "out.npy"), "8"], capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr

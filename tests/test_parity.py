@@ -332,13 +332,12 @@ def test_bundled_models(infer_tool, source_dir, tmp_path):
     gmodel.load) and in C, and both give the same probabilities. Shipped:
     tracked by git (scripts/get-model writes converted networks there too,
     which tests/test_backbone.py checks against their own definition)."""
-    source = source_dir
-    assert source.is_dir(), f"GENRED_SOURCE={source} is not a directory"
-    listed = subprocess.run(["git", "-C", str(source), "ls-files", "models/*.gmodel"],
+    assert source_dir.is_dir(), f"GENRED_SOURCE={source_dir} is not a directory"
+    listed = subprocess.run(["git", "-C", str(source_dir), "ls-files", "models/*.gmodel"],
                             capture_output=True, text=True)
-    paths = (sorted(source / p for p in listed.stdout.split()) if listed.returncode == 0
-             else sorted((source / "models").glob("*.gmodel")))
-    assert paths, f"no models in {source / 'models'}"
+    paths = (sorted(source_dir / p for p in listed.stdout.split()) if listed.returncode == 0
+             else sorted((source_dir / "models").glob("*.gmodel")))
+    assert paths, f"no models in {source_dir / 'models'}"
     for path in paths:
         model, header = gmodel.load(path)
         g = torch.Generator().manual_seed(7)
