@@ -21,10 +21,13 @@ views, everything cached):
   * optionally unlabelled music (music.py), labelled by the teacher alone.
 The loss is (1 - alpha) x T^2 x KL(teacher at temperature T || student at T)
 + alpha x cross-entropy with the true genre, the latter only on chunks of a
-labelled track. Draws per epoch: a share --mix-share from the mixes, --unl-share
-from the unlabelled music, the rest from the tracks, class-balanced as in
-train.py (genre ~ n_tracks^(1 - balance), then a track, then a chunk of any
-of its recordings).
+labelled track; --aux adds the mean squared error of a training-only linear
+layer on the student's pooled features against the teacher's z-scored
+embedding and/or AudioSet logits (it helps only with long training:
+results/distill.md). Draws per epoch: a share --mix-share from the mixes,
+--unl-share from the unlabelled music, the rest from the tracks,
+class-balanced as in train.py (genre ~ n_tracks^(1 - balance), then a
+track, then a chunk of any of its recordings).
 
 The teacher's head must not have seen the tracks a run is scored on: --head
 zero (no labels at all) or calib (fitted here on the run's training tracks
@@ -46,6 +49,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import augment  # noqa: E402
@@ -74,6 +78,8 @@ class Recipe:
     mix_share: float = 0.4         # share of draws from two-track mixes
     unl_share: float = 0.0         # share of draws from unlabelled music
     mixup: float = 0.0             # Beta(a, a) mixing of chunks and their targets; 0: off
+    aux: str = ""                  # teacher values the student also regresses (training only)
+    aux_weight: float = 1.0        # weight of that regression (mean squared error, z-scored)
     gain_db: float = 6.0
     eq_db: float = 0.0
     time_masks: int = 2
@@ -160,7 +166,7 @@ class Pool:
     def __init__(self, world, recipe, fit_tracks, head):
         allowed = {t.id for t in fit_tracks}
         index = {t.id: i for i, t in enumerate(fit_tracks)}
-        self.parts, part, rows, y, group, logits = [], [], [], [], [], []
+        self.parts, part, rows, y, group, logits, aux = [], [], [], [], [], [], []
         groups = []   # per group: ("track", track index) | ("mix",) | ("music",)
         total = np.zeros(3)
         chosen = [(s, d) for s, d in zip(world.sources, world.data) if augment.usable(s, allowed)]
@@ -187,10 +193,18 @@ class Pool:
             y.append(np.full(n, label))
             group.append(np.full(n, g))
             logits.append(teachers.apply_head(head, t).astype(np.float32))
+            if recipe.aux:
+                named = teachers.split_values(t)
+                aux.append(np.concatenate([named[v] for v in recipe.aux.split(",")],
+                                          axis=1))
             self.parts.append(x[:, None])
         self.part, self.rows = np.concatenate(part), np.concatenate(rows)
         self.y, self.group = np.concatenate(y), np.concatenate(group)
         self.logits = np.concatenate(logits)
+        self.aux = None
+        if aux:
+            a = np.concatenate(aux).astype(np.float32)
+            self.aux = (a - a.mean(0)) / (a.std(0) + 1e-6)
         self.groups = groups
         self.mean = float(total[0] / total[2])
         self.std = float(np.sqrt(max(total[1] / total[2] - self.mean ** 2, 1e-12)))
@@ -236,9 +250,15 @@ def fit(recipe, pool, n_genres, log=print):
     torch.set_num_threads(recipe.threads)
     gen = torch.Generator().manual_seed(recipe.seed)
     model = models.ARCHS[recipe.arch](n_genres, pool.shape)
+    # The regression of teacher values reads the pooled features before the
+    # read-out (dropout, linear); its layer exists for training only.
+    body, readout = model[:-2], model[-2:]
+    aux_layer = nn.Linear(readout[-1].in_features, pool.aux.shape[1]) if pool.aux is not None \
+        else None
+    params = list(model.parameters()) + (list(aux_layer.parameters()) if aux_layer else [])
     weights = pool.sampling_weights(recipe, n_genres)
     lr = recipe.learning_rate()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=recipe.weight_decay)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=recipe.weight_decay)
     steps = -(-recipe.epoch_chunks // recipe.batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=recipe.epochs * steps)
     rng = np.random.default_rng(recipe.seed)
@@ -265,10 +285,16 @@ def fit(recipe, pool, n_genres, log=print):
                 target = lam * target + (1 - lam) * target[perm]
                 hard = lam * hard + (1 - lam) * hard[perm]
                 has = has * has[perm]
-            out = model(xb)
+            feat = body(xb)
+            out = readout(feat)
             kd = -(target * F.log_softmax(out / T, dim=1)).sum(1) * T * T
             ce = -(hard * F.log_softmax(out, dim=1)).sum(1)
             loss = ((1 - a * has) * kd + a * has * ce).mean()
+            if aux_layer is not None:
+                at = torch.from_numpy(pool.aux[idx])
+                if recipe.mixup > 0:
+                    at = lam * at + (1 - lam) * at[perm]
+                loss = loss + recipe.aux_weight * F.mse_loss(aux_layer(feat), at)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -376,6 +402,8 @@ def recipe_words(r):
             f"{r.learning_rate():g} one-cycle, weight decay {r.weight_decay:g}, SpecAugment "
             f"{r.time_masks} x <= {r.time_mask} frames + {r.freq_masks} x <= {r.freq_mask} "
             f"bands, gain +-{r.gain_db:g} dB" + (f", mixup {r.mixup:g}" if r.mixup else "")
+            + (f", {r.aux_weight:g} x the squared error against the teacher's z-scored "
+               f"{r.aux.replace(',', ' and ')}" if r.aux else "")
             + f"; seed {r.seed}.")
 
 
