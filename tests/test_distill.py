@@ -11,7 +11,9 @@ from ../shared and the backbone checkpoint beside it:
     may use a mix only if it may learn from both of its tracks;
   * train/pipeline.py end to end with a teacher on a small GTZAN subset:
     the student is written, loads in PyTorch and C with the same output, and
-    the card shows the teacher, its provenance and the comparison.
+    the card shows the teacher, its provenance and the comparison;
+  * train/probe.py measures a student's agreement with its teacher, and its
+    transductive mode hears valid.txt's audio without its labels.
 Skips, with the reason, only when ../shared lacks the data or checkpoint.
 Needs GENRED_BIN and GENRED_TOOL_INFER (`meson test` sets both) and ffmpeg.
 """
@@ -176,3 +178,32 @@ def test_pipeline_distills(shared, genred_bin, small, tmp_path):
                     "### Student size against accuracy",
                     "mn04_as_mAP_432.pt", "MIT", "(this student)"):
         assert section in text, section
+
+
+def test_probe_measures_agreement(shared, genred_bin, small, tmp_path):
+    """train/probe.py on a tiny budget (one run with distill.py's --aux): the
+    design sizes it reports are the documented ones, its numbers are
+    fractions, and --transductive learns from valid.txt's audio too, with
+    alpha and balance 0 (no label of it)."""
+    ckpt, _ = shared
+    out = tmp_path / "probe.jsonl"
+    base = [sys.executable, str(ROOT / "train" / "probe.py"), "--data", str(small),
+            "--genred", str(genred_bin), "--cache", str(tmp_path / "cache"),
+            "--checkpoint", str(ckpt), "--json", str(out), "--epochs", "1",
+            "--epoch-chunks", "32", "--batch", "16", "--n-fx", "0", "--n-mixes", "4"]
+    for extra in (["--aux", "embedding,audioset_logits"],
+                  ["--transductive", "--variant", "depthwise"]):
+        r = subprocess.run(base + extra, capture_output=True, text=True, timeout=1200)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    plain, trans = [json.loads(line) for line in out.read_text().splitlines()]
+    assert plain["multiply_adds"] == 17_106_176 and trans["multiply_adds"] == 28_109_312
+    assert not plain["transductive"] and trans["transductive"]
+    assert plain["recipe"]["aux"] == "embedding,audioset_logits"
+    assert trans["recipe"]["alpha"] == 0.0 and trans["recipe"]["balance"] == 0.0
+    # 10 train.txt and 10 valid.txt tracks, each as it is and as an MP3.
+    assert trans["chunks"] > plain["chunks"] * 1.5
+    for res in (plain, trans):
+        for part in ("train", "valid"):
+            for v in res[part].values():
+                assert 0.0 <= v <= 1.0
+        assert res["teacher_valid"]["track_accuracy_votes"] >= 0.5
