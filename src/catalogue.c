@@ -24,6 +24,7 @@
 
 #include "genred/clock.h"
 #include "genred/fileio.h"
+#include "genred/jsontext.h"
 
 /* Files a song may run ahead of the first line not yet written, per job. */
 enum { WINDOW_PER_JOB = 16 };
@@ -92,46 +93,9 @@ int catalogue_in_shard(const char *name, unsigned k, unsigned n) {
     return n <= 1 || fnv1a64(name) % n == k;
 }
 
-/* The length of the valid UTF-8 sequence at s (1..4), or 0. */
-static size_t utf8_char(const unsigned char *s) {
-    if (s[0] < 0x80) return 1;
-    size_t n = s[0] < 0xC2 ? 0 : s[0] < 0xE0 ? 2 : s[0] < 0xF0 ? 3 : s[0] < 0xF5 ? 4 : 0;
-    if (n == 0) return 0;
-    for (size_t i = 1; i < n; i++)
-        if ((s[i] & 0xC0) != 0x80) return 0;
-    /* Overlong forms, surrogates and code points above U+10FFFF. */
-    if ((s[0] == 0xE0 && s[1] < 0xA0) || (s[0] == 0xED && s[1] >= 0xA0) ||
-        (s[0] == 0xF0 && s[1] < 0x90) || (s[0] == 0xF4 && s[1] >= 0x90))
-        return 0;
-    return n;
-}
-
-/* s as a JSON string, each byte that is not valid UTF-8 as U+FFFD. */
-static json_t *lossy_string(const char *s) {
-    size_t n = strlen(s);
-    char *out = malloc(3 * n + 1), *o = out;
-    if (!out) return NULL;
-    for (const unsigned char *p = (const unsigned char *)s; *p;) {
-        size_t k = utf8_char(p);
-        if (k) {
-            memcpy(o, p, k);
-            o += k;
-            p += k;
-        } else {
-            memcpy(o, "\xEF\xBF\xBD", 3);
-            o += 3;
-            p++;
-        }
-    }
-    *o = '\0';
-    json_t *j = json_string(out);
-    free(out);
-    return j;
-}
-
 /* The name a file's line carries, as text: what resuming compares. */
 static char *line_name(const char *file) {
-    json_t *j = lossy_string(file);
+    json_t *j = jsontext_lossy(file);
     char *s = j ? strdup(json_string_value(j)) : NULL;
     json_decref(j);
     return s;
@@ -227,7 +191,7 @@ static char *classify_line(engine *e, const char *file, const catalogue_opts *o,
     }
     *failed = ans == NULL;
     if (!ans) {
-        json_t *msg = lossy_string(err.msg);
+        json_t *msg = jsontext_lossy(err.msg);
         ans = msg ? json_pack("{s:{s:s,s:o}}", "error", "code", gr_status_code(err.status),
                               "message", msg)
                   : NULL;
@@ -235,7 +199,7 @@ static char *classify_line(engine *e, const char *file, const catalogue_opts *o,
     /* "file" first, as a person reads the line; set_new takes the name
      * whatever it returns. */
     json_t *line = json_object();
-    if (!line || !ans || json_object_set_new(line, "file", lossy_string(file)) != 0 ||
+    if (!line || !ans || json_object_set_new(line, "file", jsontext_lossy(file)) != 0 ||
         json_object_update(line, ans) != 0) {
         json_decref(line);
         json_decref(ans);

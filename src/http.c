@@ -86,6 +86,7 @@
 #include "genred/assets.h"
 #include "genred/clock.h"
 #include "genred/fileio.h"
+#include "genred/jsontext.h"
 #include "genred/routes.h"
 #include "genred/sockwatch.h"
 
@@ -306,7 +307,9 @@ static enum MHD_Result respond_error(struct MHD_Connection *c, request *r,
                                      const gr_err *err) {
     int status = http_status(err->status);
     const char *code = gr_status_code(status == 500 ? GR_EINTERNAL : err->status);
-    json_t *body = json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", err->msg);
+    /* The message may quote a client's bytes (a header value): lossy. */
+    json_t *body = json_pack("{s:{s:s,s:o}}", "error", "code", code, "message",
+                             jsontext_lossy(err->msg));
     return respond_json(c, r, status, body);
 }
 
@@ -354,8 +357,8 @@ static int send_raw(struct MHD_Connection *c, const char *data, size_t len) {
  * its next callback, so nothing else is ever written or read there. */
 static void respond_now(struct MHD_Connection *c, request *r, gr_status kind, const char *msg) {
     int status = http_status(kind);
-    json_t *body = json_pack("{s:{s:s,s:s}}", "error", "code", gr_status_code(kind),
-                             "message", msg);
+    json_t *body = json_pack("{s:{s:s,s:o}}", "error", "code", gr_status_code(kind),
+                             "message", jsontext_lossy(msg));
     char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
     json_decref(body);
     r->status = status;
@@ -1124,7 +1127,8 @@ static void log_mhd(void *cls, const char *fmt, va_list ap) {
     vsnprintf(msg, sizeof msg, fmt, ap);
     size_t n = strlen(msg);
     while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == ' ')) msg[--n] = '\0';
-    json_t *line = json_pack("{s:s,s:s}", "event", "libmicrohttpd", "message", msg);
+    json_t *line = json_pack("{s:s,s:o}", "event", "libmicrohttpd", "message",
+                             jsontext_lossy(msg));
     char *text = line ? json_dumps(line, JSON_COMPACT) : NULL;
     if (text) fprintf(stderr, "%s\n", text);
     free(text);
