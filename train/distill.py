@@ -425,13 +425,26 @@ def brief(ev):
             "chunk_accuracy": ev["chunk"]["accuracy"]}
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_world_args(ap):
+    """The options that say where the data, genred, the teacher and the cache are."""
     ap.add_argument("--data", required=True)
     ap.add_argument("--genred", required=True)
     ap.add_argument("--checkpoint", default=teachers.CHECKPOINT)
     ap.add_argument("--cache", default=os.path.join(HERE, ".cache"))
+
+
+def emit(result, path=None):
+    """Prints result as one JSON line, and appends it to path if given."""
+    print(json.dumps(result), flush=True)
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(result) + "\n")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_world_args(ap)
     ap.add_argument("--music", default="", help="a folder of unlabelled music (music.py fetch)")
     ap.add_argument("--cv", type=int, default=0)
     ap.add_argument("--json", help="append the result as one JSON line here")
@@ -461,10 +474,7 @@ def main():
         result = {"valid": {"student": brief(ev), "teacher": brief(tev)}, "pool": summary}
     result.update(tag=args.tag, recipe=dataclasses.asdict(recipe), seconds=round(time.time() - t0),
                   music=len(music))
-    print(json.dumps(result), flush=True)
-    if args.json:
-        with open(args.json, "a") as f:
-            f.write(json.dumps(result) + "\n")
+    emit(result, args.json)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ What it does not do: ship a model (pipeline.py), choose the recipe
 """
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -111,10 +110,7 @@ def measure(world, model, mean, std, head, tracks):
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--genred", required=True)
-    ap.add_argument("--checkpoint", default=teachers.CHECKPOINT)
-    ap.add_argument("--cache", default=os.path.join(distill.HERE, ".cache"))
+    distill.add_world_args(ap)
     ap.add_argument("--variant", choices=sorted(VARIANTS), default="e")
     ap.add_argument("--transductive", action="store_true")
     ap.add_argument("--plan-seed", type=int, default=1234,
@@ -148,10 +144,7 @@ def main():
     for name, ts in (("train", train_t), ("valid", valid_t)):
         result[name] = measure(world, model, pool.mean, pool.std, head, ts)
     result["teacher_valid"] = distill.brief(world.teacher_eval(head, valid_t))
-    print(json.dumps(result), flush=True)
-    if args.json:
-        with open(args.json, "a") as f:
-            f.write(json.dumps(result) + "\n")
+    distill.emit(result, args.json)
 
 
 if __name__ == "__main__":
