@@ -190,12 +190,7 @@ static char *classify_line(engine *e, const char *file, const catalogue_opts *o,
         free(data);
     }
     *failed = ans == NULL;
-    if (!ans) {
-        json_t *msg = jsontext_lossy(err.msg);
-        ans = msg ? json_pack("{s:{s:s,s:o}}", "error", "code", gr_status_code(err.status),
-                              "message", msg)
-                  : NULL;
-    }
+    if (!ans) ans = jsontext_error(gr_status_code(err.status), err.msg);
     /* "file" first, as a person reads the line; set_new takes the name
      * whatever it returns. */
     json_t *line = json_object();

@@ -307,10 +307,7 @@ static enum MHD_Result respond_error(struct MHD_Connection *c, request *r,
                                      const gr_err *err) {
     int status = http_status(err->status);
     const char *code = gr_status_code(status == 500 ? GR_EINTERNAL : err->status);
-    /* The message may quote a client's bytes (a header value): lossy. */
-    json_t *body = json_pack("{s:{s:s,s:o}}", "error", "code", code, "message",
-                             jsontext_lossy(err->msg));
-    return respond_json(c, r, status, body);
+    return respond_json(c, r, status, jsontext_error(code, err->msg));
 }
 
 static enum MHD_Result fail(struct MHD_Connection *c, request *r, gr_status st,
@@ -357,8 +354,7 @@ static int send_raw(struct MHD_Connection *c, const char *data, size_t len) {
  * its next callback, so nothing else is ever written or read there. */
 static void respond_now(struct MHD_Connection *c, request *r, gr_status kind, const char *msg) {
     int status = http_status(kind);
-    json_t *body = json_pack("{s:{s:s,s:o}}", "error", "code", gr_status_code(kind),
-                             "message", jsontext_lossy(msg));
+    json_t *body = jsontext_error(gr_status_code(kind), msg);
     char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
     json_decref(body);
     r->status = status;

@@ -40,3 +40,7 @@ json_t *jsontext_lossy(const char *s) {
     free(out);
     return j;
 }
+
+json_t *jsontext_error(const char *code, const char *msg) {
+    return json_pack("{s:{s:s,s:o}}", "error", "code", code, "message", jsontext_lossy(msg));
+}
