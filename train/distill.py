@@ -146,6 +146,12 @@ class World:
             return h
         raise ValueError(f"unknown head {recipe.head!r}")
 
+    def student_chunks(self, tracks):
+        """The student's view of tracks as the daemon has it (train.eval_chunks)."""
+        ctx = train.Context(data=self.ctx.data, genred=self.ctx.genred, cache=self.ctx.cache,
+                            jobs=self.ctx.jobs)
+        return train.eval_chunks(ctx, "logmel", tracks)
+
     def teacher_eval(self, head, tracks):
         """The teacher's scores on tracks (back-to-back chunks)."""
         probs, y, owner = [], [], []
@@ -323,9 +329,7 @@ def run(world, recipe, fit_tracks, test_tracks, log=print):
     del pool
     ev = tev = None
     if test_tracks:
-        ctx = train.Context(data=world.ctx.data, genred=world.ctx.genred, cache=world.ctx.cache,
-                            jobs=world.ctx.jobs)
-        X, y, owner = train.eval_chunks(ctx, "logmel", test_tracks)
+        X, y, owner = world.student_chunks(test_tracks)
         ev = evaluate.evaluate_probs(train.predict(model, X, mean, std), y, owner,
                                      [t.label for t in test_tracks], world.genres)
         tev = world.teacher_eval(head, test_tracks)

@@ -95,9 +95,7 @@ def multiply_adds(model, shape):
 
 def measure(world, model, mean, std, head, tracks):
     """Agreement with the teacher and accuracy on tracks' back-to-back chunks."""
-    ctx = world.ctx
-    tctx = train.Context(data=ctx.data, genred=ctx.genred, cache=ctx.cache, jobs=ctx.jobs)
-    X, y, owner = train.eval_chunks(tctx, "logmel", tracks)
+    X, y, owner = world.student_chunks(tracks)
     p = train.predict(model, X, mean, std)
     tp = np.concatenate([teachers.softmax(teachers.apply_head(head, world.track_values[t.id]))
                          for t in tracks])
@@ -120,6 +118,8 @@ def main():
     distill.add_recipe_args(ap)
     args = ap.parse_args()
     recipe = distill.recipe_from_args(args)
+    if recipe.head == "committed":
+        raise SystemExit("--head committed saw valid.txt: the probe scores valid.txt")
     models.ARCHS["probe"], models.LR["probe"] = VARIANTS[args.variant], models.LR["e"]
     recipe = dataclasses.replace(recipe, arch="probe")
     if args.transductive:
@@ -131,8 +131,6 @@ def main():
     train_t, valid_t = dataset.split(args.data, tracks, seed=args.plan_seed)
     world = distill.World(ctx, dataclasses.replace(recipe, seed=args.plan_seed), genres,
                           train_t + valid_t, log)
-    if recipe.head == "committed":
-        raise SystemExit("--head committed saw valid.txt: the probe scores valid.txt")
     head = world.head(recipe, train_t)
     pool = distill.Pool(world, recipe, train_t + valid_t if args.transductive else train_t, head)
     t0 = time.time()
