@@ -6,6 +6,7 @@ from ../shared and the backbone checkpoint beside it:
     (genre_logits), so one backbone pass serves every head;
   * a calibrated head fitted on some tracks is at least as right as the
     zero-shot one on those tracks, and it is a head mn04.convert accepts;
+  * the genre prior that logit adjustment (distill --adjust) takes off;
   * rendered sources: a mix is as long as its shorter track and differs
     from both; student chunks and teacher values align one to one; a run
     may use a mix only if it may learn from both of its tracks;
@@ -141,6 +142,21 @@ def test_plan_is_seeded_and_mixes_two_genres(small):
     assert sum(s["kind"] == "track" for s in p1) == 3 * len(tracks)
 
 
+def test_target_prior_for_logit_adjustment():
+    """distill.Pool.target_prior: the training target averaged over the
+    draw probabilities, the true label mixed in at alpha where there is one."""
+    import types
+    import distill
+    pool = types.SimpleNamespace(logits=np.log(np.array([[1.0, 1.0], [3.0, 1.0], [1.0, 3.0]])),
+                                 y=np.array([0, -1, 1]))
+    w = np.array([0.5, 0.25, 0.25])
+    prior = distill.Pool.target_prior(pool, w, 0.5, 2)
+    # row 0: 0.5 x (0.5, 0.5) + 0.5 x (1, 0); row 1: (0.75, 0.25); row 2: 0.5 x (0.25, 0.75) + 0.5 x (0, 1)
+    want = 0.5 * np.array([0.75, 0.25]) + 0.25 * np.array([0.75, 0.25]) + 0.25 * np.array([0.125, 0.875])
+    np.testing.assert_allclose(prior, want / want.sum())
+    assert distill.Recipe().adjust == 0.0
+
+
 def test_pipeline_distills(shared, genred_bin, small, tmp_path):
     """train/pipeline.py with the teacher, a tiny budget: the student file is
     written and agrees with PyTorch in C, the valid.txt teacher is the
@@ -174,14 +190,14 @@ def test_pipeline_distills(shared, genred_bin, small, tmp_path):
     assert header["version"] == "9.9.9" and header["genres"] == mn04.GENRES
     assert header["training"]["teacher"]["sha256"] == mn04.CHECKPOINT["sha256"]
     text = (out / "card.md").read_text()
-    for section in ("## The teacher", "## Student, teacher and the previous model",
+    for section in ("## The teacher", "## Student, teacher and the earlier models",
                     "### Student size against accuracy",
                     "mn04_as_mAP_432.pt", "MIT", "(this student)"):
         assert section in text, section
 
 
 def test_probe_measures_agreement(shared, genred_bin, small, tmp_path):
-    """train/probe.py on a tiny budget (one run with distill.py's --aux): the
+    """train/probe.py on a tiny budget (one run with distill.py's default --aux): the
     design sizes it reports are the documented ones, its numbers are
     fractions, and --transductive learns from valid.txt's audio too, with
     alpha and balance 0 (no label of it)."""
@@ -191,14 +207,14 @@ def test_probe_measures_agreement(shared, genred_bin, small, tmp_path):
             "--genred", str(genred_bin), "--cache", str(tmp_path / "cache"),
             "--checkpoint", str(ckpt), "--json", str(out), "--epochs", "1",
             "--epoch-chunks", "32", "--batch", "16", "--n-fx", "0", "--n-mixes", "4"]
-    for extra in (["--aux", "embedding,audioset_logits"],
-                  ["--transductive", "--variant", "depthwise"]):
+    for extra in ([], ["--transductive", "--variant", "depthwise", "--aux", ""]):
         r = subprocess.run(base + extra, capture_output=True, text=True, timeout=1200)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     plain, trans = [json.loads(line) for line in out.read_text().splitlines()]
     assert plain["multiply_adds"] == 17_106_176 and trans["multiply_adds"] == 28_109_312
     assert not plain["transductive"] and trans["transductive"]
     assert plain["recipe"]["aux"] == "embedding,audioset_logits"
+    assert trans["recipe"]["aux"] == ""
     assert trans["recipe"]["alpha"] == 0.0 and trans["recipe"]["balance"] == 0.0
     # 10 train.txt and 10 valid.txt tracks, each as it is and as an MP3.
     assert trans["chunks"] > plain["chunks"] * 1.5

@@ -134,7 +134,7 @@ def teacher_section(r):
                   + ", ".join(f"{p['name']} {p['version']}" for p in t["music_packages"]) + ".",
                   ""]
     lines += [
-        "## Student, teacher and the previous model",
+        "## Student, teacher and the earlier models",
         "",
         "Same tracks, same splits, same scoring (track accuracy by chunk votes, balanced "
         "accuracy, 3 s chunk accuracy).",
@@ -143,10 +143,9 @@ def teacher_section(r):
         "valid.txt chunk | CV track | CV balanced | CV chunk |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    b = r.get("baseline")
-    if b:
-        lines.append(_row(f"{b['name']} {b['version']} (the previous bundled model: true "
-                          "labels alone)", f"{b['parameters']:,}", f"{b['mflops_per_chunk']:.1f}",
+    for b in r.get("baselines", []):
+        lines.append(_row(f"{b['name']} {b['version']} (an earlier bundled model: {b['what']})",
+                          f"{b['parameters']:,}", f"{b['mflops_per_chunk']:.1f}",
                           b["valid"], b["cv"]))
     lines.append(_row("teacher (backbone + head fitted on the run's training tracks)",
                       f"{t['parameters']:,}", f"{t['mflops_per_chunk']:.1f}",

@@ -202,6 +202,18 @@ class Learner:
         return out
 
 
+def previous_models(name, version):
+    """The earlier bundled models' scores (train/results/<name>-<version>.json,
+    kept when a new version ships), oldest first, for the card's comparison."""
+    found = []
+    for f in os.listdir(os.path.join(train.HERE, "results")):
+        m = re.fullmatch(re.escape(name) + r"-(\d+)\.(\d+)\.(\d+)\.json", f)
+        if m and f != f"{name}-{version}.json":
+            with open(os.path.join(train.HERE, "results", f)) as fh:
+                found.append((tuple(int(x) for x in m.groups()), json.load(fh)))
+    return [b for _, b in sorted(found, key=lambda p: p[0])]
+
+
 def recipe_words(r):
     if isinstance(r, distill.Recipe):
         return distill.recipe_words(r)
@@ -238,7 +250,7 @@ def main():
                          "the first one's details are shown, all of their spread")
     ap.add_argument("--name", help="the shipped model's name (default: --model's file name "
                     "without .gmodel)")
-    ap.add_argument("--version", default="3.0.0")
+    ap.add_argument("--version", default="3.1.0")
     ap.add_argument("--dsae-epochs", type=int, default=0,
                     help="design (d)'s epochs; 0: train.dsae_recipe's")
     ap.add_argument("--command", default="train/reproduce",
@@ -247,7 +259,7 @@ def main():
                     help="the backbone checkpoint the student learns from (distill.py); "
                     "'none': design (e) on the true labels alone (train.py), for data whose "
                     "genres the backbone does not know")
-    ap.add_argument("--sizes", default="e_s,e,e_l",
+    ap.add_argument("--sizes", default="e_s,e",
                     help="student sizes (train/models.py) scored on valid.txt for the card; "
                     "'': none")
     ap.add_argument("--music", default="",
@@ -259,9 +271,10 @@ def main():
     args.name = args.name or os.path.splitext(os.path.basename(args.model))[0]
     t_start = time.time()
     recipe = (distill if distilling else train).recipe_from_args(args)
+    # Design (d) keeps train.py's budget: the student's long one is for the
+    # student's many teacher-labelled chunks.
     dsae = train.dsae_recipe(recipe if not distilling else train.Recipe(
-        seed=recipe.seed, threads=recipe.threads, epoch_chunks=recipe.epoch_chunks,
-        batch=recipe.batch))
+        seed=recipe.seed, threads=recipe.threads))
     if args.dsae_epochs:
         dsae.epochs = args.dsae_epochs
     ctx = train.Context(data=args.data, genred=args.genred, cache=args.cache, jobs=recipe.threads)
@@ -499,10 +512,7 @@ def main():
         if args.music:
             import music as music_mod
             results["teacher"]["music_packages"] = music_mod.packages(args.music)
-        baseline = os.path.join(train.HERE, "results", "gtzan-cnn-2.0.0.json")
-        if os.path.exists(baseline):
-            with open(baseline) as f:
-                results["baseline"] = json.load(f)
+        results["baselines"] = previous_models(args.name, args.version)
         results["limitations"][-1] = (
             "The recipe was chosen on valid.txt (train/results/distill.md); the CV estimate "
             "is the check on that choice. Both teachers' heads are fitted on the run's own "
