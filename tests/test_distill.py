@@ -150,7 +150,7 @@ def test_target_prior_for_logit_adjustment():
     pool = types.SimpleNamespace(logits=np.log(np.array([[1.0, 1.0], [3.0, 1.0], [1.0, 3.0]])),
                                  y=np.array([0, -1, 1]))
     w = np.array([0.5, 0.25, 0.25])
-    prior = distill.Pool.target_prior(pool, w, 0.5, 2)
+    prior = distill.Pool.target_prior(pool, w, 0.5)
     # row 0: 0.5 x (0.5, 0.5) + 0.5 x (1, 0); row 1: (0.75, 0.25); row 2: 0.5 x (0.25, 0.75) + 0.5 x (0, 1)
     want = 0.5 * np.array([0.75, 0.25]) + 0.25 * np.array([0.75, 0.25]) + 0.25 * np.array([0.125, 0.875])
     np.testing.assert_allclose(prior, want / want.sum())

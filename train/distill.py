@@ -24,10 +24,11 @@ The loss is (1 - alpha) x T^2 x KL(teacher at temperature T || student at T)
 labelled track; --aux adds the mean squared error of a training-only linear
 layer on the student's pooled features against the teacher's z-scored
 embedding and/or AudioSet logits (by default both; it helps only with the
-long training the defaults do: results/distill.md). Draws per epoch: a share --mix-share from the mixes,
---unl-share from the unlabelled music, the rest from the tracks,
-class-balanced as in train.py (genre ~ n_tracks^(1 - balance), then a
-track, then a chunk of any of its recordings).
+long training the defaults do: results/distill.md). Draws per epoch: a
+share --mix-share from the mixes, --unl-share from the unlabelled music,
+the rest from the tracks, class-balanced as in train.py (genre ~
+n_tracks^(1 - balance), then a track, then a chunk of any of its
+recordings).
 
 The teacher's head must not have seen the tracks a run is scored on: --head
 zero (no labels at all) or calib (fitted here on the run's training tracks
@@ -66,7 +67,7 @@ PARAMS = train.PARAMS["logmel"]
 @dataclasses.dataclass
 class Recipe:
     arch: str = "e"
-    epochs: int = 40               # 40 x 8192 draws: 17 passes over the pool (results/distill.md)
+    epochs: int = 40               # 40 x 8192 draws: 11 passes over valid.txt's run's pool
     epoch_chunks: int = 8192
     batch: int = 32
     lr: float = 0.0                # 0: the design's own (models.LR)
@@ -227,7 +228,7 @@ class Pool:
         return np.stack([self.parts[p][r] for p, r in zip(self.part[idx], self.rows[idx])]
                         ).astype(np.float32)
 
-    def target_prior(self, weights, alpha, n_genres):
+    def target_prior(self, weights, alpha):
         """The genre distribution the student was taught: the training target
         (the teacher at temperature 1, mixed with the true label at alpha
         where there is one) averaged over the draw probabilities. Its log,
@@ -328,7 +329,7 @@ def fit(recipe, pool, n_genres, log=print):
                 f"({time.time() - t0:.0f} s)")
     model.eval()
     if recipe.adjust:
-        prior = pool.target_prior(weights.numpy(), recipe.alpha, n_genres)
+        prior = pool.target_prior(weights.numpy(), recipe.alpha)
         with torch.no_grad():
             readout[-1].bias -= torch.from_numpy(recipe.adjust * np.log(prior)).float()
         log("logit adjustment: draws' genre prior " + " ".join(f"{p:.3f}" for p in prior))
