@@ -713,12 +713,17 @@ int main(int argc, char **argv) {
         return 2;
     }
     /* `genred classify --help` is what a user types first; it must not be
-     * read as the option "help" missing its value. */
+     * read as the option "help" missing its value. The scan steps over
+     * option values the way load_settings reads them, so `-o -h` names a
+     * file and does not ask for help. */
     for (int i = 2; i < argc; i++) {
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+        const char *a = argv[i];
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
             usage(stdout);
             return 0;
         }
+        if (strcmp(a, "-o") == 0 || (strncmp(a, "--", 2) == 0 && !strchr(a, '=')))
+            i++;
     }
     if (load_settings(argc - 2, argv + 2, &cfg, &o) != 0) {
         free(o.files);

@@ -188,6 +188,17 @@ def test_help_after_a_command_prints_the_usage(genred_bin, command):
         assert r.stderr == ""
 
 
+def test_an_option_value_spelled_like_help_is_a_value(genred_bin, audio, tmp_path):
+    """`-o -h` and `--output --help` name output files; they do not ask for
+    the usage."""
+    for args in (["-o", "-h"], ["--output", "--help"]):
+        r = run([genred_bin, "classify", *args, audio.excerpt_wav], cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert "usage:" not in r.stdout + r.stderr
+        ans = json.loads((tmp_path / args[1]).read_text().splitlines()[0])
+        assert ans["chunks"] == 10, ans
+
+
 def test_checkout_binary_just_works(genred_bin, build_root, audio, tmp_path):
     """`build/genred classify song` with no flags, from the build folder, the
     checkout and anywhere else."""
