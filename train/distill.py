@@ -235,9 +235,7 @@ class Pool:
         taken off the read-out's bias, makes the student answer as if every
         genre had been drawn alike (logit adjustment, Menon et al. 2021):
         the draws favour the genres with many tracks and mixes."""
-        t = self.logits - self.logits.max(1, keepdims=True)
-        p = np.exp(t)
-        p /= p.sum(1, keepdims=True)
+        p = teachers.softmax(self.logits)
         has = self.y >= 0
         p[has] *= 1 - alpha
         p[has, self.y[has]] += alpha

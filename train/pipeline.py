@@ -205,11 +205,12 @@ class Learner:
 def previous_models(name, version):
     """The earlier bundled models' scores (train/results/<name>-<version>.json,
     kept when a new version ships), oldest first, for the card's comparison."""
+    folder = os.path.join(train.HERE, "results")
     found = []
-    for f in os.listdir(os.path.join(train.HERE, "results")):
+    for f in os.listdir(folder):
         m = re.fullmatch(re.escape(name) + r"-(\d+)\.(\d+)\.(\d+)\.json", f)
         if m and f != f"{name}-{version}.json":
-            with open(os.path.join(train.HERE, "results", f)) as fh:
+            with open(os.path.join(folder, f)) as fh:
                 found.append((tuple(int(x) for x in m.groups()), json.load(fh)))
     return [b for _, b in sorted(found, key=lambda p: p[0])]
 
